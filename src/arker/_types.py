@@ -1,0 +1,369 @@
+# GENERATED from contract/openapi.json by scripts/generate-types. Do not edit.
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    StringConstraints,
+)
+from typing_extensions import TypeAliasType
+
+
+class ErrorBody(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    code: Annotated[
+        Literal[
+            "unauthorized",
+            "not_found",
+            "invalid_request",
+            "invalid_path",
+            "conflict",
+            "payload_too_large",
+            "unsupported_operation",
+            "vm_lost",
+            "rate_limited",
+            "unavailable",
+            "internal",
+        ],
+        Field(
+            description="What callers branch on. Clients must keep codes they do not know as plain strings.\n\n- `unauthorized` (401): No API key, or a key that is unknown or revoked.\n- `not_found` (404): No such golden, VM, run, file or path; also a VM, run or file of another org.\n- `invalid_request` (400, 405, 422): Malformed JSON (400), a method the path does not accept (405), or a body, query or header that breaks the schema (422).\n- `invalid_path` (400): A file path that is not absolute, not under /home/user, or has a `..` component.\n- `conflict` (409): An Idempotency-Key or Upload-Id reused for a different request, or an operation the resource's state forbids.\n- `payload_too_large` (413): A request body over the server's limit.\n- `unsupported_operation` (400): A feature this deployment's engine does not have (for example `durable: true` without checkpoints).\n- `vm_lost` (410): The VM's host is gone and the VM was not durable.\n- `rate_limited` (429): Too many requests; retry after `Retry-After` seconds.\n- `unavailable` (503): The server or its engine cannot serve now; retry.\n- `internal` (500): A bug or an unexpected failure of the server."
+        ),
+    ]
+    message: Annotated[str, Field(description="One sentence for a person.")]
+    details: Annotated[
+        dict[str, Any] | None,
+        Field(description="Machine-readable context, when there is any."),
+    ] = None
+
+
+class Error(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    error: ErrorBody
+
+
+class Golden(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    name: Annotated[str, Field(description="The name `fork` accepts as a source.")]
+    description: str | None
+    created_at: AwareDatetime
+
+
+class GoldenList(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    items: list[Golden]
+
+
+class Vm(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    vm_id: Annotated[
+        str,
+        Field(
+            description="A ULID; burst deployments append `_<suffix>`.",
+            examples=["01KQH2ADR3DCAJF06N4R453WPJ", "01KQH2ADR3DCAJF06N4R453WPJ_uswe"],
+        ),
+    ]
+    name: str | None
+    base_image: Annotated[
+        str, Field(description="The golden at the root of this VM's lineage.")
+    ]
+    region: str
+    created_at: AwareDatetime
+    parent_id: Annotated[
+        str | None,
+        Field(
+            description="The VM this one was forked from; null when forked from a golden."
+        ),
+    ]
+    durable: bool
+    state: Annotated[
+        Literal["running", "stopped", "lost"],
+        Field(
+            description="`running`: its init holds the namespaces. `stopped`: no processes; files kept, started again on the next run. `lost`: its host is gone and it was not durable."
+        ),
+    ]
+
+
+class VmList(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    items: list[Vm]
+    total: Annotated[int, Field(ge=0)]
+
+
+class ForkRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    name: Annotated[
+        str | None,
+        Field(
+            description="Also the VM's hostname.",
+            max_length=63,
+            min_length=1,
+            pattern="^[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?$",
+        ),
+    ] = None
+    durable: bool | None = False
+
+
+EnvAdditionalProperty = TypeAliasType(
+    "EnvAdditionalProperty", Annotated[str, Field(max_length=32768)]
+)
+
+
+class RunRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    command: Annotated[
+        str,
+        Field(
+            description="Run by /bin/sh -c inside the VM.",
+            max_length=131072,
+            min_length=1,
+        ),
+    ]
+    background: bool | None = False
+    timeout_s: Annotated[float | None, Field(gt=0.0, le=86400.0)] = None
+    env: Annotated[
+        dict[
+            Annotated[
+                str,
+                StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=256),
+            ],
+            EnvAdditionalProperty,
+        ]
+        | None,
+        Field(max_length=256),
+    ] = None
+    cwd: Annotated[
+        str | None,
+        Field(
+            description="Default /home/user.",
+            max_length=4096,
+            min_length=1,
+            pattern="^/",
+        ),
+    ] = None
+    stdin: Annotated[
+        str | None,
+        Field(
+            description="Bytes fed to the command's standard input, base64 (at most 8 MiB decoded).",
+            json_schema_extra={"contentEncoding": "base64"},
+            max_length=11184812,
+        ),
+    ] = None
+    user: Literal["user", "root"] | None = None
+
+
+class Output(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    stdout: Annotated[
+        str,
+        Field(
+            description="base64 of the bytes written to standard output (up to the cap).",
+            json_schema_extra={"contentEncoding": "base64"},
+        ),
+    ]
+    stderr: Annotated[
+        str,
+        Field(
+            description="base64 of the bytes written to standard error (up to the cap).",
+            json_schema_extra={"contentEncoding": "base64"},
+        ),
+    ]
+    stdout_truncated: bool
+    stderr_truncated: bool
+    duration_ms: Annotated[int, Field(ge=0)]
+
+
+class CompletedRun(BaseModel):
+    """
+    The command ended by itself. A non-zero exit is a result, not an error.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    type: Literal["completed"]
+    run_id: str
+    stdout: Annotated[
+        str,
+        Field(
+            description="base64 of the bytes written to standard output (up to the cap).",
+            json_schema_extra={"contentEncoding": "base64"},
+        ),
+    ]
+    stderr: Annotated[
+        str,
+        Field(
+            description="base64 of the bytes written to standard error (up to the cap).",
+            json_schema_extra={"contentEncoding": "base64"},
+        ),
+    ]
+    stdout_truncated: bool
+    stderr_truncated: bool
+    duration_ms: Annotated[int, Field(ge=0)]
+    exit_code: Annotated[
+        int,
+        Field(description="The command's exit status; 128+N when killed by signal N."),
+    ]
+    oom_killed: Annotated[
+        bool,
+        Field(description="The VM's memory limit killed the command (exit code 137)."),
+    ]
+
+
+class TimedOutRun(BaseModel):
+    """
+    timeout_s passed; the whole process tree of the run was killed. Output is what it printed until then.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    type: Literal["timed_out"]
+    run_id: str
+    stdout: Annotated[
+        str,
+        Field(
+            description="base64 of the bytes written to standard output (up to the cap).",
+            json_schema_extra={"contentEncoding": "base64"},
+        ),
+    ]
+    stderr: Annotated[
+        str,
+        Field(
+            description="base64 of the bytes written to standard error (up to the cap).",
+            json_schema_extra={"contentEncoding": "base64"},
+        ),
+    ]
+    stdout_truncated: bool
+    stderr_truncated: bool
+    duration_ms: Annotated[int, Field(ge=0)]
+    timeout_s: float
+
+
+class CancelledRun(BaseModel):
+    """
+    The run was cancelled; its process tree was killed.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    type: Literal["cancelled"]
+    run_id: str
+    stdout: Annotated[
+        str,
+        Field(
+            description="base64 of the bytes written to standard output (up to the cap).",
+            json_schema_extra={"contentEncoding": "base64"},
+        ),
+    ]
+    stderr: Annotated[
+        str,
+        Field(
+            description="base64 of the bytes written to standard error (up to the cap).",
+            json_schema_extra={"contentEncoding": "base64"},
+        ),
+    ]
+    stdout_truncated: bool
+    stderr_truncated: bool
+    duration_ms: Annotated[int, Field(ge=0)]
+
+
+class StartedRun(BaseModel):
+    """
+    A background run was accepted; poll it with GET /v1/vms/{vm_id}/runs/{run_id}.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    type: Literal["started"]
+    run_id: str
+
+
+class RunResult(RootModel[CompletedRun | TimedOutRun | CancelledRun | StartedRun]):
+    root: Annotated[
+        CompletedRun | TimedOutRun | CancelledRun | StartedRun,
+        Field(discriminator="type"),
+    ]
+
+
+class RunStatus(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    run_id: str
+    vm_id: str
+    state: Literal["queued", "running", "completed", "timed_out", "cancelled", "failed"]
+    background: bool
+    exit_code: int | None
+    stdout: Annotated[
+        str,
+        Field(
+            description="base64 of standard output so far.",
+            json_schema_extra={"contentEncoding": "base64"},
+        ),
+    ]
+    stderr: Annotated[
+        str,
+        Field(
+            description="base64 of standard error so far.",
+            json_schema_extra={"contentEncoding": "base64"},
+        ),
+    ]
+    stdout_truncated: bool
+    stderr_truncated: bool
+    oom_killed: bool
+    retry_count: Annotated[
+        int,
+        Field(
+            description="Automatic restarts after a crash (durable VMs); 0 for runs never interrupted.",
+            ge=0,
+        ),
+    ]
+    failure_reason: Annotated[
+        str | None, Field(description="Why a `failed` run failed.")
+    ]
+    created_at: AwareDatetime
+    started_at: AwareDatetime | None
+    finished_at: AwareDatetime | None
+    duration_ms: Annotated[int | None, Field(ge=0)]
+
+
+class FileWritten(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    path: str
+    size: Annotated[int, Field(ge=0)]
+    sha256: Annotated[str, Field(pattern="^[0-9a-f]{64}$")]
+
+
+class Health(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    status: Literal["ok"]
+    version: str

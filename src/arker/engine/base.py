@@ -1,0 +1,205 @@
+"""The small interface every engine kind implements.
+
+The service layer talks only to `Engine`. The namespace engine (`host.py`) is
+the first kind; a microVM engine could stand behind the same methods. Every
+method is synchronous and may block (the server calls them from worker
+threads); every failure is an `ArkerError` with the contract's code.
+
+Ids are minted by the caller (the service); the engine only keeps them.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = [
+    "DEFAULT_OUTPUT_CAP_BYTES",
+    "Engine",
+    "FileInfo",
+    "GoldenInfo",
+    "Limits",
+    "Progress",
+    "RunInfo",
+    "RunPhase",
+    "RunSpec",
+    "VmPower",
+]
+
+DEFAULT_OUTPUT_CAP_BYTES = 8 * 1024 * 1024
+
+# Called with (bytes_or_steps_done, total_or_None, message) while goldens build.
+Progress = Callable[[int, int | None, str], None]
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory_bytes: int = 1024 * 1024 * 1024
+    pids_max: int = 512
+    cpu_cores: float = 1.0
+
+
+@dataclass(frozen=True)
+class GoldenInfo:
+    name: str
+    description: str | None
+    created_at: float  # unix seconds
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    command: str  # run by /bin/sh -c inside the VM
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str = "/home/user"
+    stdin: bytes = b""
+    user: Literal["user", "root"] = "user"
+    timeout_s: float | None = None
+    output_cap_bytes: int = DEFAULT_OUTPUT_CAP_BYTES
+
+
+class RunPhase(str, enum.Enum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    FAILED = "failed"  # the engine lost the run (e.g. restarted under it)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    phase: RunPhase
+    exit_code: int | None
+    stdout: bytes
+    stderr: bytes
+    stdout_truncated: bool
+    stderr_truncated: bool
+    oom_killed: bool
+    started_at: float  # unix seconds
+    finished_at: float | None
+    failure_reason: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.phase is not RunPhase.RUNNING
+
+    @property
+    def duration_ms(self) -> int:
+        import time
+
+        end = self.finished_at if self.finished_at is not None else time.time()
+        return max(0, int((end - self.started_at) * 1000))
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    path: str
+    size: int
+    sha256: str
+
+
+class VmPower(str, enum.Enum):
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+class Engine(abc.ABC):
+    """One host's machinery: storage, isolation, runs, files."""
+
+    kind: str = "abstract"
+    supports_checkpoints: bool = False
+
+    # -- lifecycle of the engine itself
+    @abc.abstractmethod
+    def open(self) -> None:
+        """Find or create storage, then reconcile what is on disk after a crash:
+        no orphan mounts, cgroups or processes; every stored VM usable."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop every VM (killing its processes) and release mounts."""
+
+    # -- goldens
+    @abc.abstractmethod
+    def goldens(self) -> list[GoldenInfo]: ...
+
+    @abc.abstractmethod
+    def build_golden(self, name: str, progress: Progress | None = None) -> GoldenInfo:
+        """Build a known golden (`busybox`, `debian`) if it is not there yet."""
+
+    @abc.abstractmethod
+    def import_golden(self, name: str, tarball: str, progress: Progress | None = None) -> GoldenInfo:
+        """Import a rootfs tarball (.tar, .tar.gz, .tar.zst) under `name`."""
+
+    # -- VMs
+    @abc.abstractmethod
+    def fork(self, source: str, vm_id: str, *, hostname: str, limits: Limits | None = None) -> None:
+        """Make `vm_id` a copy-on-write copy of `source` (a golden name or a VM
+        id), in constant time. The new VM is stopped; it starts on first run."""
+
+    @abc.abstractmethod
+    def delete(self, vm_id: str) -> None:
+        """Kill the VM's processes and free its storage, cgroup and mounts.
+        Deleting a VM that is not there is not an error."""
+
+    @abc.abstractmethod
+    def vm_ids(self) -> list[str]: ...
+
+    @abc.abstractmethod
+    def power(self, vm_id: str) -> VmPower: ...
+
+    @abc.abstractmethod
+    def stop(self, vm_id: str) -> None:
+        """Kill every process of the VM; its files stay."""
+
+    # -- runs
+    @abc.abstractmethod
+    def start_run(self, vm_id: str, run_id: str, spec: RunSpec) -> None:
+        """Start a command (starting the VM if it is stopped) and return at once.
+        Output is spooled to disk, capped at spec.output_cap_bytes a stream."""
+
+    @abc.abstractmethod
+    def wait_run(self, vm_id: str, run_id: str, timeout_s: float | None = None) -> RunInfo:
+        """Block until the run ends or `timeout_s` passes; return its state."""
+
+    @abc.abstractmethod
+    def run_info(self, vm_id: str, run_id: str) -> RunInfo:
+        """The run's state and output so far, without blocking."""
+
+    @abc.abstractmethod
+    def cancel_run(self, vm_id: str, run_id: str) -> RunInfo:
+        """Kill the run's whole process tree; a finished run is returned as is."""
+
+    @abc.abstractmethod
+    def forget_run(self, vm_id: str, run_id: str) -> None:
+        """Drop the run's spooled output once the caller has stored the result."""
+
+    # -- files (paths as the VM sees them; symlinks resolve inside its root)
+    @abc.abstractmethod
+    def read_file(self, vm_id: str, path: str, max_bytes: int) -> bytes: ...
+
+    @abc.abstractmethod
+    def write_file(self, vm_id: str, path: str, data: bytes) -> FileInfo:
+        """Atomic (temp file, then rename), owned by uid 1000."""
+
+    # -- checkpoints (durable VMs); engines without them raise unsupported_operation
+    def checkpoint(self, vm_id: str, checkpoint_id: str) -> None:
+        raise _unsupported("checkpoints")
+
+    def restore(self, vm_id: str, checkpoint_id: str) -> None:
+        """Stop the VM and put its files back as they were at the checkpoint."""
+        raise _unsupported("checkpoints")
+
+    def delete_checkpoint(self, vm_id: str, checkpoint_id: str) -> None:
+        raise _unsupported("checkpoints")
+
+    def checkpoints(self, vm_id: str) -> list[str]:
+        raise _unsupported("checkpoints")
+
+
+def _unsupported(what: str) -> Exception:
+    from arker.errors import ArkerError, ErrorCode
+
+    return ArkerError(ErrorCode.UNSUPPORTED_OPERATION, f"this engine has no {what}")
