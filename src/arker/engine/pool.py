@@ -1,0 +1,407 @@
+"""The storage pool: goldens, VMs and checkpoints as btrfs subvolumes.
+
+    root/goldens/<name>                    read-only subvolume
+    root/goldens/.staging-<name>-<rand>    a golden being built
+    root/vms/<vm_id>                       writable subvolume (the VM's /)
+    root/checkpoints/<vm_id>/<cp_id>       read-only snapshot of a VM
+    root/meta/goldens/<name>.json          golden metadata (kept out of the rootfs)
+
+A fork, a checkpoint and a restore are each one snapshot ioctl: constant time
+whatever the VM holds. Where the data directory is not btrfs, the pool lives in
+a sparse image `pool.img` loop-mounted at `pool/`. A background thread syncs
+the pool every second, because a snapshot first commits unsynced writes and
+that commit is the only part of a fork that grows with the VM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from arker.engine import _btrfs
+from arker.engine.base import GoldenInfo
+from arker.errors import ArkerError, ErrorCode
+
+__all__ = ["Pool", "check_name"]
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_STAGING = ".staging-"
+_RESTORE = ".restore-"
+
+
+def check_name(value: str, what: str) -> str:
+    """Return `value` if it is safe as one path component, else raise
+    ArkerError(invalid_request): letters, digits, `_.-`, not starting with `.`."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise ArkerError(ErrorCode.INVALID_REQUEST, f"invalid {what}: {value!r}")
+    return value
+
+
+class Pool:
+    """One host's btrfs pool. Methods are safe to call from several threads."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        image_size_bytes: int = 64 * 2**30,
+        flush_interval_s: float | None = 1.0,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.image_size_bytes = image_size_bytes
+        self.flush_interval_s = flush_interval_s
+        self.root = self.data_dir / "pool"
+        self._loop: _btrfs.LoopImage | None = None
+        self._lock_fd: int | None = None
+        self._root_fd: int | None = None
+        self._flusher: threading.Thread | None = None
+        self._stop_flush = threading.Event()
+
+    # -- lifecycle
+    def open(self) -> None:
+        """Find or make the pool, sweep what a crash left half-done, start the flusher."""
+        if self._root_fd is not None:
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        lock_fd = os.open(
+            self.data_dir / ".pool.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+        )
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock_fd)
+            raise ArkerError(
+                ErrorCode.UNAVAILABLE, f"pool {self.data_dir} is in use by another process"
+            ) from None
+        self._lock_fd = lock_fd
+        try:
+            if _btrfs.fs_type(str(self.data_dir)) == _btrfs.BTRFS_SUPER_MAGIC:
+                self.root = self.data_dir
+            else:
+                self.root = self.data_dir / "pool"
+                self._loop = _btrfs.LoopImage(self.data_dir / "pool.img", self.root)
+                self._loop.attach(self.image_size_bytes)
+            for sub in ("goldens", "vms", "checkpoints", "meta/goldens"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self._sweep()
+        except BaseException:
+            self.close()
+            raise
+        if self.flush_interval_s:
+            self.start_flusher(self.flush_interval_s)
+
+    def close(self) -> None:
+        """Stop the flusher, unmount and detach the image if this pool mounted
+        it. Idempotent."""
+        self.stop_flusher()
+        if self._root_fd is not None:
+            os.close(self._root_fd)
+            self._root_fd = None
+        if self._loop is not None:
+            self._loop.detach()
+            self._loop = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def __enter__(self) -> Pool:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def sync(self) -> None:
+        """Commit everything written to the pool (syncfs)."""
+        _btrfs.syncfs(self._fd())
+
+    def start_flusher(self, interval_s: float = 1.0) -> None:
+        """Sync the pool every `interval_s` in a daemon thread, so that forks
+        find little dirty data to commit."""
+        if self._flusher is not None:
+            return
+        self._stop_flush.clear()
+        self._flusher = threading.Thread(
+            target=self._flush_loop, args=(interval_s,), name="arker-pool-flusher", daemon=True
+        )
+        self._flusher.start()
+
+    def stop_flusher(self) -> None:
+        """Stop the flusher thread (waits for a sync in progress)."""
+        if self._flusher is None:
+            return
+        self._stop_flush.set()
+        self._flusher.join()
+        self._flusher = None
+
+    def _flush_loop(self, interval_s: float) -> None:
+        while not self._stop_flush.wait(interval_s):
+            try:
+                self.sync()
+            except (OSError, ArkerError) as exc:  # keep flushing; a failure here is not fatal
+                log.warning("pool flush failed: %s", exc)
+
+    # -- paths
+    def golden_path(self, name: str) -> Path:
+        return self.root / "goldens" / check_name(name, "golden name")
+
+    def vm_path(self, vm_id: str) -> Path:
+        return self.root / "vms" / check_name(vm_id, "vm id")
+
+    def _checkpoint_dir(self, vm_id: str) -> Path:
+        return self.root / "checkpoints" / check_name(vm_id, "vm id")
+
+    def _meta_path(self, name: str) -> Path:
+        return self.root / "meta" / "goldens" / f"{check_name(name, 'golden name')}.json"
+
+    # -- goldens
+    def goldens(self) -> list[GoldenInfo]:
+        """Every sealed golden, by name."""
+        names = sorted(n for n in os.listdir(self.root / "goldens") if not n.startswith("."))
+        return [self._golden_info(n) for n in names]
+
+    def has_golden(self, name: str) -> bool:
+        return self.golden_path(name).is_dir()
+
+    def _golden_info(self, name: str) -> GoldenInfo:
+        try:
+            meta = json.loads(self._meta_path(name).read_text())
+            return GoldenInfo(name, meta.get("description"), float(meta["created_at"]))
+        except (OSError, ValueError, KeyError):
+            # Sealed but its metadata never written (crash between the two): still usable.
+            st = os.stat(self.golden_path(name))
+            return GoldenInfo(name, None, st.st_mtime)
+
+    def new_golden(self, name: str) -> Path:
+        """A fresh writable subvolume to build the golden `name` in; seal or abandon it."""
+        check_name(name, "golden name")
+        staging = f"{_STAGING}{name}-{secrets.token_hex(4)}"
+        with _dir_fd(self.root / "goldens") as parent:
+            _btrfs.create_subvolume(parent, staging)
+        path = self.root / "goldens" / staging
+        os.chmod(path, 0o755)
+        return path
+
+    def seal_golden(self, staging: Path, name: str, description: str | None) -> GoldenInfo:
+        """Make `staging` read-only and publish it as `name` (conflict if taken)."""
+        check_name(name, "golden name")
+        staging = self._staging(staging)
+        with _dir_fd(staging) as fd:
+            _btrfs.set_readonly(fd, True)
+        with _dir_fd(self.root / "goldens") as parent:
+            try:
+                _btrfs.rename_noreplace(parent, staging.name, name)
+            except FileExistsError:
+                raise ArkerError(ErrorCode.CONFLICT, f"golden {name!r} already exists") from None
+        info = GoldenInfo(name, description, time.time())
+        meta = self._meta_path(name)
+        tmp = meta.with_name(f".{meta.name}.{secrets.token_hex(4)}")
+        tmp.write_text(json.dumps({"description": description, "created_at": info.created_at}))
+        os.replace(tmp, meta)
+        return info
+
+    def abandon_golden(self, staging: Path) -> None:
+        """Throw away a staging subvolume (missing is fine)."""
+        staging = self._staging(staging)
+        self._destroy(self.root / "goldens", staging.name)
+
+    def delete_golden(self, name: str) -> None:
+        """Delete a golden; VMs forked from it keep their files. Missing is fine."""
+        self._destroy(self.root / "goldens", check_name(name, "golden name"))
+        self._meta_path(name).unlink(missing_ok=True)
+
+    def _staging(self, staging: Path) -> Path:
+        staging = Path(staging)
+        if staging.parent != self.root / "goldens" or not staging.name.startswith(_STAGING):
+            raise ArkerError(ErrorCode.INVALID_REQUEST, f"not a staging golden: {staging}")
+        return staging
+
+    # -- VMs
+    def fork(self, source: str, vm_id: str) -> Path:
+        """Make vm_id a writable snapshot of `source` (a golden name, else a VM id)."""
+        check_name(source, "source")
+        dest = self.vm_path(vm_id)
+        try:
+            src_fd = os.open(self.golden_path(source), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            try:
+                src_fd = os.open(self.vm_path(source), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise ArkerError(ErrorCode.NOT_FOUND, f"no golden or vm {source!r}") from None
+        try:
+            with _dir_fd(dest.parent) as parent:
+                _snapshot(src_fd, parent, vm_id, readonly=False, what=f"vm {vm_id!r}")
+        finally:
+            os.close(src_fd)
+        return dest
+
+    def delete_vm(self, vm_id: str) -> None:
+        """Delete the VM's subvolume and its checkpoints; missing is fine.
+        The caller stops the VM first (its mounts pin the subvolume)."""
+        cp_dir = self._checkpoint_dir(vm_id)
+        for cp in self.checkpoints(vm_id):
+            self._destroy(cp_dir, cp)
+        with contextlib.suppress(FileNotFoundError):
+            cp_dir.rmdir()
+        self._destroy(self.root / "vms", check_name(vm_id, "vm id"))
+
+    def vm_ids(self) -> list[str]:
+        return sorted(n for n in os.listdir(self.root / "vms") if not n.startswith("."))
+
+    # -- checkpoints
+    def checkpoint(self, vm_id: str, checkpoint_id: str) -> None:
+        """A read-only snapshot of the VM as it is now, in constant time."""
+        check_name(checkpoint_id, "checkpoint id")
+        cp_dir = self._checkpoint_dir(vm_id)
+        vm_fd = _open_or_404(self.vm_path(vm_id), f"vm {vm_id!r}")
+        try:
+            cp_dir.mkdir(exist_ok=True)
+            with _dir_fd(cp_dir) as parent:
+                _snapshot(
+                    vm_fd,
+                    parent,
+                    checkpoint_id,
+                    readonly=True,
+                    what=f"checkpoint {checkpoint_id!r}",
+                )
+        finally:
+            os.close(vm_fd)
+
+    def checkpoints(self, vm_id: str) -> list[str]:
+        """The VM's checkpoint ids, oldest first (by subvolume id, which only grows)."""
+        cp_dir = self._checkpoint_dir(vm_id)
+        try:
+            names = [n for n in os.listdir(cp_dir) if not n.startswith(".")]
+        except FileNotFoundError:
+            return []
+        order: list[tuple[int, str]] = []
+        for n in names:
+            with _dir_fd(cp_dir / n) as fd:
+                order.append((_btrfs.subvolume_id(fd), n))
+        return [n for _, n in sorted(order)]
+
+    def restore(self, vm_id: str, checkpoint_id: str) -> None:
+        """Put the VM's files back as they were at the checkpoint. The caller
+        stops the VM first. The swap is one atomic rename: a crash leaves
+        either the old or the restored tree, never neither."""
+        check_name(checkpoint_id, "checkpoint id")
+        vms = self.root / "vms"
+        if not self.vm_path(vm_id).is_dir():
+            raise ArkerError(ErrorCode.NOT_FOUND, f"no vm {vm_id!r}")
+        cp_fd = _open_or_404(
+            self._checkpoint_dir(vm_id) / checkpoint_id, f"checkpoint {checkpoint_id!r}"
+        )
+        tmp = f"{_RESTORE}{vm_id}-{secrets.token_hex(4)}"
+        try:
+            with _dir_fd(vms) as parent:
+                _snapshot(cp_fd, parent, tmp, readonly=False, what=tmp)
+                try:
+                    _btrfs.rename_exchange(parent, tmp, vm_id)
+                except BaseException:
+                    self._destroy(vms, tmp)
+                    raise
+        finally:
+            os.close(cp_fd)
+        self._destroy(vms, tmp)  # now the old tree
+
+    def delete_checkpoint(self, vm_id: str, checkpoint_id: str) -> None:
+        """Delete one checkpoint; missing is fine."""
+        self._destroy(self._checkpoint_dir(vm_id), check_name(checkpoint_id, "checkpoint id"))
+
+    # -- internals
+    def _fd(self) -> int:
+        if self._root_fd is None:
+            raise ArkerError(ErrorCode.UNAVAILABLE, "the pool is not open")
+        return self._root_fd
+
+    def _sweep(self) -> None:
+        """Remove what an interrupted build or restore left behind."""
+        for sub, prefix in (("goldens", _STAGING), ("vms", _RESTORE)):
+            for name in os.listdir(self.root / sub):
+                if name.startswith(prefix):
+                    log.info("removing leftover %s/%s", sub, name)
+                    self._destroy(self.root / sub, name)
+
+    def _destroy(self, parent: Path, name: str) -> None:
+        """Delete subvolume parent/name, nested subvolumes first; missing is fine."""
+        try:
+            with _dir_fd(parent) as pfd:
+                _destroy_at(pfd, parent / name)
+        except FileNotFoundError:
+            return
+
+
+def _destroy_at(parent_fd: int, path: Path) -> None:
+    for attempt in range(20):
+        try:
+            _btrfs.destroy_subvolume(parent_fd, path.name)
+            return
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return
+            if exc.errno == errno.ENOTEMPTY:
+                _destroy_nested(path)
+            elif exc.errno == errno.EBUSY and attempt < 19:
+                time.sleep(0.05)  # a mount namespace that held it may still be going away
+            elif exc.errno == errno.EBUSY:
+                raise ArkerError(
+                    ErrorCode.CONFLICT, f"{path.name} is busy (mounted or in use)"
+                ) from exc
+            else:
+                raise
+
+
+def _destroy_nested(path: Path) -> None:
+    """A VM may have made subvolumes inside its own; the kernel refuses to
+    delete a subvolume that still holds any, so remove those bottom-up."""
+    with _dir_fd(path) as fd:
+        _btrfs.set_readonly(fd, False)  # entries of a read-only subvolume cannot be removed
+    for dirpath, dirnames, _ in os.walk(path, topdown=False):
+        for d in dirnames:
+            sub = Path(dirpath) / d
+            st = os.lstat(sub)
+            if st.st_ino == _btrfs.FIRST_FREE_OBJECTID:
+                with _dir_fd(sub) as fd:
+                    _btrfs.set_readonly(fd, False)
+                with _dir_fd(Path(dirpath)) as pfd:
+                    _btrfs.destroy_subvolume(pfd, d)
+
+
+def _snapshot(src_fd: int, parent_fd: int, name: str, *, readonly: bool, what: str) -> None:
+    try:
+        _btrfs.snapshot(src_fd, parent_fd, name, readonly=readonly)
+    except FileExistsError:
+        raise ArkerError(ErrorCode.CONFLICT, f"{what} already exists") from None
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise ArkerError(ErrorCode.UNAVAILABLE, "the storage pool is full") from exc
+        raise
+
+
+def _open_or_404(path: Path, what: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ArkerError(ErrorCode.NOT_FOUND, f"no {what}") from None
+
+
+@contextlib.contextmanager
+def _dir_fd(path: Path) -> Iterator[int]:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
