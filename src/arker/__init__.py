@@ -1,11 +1,61 @@
 """Arker: fork throwaway Linux machines in constant time, run commands, sync files.
 
+    from arker import Arker
+
+    with Arker(region="aws-us-west-2") as arker:
+        with arker.vm("debian").fork(name="hello") as vm:
+            result = vm.run("echo hello")
+            if result.type == "completed":
+                print(result.stdout_text)
+
 `import arker` loads the SDK only; no server or engine code.
 """
 
 from __future__ import annotations
 
+from arker.client import (
+    Arker,
+    AsyncArker,
+    AsyncComputer,
+    AsyncFileSync,
+    CancelledRun,
+    CompletedRun,
+    Computer,
+    FileSync,
+    FileWritten,
+    Golden,
+    RetryPolicy,
+    RunResult,
+    RunState,
+    RunStatus,
+    StartedRun,
+    TimedOutRun,
+    Vm,
+    VmPage,
+)
 from arker.errors import ArkerError, ErrorCode
 
-__all__ = ["ArkerError", "ErrorCode"]
 __version__ = "0.1.0"
+
+__all__ = [
+    "Arker",
+    "ArkerError",
+    "AsyncArker",
+    "AsyncComputer",
+    "AsyncFileSync",
+    "CancelledRun",
+    "CompletedRun",
+    "Computer",
+    "ErrorCode",
+    "FileSync",
+    "FileWritten",
+    "Golden",
+    "RetryPolicy",
+    "RunResult",
+    "RunState",
+    "RunStatus",
+    "StartedRun",
+    "TimedOutRun",
+    "Vm",
+    "VmPage",
+]

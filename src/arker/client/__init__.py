@@ -1,0 +1,44 @@
+"""The Arker SDK: `Arker` (sync) and `AsyncArker`, and what they return."""
+
+from __future__ import annotations
+
+from arker.client._async import AsyncArker, AsyncComputer, AsyncFileSync
+from arker.client._models import (
+    CancelledRun,
+    CompletedRun,
+    FileWritten,
+    Golden,
+    RunResult,
+    RunState,
+    RunStatus,
+    StartedRun,
+    TimedOutRun,
+    Vm,
+    VmPage,
+)
+from arker.client._retry import RetryPolicy
+from arker.client._routing import BURST_GOLDENS, is_burst_vm_id
+from arker.client._sync import Arker, Computer, FileSync
+
+__all__ = [
+    "Arker",
+    "AsyncArker",
+    "AsyncComputer",
+    "AsyncFileSync",
+    "BURST_GOLDENS",
+    "CancelledRun",
+    "CompletedRun",
+    "Computer",
+    "FileSync",
+    "FileWritten",
+    "Golden",
+    "RetryPolicy",
+    "RunResult",
+    "RunState",
+    "RunStatus",
+    "StartedRun",
+    "TimedOutRun",
+    "Vm",
+    "VmPage",
+    "is_burst_vm_id",
+]

@@ -1,0 +1,228 @@
+"""The Arker client and the VM handles it returns.
+
+    client = AsyncArker(region="aws-us-west-2")
+    vm = await client.vm("debian").fork(name="job")
+    result = await vm.run("echo hi")
+    if result.type == "completed":
+        print(result.stdout_text)
+    await vm.delete()
+
+Only I/O lives here; requests are built, and answers decoded, in `_base` and `_wire`.
+`_sync.py` is generated from `_async.py` by scripts/unasync: edit `_async.py`.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Literal
+
+import anyio
+import httpx
+
+from arker.client._base import ArkerBase, ComputerBase, Request, RetryArg
+from arker.client._models import FileWritten, Golden, RunResult, RunStatus, Vm, VmPage
+from arker.client._retry import RetryPolicy
+from arker.client._wire import (
+    decode_file_written,
+    decode_goldens,
+    decode_run,
+    decode_run_status,
+    decode_vm,
+    decode_vm_page,
+    error_from_response,
+    error_from_transport,
+)
+from arker.errors import ArkerError, ErrorCode
+
+__all__ = ["AsyncArker", "AsyncComputer", "AsyncFileSync"]
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+class AsyncArker(ArkerBase):
+    """A client of the Arker API. Closes the HTTP client it made when closed
+    (or on leaving `async with`); one passed in as `http_client` stays open."""
+
+    # Tests replace this to run retries without waiting.
+    _sleep = staticmethod(anyio.sleep)
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        region: str | None = None,
+        base_url: str | None = None,
+        burst_base_url: str | None = None,
+        retry: RetryArg = DEFAULT_RETRY,
+        http_client: httpx.AsyncClient | None = None,
+        timeout_s: float = 60.0,
+    ) -> None:
+        super().__init__(api_key, region, base_url, burst_base_url, retry, timeout_s)
+        self._owns_http = http_client is None
+        self._http = http_client if http_client is not None else httpx.AsyncClient()
+
+    async def _send(self, request: Request) -> httpx.Response:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = await self._http.request(
+                    request.method,
+                    request.url,
+                    params=request.params,
+                    headers=request.headers,
+                    json=request.json,
+                    content=request.content,
+                    timeout=request.timeout_s,
+                )
+            except httpx.RequestError as exc:
+                delay = self.retry.delay_after(attempt, exc)
+                if delay is None:
+                    raise error_from_transport(exc) from exc
+            else:
+                if response.is_success:
+                    return response
+                delay = self.retry.delay_after(attempt, response)
+                if delay is None:
+                    raise error_from_response(response)
+            await self._sleep(delay)
+
+    def vm(self, vm_id: str) -> AsyncComputer:
+        """A handle on a golden or a VM, routed by its name; sends no request."""
+        return AsyncComputer(self, vm_id, self.endpoints.for_source(vm_id))
+
+    async def goldens(self) -> builtins.list[Golden]:
+        """The goldens `fork` accepts as a source (from the normal endpoint)."""
+        return decode_goldens(await self._send(self._goldens_request()))
+
+    async def list(self, *, limit: int = 50, offset: int = 0) -> VmPage:
+        """One page of this key's VMs on the normal endpoint, newest first."""
+        return decode_vm_page(await self._send(self._list_request(limit, offset)))
+
+    async def get(self, vm_id: str) -> Vm:
+        """One VM, asked of the endpoint its id routes to."""
+        endpoint = self.endpoints.for_source(vm_id)
+        return decode_vm(await self._send(self._get_request(endpoint, vm_id)))
+
+    async def aclose(self) -> None:
+        """Close the HTTP client, if this client made it."""
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncArker:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class AsyncComputer(ComputerBase[AsyncArker]):
+    """A golden or a VM. Every call goes to the endpoint it is pinned to; on
+    leaving `async with`, the VM is deleted."""
+
+    def __init__(
+        self, arker: AsyncArker, vm_id: str, endpoint: str, info: Vm | None = None
+    ) -> None:
+        super().__init__(arker, vm_id, endpoint, info)
+        self.sync = AsyncFileSync(self)
+
+    async def _send(self, request: Request) -> httpx.Response:
+        return await self._arker._send(request)
+
+    async def fork(
+        self,
+        *,
+        name: str | None = None,
+        durable: bool = False,
+        idempotency_key: str | None = None,
+    ) -> AsyncComputer:
+        """A copy-on-write copy of this golden or VM, pinned to the same endpoint."""
+        response = await self._send(self._fork_request(name, durable, idempotency_key))
+        vm = decode_vm(response)
+        return AsyncComputer(self._arker, vm.vm_id, self.endpoint, vm)
+
+    async def run(
+        self,
+        command: str,
+        *,
+        background: bool = False,
+        timeout_s: float | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        stdin: bytes | str | None = None,
+        user: Literal["user", "root"] | None = None,
+        idempotency_key: str | None = None,
+    ) -> RunResult:
+        """Run `command` with /bin/sh -c. Foreground waits for the end (completed,
+        timed_out or cancelled); background returns `started` at once."""
+        request = self._run_request(
+            command,
+            background=background,
+            timeout_s=timeout_s,
+            env=env,
+            cwd=cwd,
+            stdin=stdin,
+            user=user,
+            idempotency_key=idempotency_key,
+        )
+        return decode_run(await self._send(request))
+
+    async def run_status(self, run_id: str) -> RunStatus:
+        """A run's state, output so far and `retry_count`."""
+        return decode_run_status(await self._send(self._run_status_request(run_id)))
+
+    async def cancel_run(self, run_id: str) -> RunStatus:
+        """Kill a run's process tree; a finished run is returned as it is."""
+        return decode_run_status(await self._send(self._cancel_run_request(run_id)))
+
+    async def delete(self) -> None:
+        """Kill the VM's processes and free its storage."""
+        await self._send(self._delete_request())
+
+    async def get(self) -> Vm:
+        """The VM as the server sees it now (also kept in `.info`)."""
+        self.info = decode_vm(await self._send(self._refresh_request()))
+        return self.info
+
+    async def __aenter__(self) -> AsyncComputer:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await self.delete()
+        except ArkerError as error:
+            if error.code != ErrorCode.NOT_FOUND:  # already deleted is fine
+                raise
+
+
+class AsyncFileSync:
+    """A VM's files. Paths must be absolute and under /home/user; they are
+    checked before any request is sent."""
+
+    def __init__(self, computer: AsyncComputer) -> None:
+        self._computer = computer
+
+    async def read_file(self, path: str) -> bytes:
+        """The file's bytes."""
+        request = self._computer._read_file_request(path)
+        return (await self._computer._send(request)).content
+
+    async def write_file(
+        self, path: str, data: bytes | str, *, upload_id: str | None = None
+    ) -> FileWritten:
+        """Write the file atomically (str is encoded as UTF-8). Retries reuse one
+        Upload-Id, so the file is written once; pass your own to span processes."""
+        request = self._computer._write_file_request(path, data, upload_id)
+        return decode_file_written(await self._computer._send(request))

@@ -1,0 +1,261 @@
+"""Everything the sync and async clients share, none of it I/O.
+
+The I/O twins (`_async.py`, written; `_sync.py`, generated from it) only send
+the `Request`s built here, retry them as `RetryPolicy.delay_after` says, and
+decode the answers with `_wire`. Routing lives in `_routing`, retry timing in
+`_retry`, response decoding and error mapping in `_wire`.
+
+Every mutating request (fork, run, cancel, delete, file write) is built once
+with its Idempotency-Key (and a write with its Upload-Id), so all attempts of
+one call carry the same keys.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
+from urllib.parse import quote
+
+from pydantic import BaseModel, ValidationError
+
+from arker import _types as wire
+from arker._paths import check_path
+from arker.client._models import Vm
+from arker.client._retry import RetryPolicy
+from arker.client._routing import Endpoints, resolve_api_key, resolve_endpoints
+from arker.errors import ArkerError, ErrorCode
+
+__all__ = ["ArkerBase", "ComputerBase", "Request", "RetryArg"]
+
+RetryArg = RetryPolicy | Mapping[str, Any] | bool | None
+
+# A foreground run holds its HTTP request open until the command ends: give the
+# request the run's own timeout plus this much for the server to answer.
+RUN_TIMEOUT_SLACK_S = 30.0
+
+_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # the contract's Idempotency-Key / Upload-Id
+
+
+@dataclass(frozen=True)
+class Request:
+    """One call, as sent by every attempt."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    timeout_s: float
+    params: dict[str, str | int] | None = None
+    json: dict[str, Any] | None = None
+    content: bytes | None = None
+
+
+def _segment(value: str, what: str) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= 128:
+        raise ArkerError(ErrorCode.INVALID_REQUEST, f"{what} must be 1 to 128 characters")
+    return quote(value, safe="")
+
+
+def _key(value: str | None, what: str) -> str:
+    if value is None:
+        return str(uuid.uuid4())
+    if not isinstance(value, str) or _KEY.fullmatch(value) is None:
+        raise ArkerError(
+            ErrorCode.INVALID_REQUEST, f"{what} must be 1 to 255 printable ASCII characters"
+        )
+    return value
+
+
+def _body(model: type[BaseModel], **fields: Any) -> dict[str, Any]:
+    try:
+        return model(**fields).model_dump(mode="json", exclude_none=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ArkerError(ErrorCode.INVALID_REQUEST, f"{where}: {first['msg']}") from exc
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _as_bytes(data: bytes | bytearray | memoryview | str, what: str) -> bytes:
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    if isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data)
+    raise ArkerError(ErrorCode.INVALID_REQUEST, f"{what} must be bytes or str")
+
+
+class ArkerBase:
+    """Configuration and request building shared by `Arker` and `AsyncArker`."""
+
+    def __init__(
+        self,
+        api_key: str | None,
+        region: str | None,
+        base_url: str | None,
+        burst_base_url: str | None,
+        retry: RetryArg,
+        timeout_s: float,
+    ) -> None:
+        from arker import __version__  # the package is loaded by the time a client is made
+
+        if not isinstance(timeout_s, int | float) or not timeout_s > 0:
+            raise ArkerError(ErrorCode.INVALID_REQUEST, "timeout_s must be a number > 0")
+        self.endpoints: Endpoints = resolve_endpoints(region, base_url, burst_base_url)
+        self.retry: RetryPolicy = RetryPolicy.coerce(retry)
+        self.timeout_s = float(timeout_s)
+        self._headers = {
+            "Authorization": f"Bearer {resolve_api_key(api_key)}",
+            "User-Agent": f"arker-python/{__version__}",
+        }
+
+    @property
+    def base_url(self) -> str:
+        """Where normal goldens and VMs are served."""
+        return self.endpoints.normal
+
+    @property
+    def burst_base_url(self) -> str:
+        """Where `arkuntu` and burst VM ids are served."""
+        return self.endpoints.burst
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r})"
+
+    def _request(
+        self,
+        method: str,
+        endpoint: str,
+        path: str,
+        *,
+        params: dict[str, str | int] | None = None,
+        json: dict[str, Any] | None = None,
+        content: bytes | None = None,
+        idempotency_key: str | None = None,
+        upload_id: str | None = None,
+        mutating: bool = False,
+        timeout_s: float | None = None,
+    ) -> Request:
+        headers = dict(self._headers)
+        if mutating:
+            headers["Idempotency-Key"] = _key(idempotency_key, "idempotency_key")
+        if content is not None:
+            headers["Content-Type"] = "application/octet-stream"
+            headers["Upload-Id"] = _key(upload_id, "upload_id")
+        return Request(
+            method=method,
+            url=endpoint + path,
+            headers=headers,
+            timeout_s=timeout_s if timeout_s is not None else self.timeout_s,
+            params=params,
+            json=json,
+            content=content,
+        )
+
+    def _goldens_request(self) -> Request:
+        return self._request("GET", self.endpoints.normal, "/v1/goldens")
+
+    def _list_request(self, limit: int, offset: int) -> Request:
+        # The contract's bounds on GET /v1/vms (query parameters get no generated model).
+        if not _is_int(limit) or not _is_int(offset) or not 1 <= limit <= 1000 or offset < 0:
+            raise ArkerError(
+                ErrorCode.INVALID_REQUEST, "list needs 1 <= limit <= 1000 and offset >= 0"
+            )
+        params: dict[str, str | int] = {"limit": limit, "offset": offset}
+        return self._request("GET", self.endpoints.normal, "/v1/vms", params=params)
+
+    def _get_request(self, endpoint: str, vm_id: str) -> Request:
+        return self._request("GET", endpoint, f"/v1/vms/{_segment(vm_id, 'vm_id')}")
+
+
+ArkerT = TypeVar("ArkerT", bound=ArkerBase)
+
+
+class ComputerBase(Generic[ArkerT]):
+    """A VM handle: its id and the endpoint it is pinned to."""
+
+    def __init__(self, arker: ArkerT, vm_id: str, endpoint: str, info: Vm | None = None) -> None:
+        self._arker = arker
+        self._path = f"/v1/vms/{_segment(vm_id, 'vm_id')}"
+        self.vm_id = vm_id
+        self.endpoint = endpoint
+        self.info: Vm | None = info
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(vm_id={self.vm_id!r}, endpoint={self.endpoint!r})"
+
+    def _call(self, method: str, path: str = "", **kwargs: Any) -> Request:
+        return self._arker._request(method, self.endpoint, self._path + path, **kwargs)
+
+    def _fork_request(self, name: str | None, durable: bool, key: str | None) -> Request:
+        body = _body(wire.ForkRequest, name=name, durable=durable)
+        return self._call("POST", "/fork", json=body, idempotency_key=key, mutating=True)
+
+    def _run_request(
+        self,
+        command: str,
+        *,
+        background: bool,
+        timeout_s: float | None,
+        env: Mapping[str, str] | None,
+        cwd: str | None,
+        stdin: bytes | str | None,
+        user: Literal["user", "root"] | None,
+        idempotency_key: str | None,
+    ) -> Request:
+        stdin_b64 = None
+        if stdin is not None:
+            stdin_b64 = base64.b64encode(_as_bytes(stdin, "stdin")).decode("ascii")
+        body = _body(
+            wire.RunRequest,
+            command=command,
+            background=background,
+            timeout_s=timeout_s,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            stdin=stdin_b64,
+            user=user,
+        )
+        http_timeout_s = self._arker.timeout_s
+        if not background and timeout_s is not None:
+            http_timeout_s = max(http_timeout_s, timeout_s + RUN_TIMEOUT_SLACK_S)
+        return self._call(
+            "POST",
+            "/runs",
+            json=body,
+            idempotency_key=idempotency_key,
+            mutating=True,
+            timeout_s=http_timeout_s,
+        )
+
+    def _run_status_request(self, run_id: str) -> Request:
+        return self._call("GET", f"/runs/{_segment(run_id, 'run_id')}")
+
+    def _cancel_run_request(self, run_id: str) -> Request:
+        return self._call("POST", f"/runs/{_segment(run_id, 'run_id')}/cancel", mutating=True)
+
+    def _delete_request(self) -> Request:
+        return self._call("DELETE", mutating=True)
+
+    def _refresh_request(self) -> Request:
+        return self._call("GET")
+
+    def _read_file_request(self, path: str) -> Request:
+        return self._call("GET", "/files", params={"path": check_path(path)})
+
+    def _write_file_request(
+        self, path: str, data: bytes | str, upload_id: str | None
+    ) -> Request:
+        return self._call(
+            "PUT",
+            "/files",
+            params={"path": check_path(path)},
+            content=_as_bytes(data, "data"),
+            upload_id=upload_id,
+            mutating=True,
+        )

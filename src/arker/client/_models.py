@@ -1,0 +1,138 @@
+"""What the SDK hands back: run results and statuses with output as `bytes`.
+
+The wire carries output base64-encoded; these classes hold it decoded. They are
+built from the generated `arker._types` models after validation (see
+`_base.decode_*`), so their fields follow the contract. `Vm`, `Golden` and
+`FileWritten` carry no bytes and are the generated models themselves.
+
+    RunResult = CompletedRun | TimedOutRun | CancelledRun | StartedRun
+    (narrow with `if result.type == "completed": ...`)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from arker._types import FileWritten, Golden, Vm
+
+__all__ = [
+    "CancelledRun",
+    "CompletedRun",
+    "FileWritten",
+    "Golden",
+    "RunResult",
+    "RunState",
+    "RunStatus",
+    "StartedRun",
+    "TimedOutRun",
+    "Vm",
+    "VmPage",
+]
+
+RunState = Literal["queued", "running", "completed", "timed_out", "cancelled", "failed"]
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Output:
+    run_id: str
+    stdout: bytes
+    stderr: bytes
+    stdout_truncated: bool
+    stderr_truncated: bool
+    duration_ms: int
+
+    @property
+    def stdout_text(self) -> str:
+        """stdout decoded as UTF-8 (undecodable bytes replaced)."""
+        return _text(self.stdout)
+
+    @property
+    def stderr_text(self) -> str:
+        """stderr decoded as UTF-8 (undecodable bytes replaced)."""
+        return _text(self.stderr)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompletedRun(_Output):
+    """The command ended by itself. A non-zero exit is a result, not an error."""
+
+    exit_code: int
+    oom_killed: bool
+    type: Literal["completed"] = "completed"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TimedOutRun(_Output):
+    """`timeout_s` passed and the run's process tree was killed."""
+
+    timeout_s: float
+    type: Literal["timed_out"] = "timed_out"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CancelledRun(_Output):
+    """The run was cancelled; its process tree was killed."""
+
+    type: Literal["cancelled"] = "cancelled"
+
+
+@dataclass(frozen=True, kw_only=True)
+class StartedRun:
+    """A background run was accepted; poll it with `Computer.run_status(run_id)`."""
+
+    run_id: str
+    type: Literal["started"] = "started"
+
+
+RunResult = CompletedRun | TimedOutRun | CancelledRun | StartedRun
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunStatus:
+    """A run's state and its output so far."""
+
+    run_id: str
+    vm_id: str
+    state: RunState
+    background: bool
+    exit_code: int | None
+    stdout: bytes
+    stderr: bytes
+    stdout_truncated: bool
+    stderr_truncated: bool
+    oom_killed: bool
+    retry_count: int
+    failure_reason: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_ms: int | None
+
+    @property
+    def done(self) -> bool:
+        """True once the run can change no more."""
+        return self.state not in ("queued", "running")
+
+    @property
+    def stdout_text(self) -> str:
+        """stdout so far, decoded as UTF-8 (undecodable bytes replaced)."""
+        return _text(self.stdout)
+
+    @property
+    def stderr_text(self) -> str:
+        """stderr so far, decoded as UTF-8 (undecodable bytes replaced)."""
+        return _text(self.stderr)
+
+
+@dataclass(frozen=True, kw_only=True)
+class VmPage:
+    """One page of `Arker.list()`: the VMs, newest first, and how many there are in all."""
+
+    items: list[Vm]
+    total: int
