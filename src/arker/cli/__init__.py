@@ -1,0 +1,19 @@
+"""The `arker` command line."""
+
+from __future__ import annotations
+
+import typer
+
+from arker.cli import client, demo, goldens, smoke
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(name="arker", no_args_is_help=True, help="Fork Linux VMs, run commands.")
+client.register(app)
+goldens.register(app)
+smoke.register(app)
+demo.register(app)
+
+
+def main() -> None:
+    app()

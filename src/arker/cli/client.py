@@ -1,0 +1,393 @@
+"""The client commands of `arker`: fork, run, status, cancel, ls, get, rm, cp, cat.
+
+They are thin: each builds an `Arker` client configured like the SDK
+(--api-key/--region/--base-url, else ARKER_API_KEY, ARKER_REGION,
+ARKER_BASE_URL) and prints what it returns. Data (ids, command output, file
+bytes, JSON) goes to stdout; notes for people go to stderr.
+"""
+
+from __future__ import annotations
+
+import enum
+import sys
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.table import Table
+
+from arker.cli._output import (
+    bytes_progress,
+    cli_errors,
+    err_console,
+    fail,
+    out_console,
+    print_json,
+    spinner,
+    write_stderr,
+    write_stdout,
+)
+
+if TYPE_CHECKING:
+    from arker import Arker
+
+__all__ = ["register"]
+
+# Below this, a transfer is over before a bar would be read.
+PROGRESS_MIN_BYTES = 8 * 1024 * 1024
+CHUNK_BYTES = 1024 * 1024
+# The contract caps a run's stdin at 8 MiB decoded.
+STDIN_MAX_BYTES = 8 * 1024 * 1024
+# Exit statuses for runs that did not end by themselves, after coreutils'
+# `timeout` (124) and the shell's convention for SIGINT (130).
+EXIT_TIMED_OUT = 124
+EXIT_CANCELLED = 130
+# How long `arker run` waits for a foreground run with no --timeout: the
+# contract's longest timeout_s.
+RUN_WAIT_S = 86400.0
+
+
+class RunUser(enum.StrEnum):
+    user = "user"
+    root = "root"
+
+
+_COLUMNS = ("vm_id", "name", "base_image", "state", "durable", "parent_id", "created_at")
+
+ApiKey = Annotated[
+    str | None,
+    typer.Option("--api-key", help="API key (else ARKER_API_KEY, AUTH_KEY)", show_default=False),
+]
+Region = Annotated[
+    str | None,
+    typer.Option("--region", help="Region, e.g. aws-us-west-2 (else ARKER_REGION)"),
+]
+BaseUrl = Annotated[
+    str | None,
+    typer.Option("--base-url", help="API base URL, with any /api prefix (else ARKER_BASE_URL)"),
+]
+VmId = Annotated[str, typer.Argument(metavar="VM", help="The VM id.")]
+RunId = Annotated[str, typer.Argument(metavar="RUN", help="The run id.")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON document, for scripts.")]
+
+
+def _client(
+    api_key: str | None, region: str | None, base_url: str | None, timeout_s: float = 60.0
+) -> Arker:
+    from arker import Arker
+
+    return Arker(api_key, region=region, base_url=base_url, timeout_s=timeout_s)
+
+
+def _vm_doc(vm: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = vm.model_dump(mode="json")
+    return doc
+
+
+def fork(
+    source: Annotated[str, typer.Argument(help="A golden name or a VM id.")],
+    name: Annotated[str | None, typer.Option("--name", help="Name (and hostname).")] = None,
+    durable: Annotated[bool, typer.Option("--durable", help="Survive host crashes.")] = False,
+    api_key: ApiKey = None,
+    region: Region = None,
+    base_url: BaseUrl = None,
+) -> None:
+    """Fork a golden or a VM; print the new VM's id."""
+    with _client(api_key, region, base_url) as arker:
+        child = arker.vm(source).fork(name=name, durable=durable)
+        print(child.vm_id)
+
+
+def _read_stdin(stdin_file: Path | None, no_stdin: bool) -> bytes | None:
+    if stdin_file is not None:
+        with stdin_file.open("rb") as f:
+            data = f.read(STDIN_MAX_BYTES + 1)
+    elif no_stdin or sys.stdin is None or sys.stdin.isatty():
+        return None
+    else:
+        data = sys.stdin.buffer.read(STDIN_MAX_BYTES + 1)
+    if len(data) > STDIN_MAX_BYTES:
+        fail("payload_too_large", "stdin is over 8 MiB; copy it in with `arker cp` instead")
+    return data or None
+
+
+def _parse_env(pairs: list[str]) -> dict[str, str] | None:
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            fail("invalid_request", f"--env takes KEY=VALUE, got {pair!r}")
+        env[key] = value
+    return env or None
+
+
+def _notes(result: Any) -> None:
+    for stream in ("stdout", "stderr"):
+        if getattr(result, f"{stream}_truncated", False):
+            err_console.print(f"arker: {stream} was cut at the server's output cap")
+    if getattr(result, "oom_killed", False):
+        err_console.print("arker: the VM's memory limit killed the command")
+
+
+def run(
+    vm: VmId,
+    command: Annotated[
+        list[str], typer.Argument(help="The command, after `--`; run by /bin/sh -c.")
+    ],
+    background: Annotated[
+        bool, typer.Option("--background", "-b", help="Start it and print the run id.")
+    ] = False,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Kill it after S seconds.", min=0.001)
+    ] = None,
+    env: Annotated[
+        list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE; repeatable.")
+    ] = None,
+    cwd: Annotated[str | None, typer.Option("--cwd", help="Working directory.")] = None,
+    user: Annotated[RunUser | None, typer.Option("--user", help="Run as (default user).")] = None,
+    stdin_file: Annotated[
+        Path | None, typer.Option("--stdin", help="Feed this file to the command's stdin.")
+    ] = None,
+    no_stdin: Annotated[
+        bool, typer.Option("--no-stdin", "-n", help="Do not pass this terminal's stdin on.")
+    ] = False,
+    api_key: ApiKey = None,
+    region: Region = None,
+    base_url: BaseUrl = None,
+) -> None:
+    """Run a command in a VM; its output and exit status become arker's.
+
+    Several words are joined with spaces, as ssh does: quote a pipeline once,
+    `arker run VM -- 'ls | wc -l'`. A timeout exits 124, a cancelled run 130.
+    """
+    data = _read_stdin(stdin_file, no_stdin)
+    # A foreground run with no timeout may take as long as the command does:
+    # wait for it (the SDK adds its own slack when --timeout is given).
+    wait_s = RUN_WAIT_S if timeout is None and not background else 60.0
+    with _client(api_key, region, base_url, wait_s) as arker:
+        result = arker.vm(vm).run(
+            " ".join(command),
+            background=background,
+            timeout_s=timeout,
+            env=_parse_env(env or []),
+            cwd=cwd,
+            stdin=data,
+            user=None if user is None else user.value,
+        )
+    if result.type == "started":
+        print(result.run_id)
+        return
+    write_stdout(result.stdout)
+    write_stderr(result.stderr)
+    _notes(result)
+    if result.type == "completed":
+        raise typer.Exit(result.exit_code)
+    if result.type == "timed_out":
+        err_console.print(f"arker: timed out after {result.timeout_s:g} s (run {result.run_id})")
+        raise typer.Exit(EXIT_TIMED_OUT)
+    err_console.print(f"arker: run {result.run_id} was cancelled")
+    raise typer.Exit(EXIT_CANCELLED)
+
+
+def _print_status(status: Any, as_json: bool) -> None:
+    if as_json:
+        doc = {
+            k: getattr(status, k)
+            for k in status.__dataclass_fields__
+            if k not in ("stdout", "stderr")
+        }
+        doc["stdout"] = status.stdout_text
+        doc["stderr"] = status.stderr_text
+        print_json(doc)
+        return
+    write_stdout(status.stdout)
+    write_stderr(status.stderr)
+    _notes(status)
+    exit_code = "-" if status.exit_code is None else status.exit_code
+    line = f"state: {status.state}  exit code: {exit_code}  retries: {status.retry_count}"
+    if status.failure_reason:
+        line += f"  reason: {status.failure_reason}"
+    err_console.print(line)
+
+
+def status(
+    vm: VmId,
+    run_id: RunId,
+    as_json: Json = False,
+    api_key: ApiKey = None,
+    region: Region = None,
+    base_url: BaseUrl = None,
+) -> None:
+    """Show a run: its output so far on stdout/stderr, then its state."""
+    with _client(api_key, region, base_url) as arker:
+        _print_status(arker.vm(vm).run_status(run_id), as_json)
+
+
+def cancel(
+    vm: VmId,
+    run_id: RunId,
+    as_json: Json = False,
+    api_key: ApiKey = None,
+    region: Region = None,
+    base_url: BaseUrl = None,
+) -> None:
+    """Cancel a run (its whole process tree is killed) and show where it stopped."""
+    with _client(api_key, region, base_url) as arker:
+        _print_status(arker.vm(vm).cancel_run(run_id), as_json)
+
+
+def ls(
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 100,
+    offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
+    as_json: Json = False,
+    api_key: ApiKey = None,
+    region: Region = None,
+    base_url: BaseUrl = None,
+) -> None:
+    """List your VMs, newest first."""
+    with _client(api_key, region, base_url) as arker:
+        page = arker.list(limit=limit, offset=offset)
+    if as_json:
+        print_json({"items": [_vm_doc(vm) for vm in page.items], "total": page.total})
+        return
+    table = Table(caption=f"{len(page.items)} of {page.total}", caption_justify="left")
+    for column in _COLUMNS:
+        table.add_column(column, overflow="fold")
+    for vm in page.items:
+        doc = _vm_doc(vm)
+        table.add_row(*("" if doc[c] is None else str(doc[c]) for c in _COLUMNS))
+    out_console.print(table)
+
+
+def get(
+    vm: VmId,
+    as_json: Json = False,
+    api_key: ApiKey = None,
+    region: Region = None,
+    base_url: BaseUrl = None,
+) -> None:
+    """Show one VM."""
+    with _client(api_key, region, base_url) as arker:
+        doc = _vm_doc(arker.get(vm))
+    if as_json:
+        print_json(doc)
+        return
+    table = Table(show_header=False, box=None)
+    for key, value in doc.items():
+        table.add_row(key, "" if value is None else str(value))
+    out_console.print(table)
+
+
+def rm(
+    vms: Annotated[list[str], typer.Argument(metavar="VM...", help="The VM ids.")],
+    api_key: ApiKey = None,
+    region: Region = None,
+    base_url: BaseUrl = None,
+) -> None:
+    """Delete VMs (their processes are killed and their storage freed)."""
+    from arker import ArkerError
+
+    failed = 0
+    with _client(api_key, region, base_url) as arker:
+        for vm_id in vms:
+            # Keep going: one missing VM should not leave the others alive.
+            try:
+                arker.vm(vm_id).delete()
+            except ArkerError as exc:
+                failed += 1
+                sys.stderr.write(f"error: {exc.code}: {vm_id}: {exc.message}\n")
+                continue
+            print(vm_id)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _split_remote(spec: str) -> tuple[str, str] | None:
+    """`VM:/path` -> (VM, /path); anything else is a local path. The remote
+    path must be absolute, so `./a:b` or `a:b` stay local."""
+    vm, sep, path = spec.partition(":")
+    if sep and vm and "/" not in vm and path.startswith("/"):
+        return vm, path
+    return None
+
+
+def _read_local(path: Path) -> bytes:
+    size = path.stat().st_size
+    if size < PROGRESS_MIN_BYTES:
+        return path.read_bytes()
+    chunks = []
+    with bytes_progress(f"reading {path.name}", size) as advance, path.open("rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            chunks.append(chunk)
+            advance(len(chunk))
+    return b"".join(chunks)
+
+
+def _write_local(path: Path, data: bytes) -> None:
+    if len(data) < PROGRESS_MIN_BYTES:
+        path.write_bytes(data)
+        return
+    view = memoryview(data)
+    with bytes_progress(f"writing {path.name}", len(data)) as advance, path.open("wb") as f:
+        for start in range(0, len(data), CHUNK_BYTES):
+            advance(f.write(view[start : start + CHUNK_BYTES]))
+
+
+def cp(
+    src: Annotated[str, typer.Argument(help="LOCAL or VM:/home/user/PATH")],
+    dst: Annotated[str, typer.Argument(help="LOCAL or VM:/home/user/PATH")],
+    api_key: ApiKey = None,
+    region: Region = None,
+    base_url: BaseUrl = None,
+) -> None:
+    """Copy a file into, out of, or between VMs; `VM:` marks the VM side.
+
+    Large files show a bar while they are read or written locally; the SDK
+    sends a file in one request, so the network part shows a spinner with
+    the time taken, not a byte count it does not have.
+    """
+    remote_src, remote_dst = _split_remote(src), _split_remote(dst)
+    if remote_src is None and remote_dst is None:
+        fail("invalid_request", "one side must be VM:/home/user/PATH")
+    with _client(api_key, region, base_url) as arker:
+        if remote_src is None:
+            data = _read_local(Path(src))
+            name = Path(src).name
+        else:
+            with spinner(f"fetching {src}"):
+                data = arker.vm(remote_src[0]).sync.read_file(remote_src[1])
+            name = PurePosixPath(remote_src[1]).name
+        if remote_dst is not None:
+            vm_id, path = remote_dst
+            if path.endswith("/"):
+                path += name
+            with spinner(f"sending {len(data):,} bytes to {vm_id}:{path}"):
+                arker.vm(vm_id).sync.write_file(path, data)
+            return
+    local = Path(dst)
+    if local.is_dir():
+        local = local / name
+    _write_local(local, data)
+
+
+def cat(
+    spec: Annotated[str, typer.Argument(metavar="VM:PATH", help="VM:/home/user/PATH")],
+    api_key: ApiKey = None,
+    region: Region = None,
+    base_url: BaseUrl = None,
+) -> None:
+    """Print a VM's file to stdout, byte for byte."""
+    remote = _split_remote(spec)
+    if remote is None:
+        fail("invalid_request", f"expected VM:/home/user/PATH, got {spec!r}")
+    with _client(api_key, region, base_url) as arker:
+        write_stdout(arker.vm(remote[0]).sync.read_file(remote[1]))
+
+
+_COMMANDS = (fork, run, status, cancel, ls, get, rm, cp, cat)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the client commands to the `arker` app."""
+    for func in _COMMANDS:
+        app.command()(cli_errors(func))

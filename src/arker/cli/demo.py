@@ -1,0 +1,290 @@
+"""`arker demo`: the whole story on this machine, or against a deployment.
+
+With nothing configured it runs a server of its own (a subprocess of `arker
+serve` on a free port), builds the golden if this host has none, makes a key,
+tells the story through the SDK, then removes what it made: the VMs, the key,
+the server. With ARKER_API_KEY, ARKER_REGION or ARKER_BASE_URL, and
+ARKER_SOURCE_VM set, it tells the same story to that deployment.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import httpx
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from arker.cli._output import cli_errors, err_console, fail, out_console
+from arker.cli.goldens import DEFAULT_DATA_DIR, build_golden, engine_at
+
+if TYPE_CHECKING:
+    from arker import Arker, Computer
+
+__all__ = ["register", "tell_story"]
+
+SERVER_START_TIMEOUT_S = 60.0
+SERVER_STOP_TIMEOUT_S = 15.0
+
+
+@dataclass
+class Step:
+    what: str
+    ms: float
+    shows: str
+
+
+class Story:
+    """Times each step and remembers every VM made, to delete them at the end."""
+
+    def __init__(self) -> None:
+        self.steps: list[Step] = []
+        self.vms: list[Computer] = []
+
+    def step(self, what: str, action: Callable[[], str]) -> None:
+        with err_console.status(what):
+            start = time.perf_counter()
+            shows = action()
+            ms = (time.perf_counter() - start) * 1000
+        self.steps.append(Step(what, ms, shows))
+        err_console.print(f"[green]✓[/] {escape(what)} [dim]{ms:.0f} ms[/]")
+
+    def cleanup(self) -> None:
+        from arker import ArkerError
+
+        for vm in reversed(self.vms):
+            try:
+                vm.delete()
+            except ArkerError as exc:
+                if exc.code != "not_found":
+                    err_console.print(f"could not delete {vm.vm_id}: {exc}")
+
+
+def _first_line(data: bytes) -> str:
+    return data.decode("utf-8", "replace").strip().splitlines()[0] if data.strip() else ""
+
+
+def tell_story(arker: Arker, source: str) -> list[Step]:
+    """Fork, run, write and read, fork the fork, run in the background; return
+    the timed steps. Every VM made is deleted before this returns."""
+    story = Story()
+    try:
+        _tell(arker, source, story)
+        story.step("delete the VMs", lambda: _delete_all(story))
+    finally:
+        story.cleanup()
+    return story.steps
+
+
+def _delete_all(story: Story) -> str:
+    for vm in reversed(story.vms):
+        vm.delete()
+    count = len(story.vms)
+    story.vms.clear()
+    return f"{count} VMs deleted"
+
+
+def _ok(result: Any) -> Any:
+    if result.type != "completed" or result.exit_code != 0:
+        code = getattr(result, "exit_code", None)
+        fail("demo_failed", f"a run ended {result.type} (exit {code}): {result.stderr_text}")
+    return result
+
+
+def _tell(arker: Arker, source: str, story: Story) -> None:
+    holder: dict[str, Computer] = {}
+    path = "/home/user/hello.txt"
+
+    def fork_source() -> str:
+        vm = arker.vm(source).fork(name="demo")
+        story.vms.append(vm)
+        holder["vm"] = vm
+        return f"{vm.vm_id} from {source}"
+
+    story.step(f"fork {source}", fork_source)
+    vm = holder["vm"]
+    cmd = "uname -a; id; cat /etc/os-release 2>/dev/null | head -1"
+    story.step(
+        "run uname; id; os-release",
+        lambda: " | ".join(_ok(vm.run(cmd)).stdout_text.strip().splitlines()),
+    )
+
+    def write_read() -> str:
+        vm.sync.write_file(path, b"hello from the parent\n")
+        return f"{path}: {_first_line(vm.sync.read_file(path))!r}"
+
+    story.step("write and read a file", write_read)
+
+    def fork_vm() -> str:
+        child = vm.fork(name="demo-child")
+        story.vms.append(child)
+        holder["child"] = child
+        return f"{child.vm_id}, a copy-on-write child"
+
+    story.step("fork the VM", fork_vm)
+    child = holder["child"]
+
+    def diverge() -> str:
+        child.sync.write_file(path, b"hello from the child\n")
+        mine, theirs = child.sync.read_file(path), vm.sync.read_file(path)
+        if mine == theirs:
+            fail("demo_failed", "the child's write showed in its parent")
+        return f"child {_first_line(mine)!r}, parent still {_first_line(theirs)!r}"
+
+    story.step("write in the child only", diverge)
+
+    def background() -> str:
+        started = vm.run("for i in 1 2 3; do echo tick $i; sleep 0.5; done", background=True)
+        if started.type != "started":
+            fail("demo_failed", f"a background run answered {started.type}")
+        polls = 0
+        while True:
+            polls += 1
+            status = vm.run_status(started.run_id)
+            if status.done:
+                break
+            time.sleep(0.2)
+        if status.state != "completed":
+            fail("demo_failed", f"the background run ended {status.state}")
+        ticks = status.stdout_text.split()
+        return f"{status.state} after {polls} polls: {' '.join(ticks)}"
+
+    story.step("background run, polled", background)
+
+
+def _print_steps(steps: list[Step], title: str) -> None:
+    table = Table(title=title)
+    table.add_column("step")
+    table.add_column("ms", justify="right")
+    table.add_column("shows", overflow="fold")
+    for s in steps:
+        table.add_row(escape(s.what), f"{s.ms:.0f}", escape(s.shows))
+    table.add_row("[bold]total[/]", f"[bold]{sum(s.ms for s in steps):.0f}[/]", "")
+    out_console.print(table)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def embedded_server(data_dir: Path, log: Path) -> Iterator[str]:
+    """`arker serve` on a free local port until the block ends (SIGTERM, then
+    SIGKILL if it will not stop); yields its base URL once /healthz answers."""
+    port = _free_port()
+    cmd = [
+        sys.executable,
+        "-c",
+        "from arker.cli import main; main()",
+        "serve",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+    ]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+                fail("unavailable", f"arker serve exited {proc.returncode}: {' / '.join(tail)}")
+            try:
+                if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                fail("unavailable", f"arker serve did not answer in {SERVER_START_TIMEOUT_S:g} s")
+            time.sleep(0.1)
+        yield base_url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(SERVER_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextmanager
+def _demo_key(data_dir: Path) -> Iterator[str]:
+    """A fresh key, made the way `arker keys create` makes one, revoked after."""
+    from arker.cli.server import create_key, revoke_key
+
+    key_id, secret = create_key(data_dir, name="arker-demo")
+    try:
+        yield secret
+    finally:
+        revoke_key(data_dir, key_id)
+
+
+def _remote_config() -> tuple[str | None, str | None] | None:
+    env = os.environ
+    has_key = env.get("ARKER_API_KEY") or env.get("AUTH_KEY")
+    has_endpoint = env.get("ARKER_REGION") or env.get("ARKER_BASE_URL")
+    if has_key and has_endpoint and env.get("ARKER_SOURCE_VM"):
+        return env.get("ARKER_REGION"), env.get("ARKER_BASE_URL")
+    return None
+
+
+def demo(
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", help="Where the embedded server keeps its data.")
+    ] = DEFAULT_DATA_DIR,
+    golden: Annotated[
+        str, typer.Option("--golden", help="`debian`, or `busybox` for a fast one.")
+    ] = "debian",
+) -> None:
+    """Fork a VM, run in it, sync files, fork the fork; time every step."""
+    from arker import Arker
+
+    if _remote_config() is not None:
+        source = os.environ["ARKER_SOURCE_VM"]
+        with Arker() as arker:
+            steps = tell_story(arker, source)
+        _print_steps(steps, f"arker demo against {arker.base_url} ({source})")
+        return
+    with ExitStack() as stack:
+        start = time.perf_counter()
+        with engine_at(data_dir) as engine:
+            if golden not in {g.name for g in engine.goldens()}:
+                err_console.print(f"first run: building the {golden} golden")
+                build_golden(engine, golden)
+        setup = [
+            Step(f"golden {golden} ready", (time.perf_counter() - start) * 1000, str(data_dir))
+        ]
+        log = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="arker-demo-")))
+        start = time.perf_counter()
+        base_url = stack.enter_context(embedded_server(data_dir, log / "serve.log"))
+        key = stack.enter_context(_demo_key(data_dir))
+        setup.append(
+            Step("start arker serve, make a key", (time.perf_counter() - start) * 1000, base_url)
+        )
+        with Arker(key, base_url=base_url) as arker:
+            steps = tell_story(arker, golden)
+        _print_steps(setup + steps, f"arker demo on this machine ({golden})")
+    err_console.print("cleaned up: VMs deleted, key revoked, server stopped")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `arker demo` to the app."""
+    app.command()(cli_errors(demo))
