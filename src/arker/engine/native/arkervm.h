@@ -1,0 +1,37 @@
+/* arkervm: the small static helper behind Arker's namespace engine.
+ *
+ *   arkervm init ...   start a VM's PID 1 (namespaces, mounts, pivot_root)
+ *   arkervm exec ...   run one command inside a running VM, spool its output
+ *
+ * It is static so it runs from any host path whatever the VM's libc, and it
+ * is written with direct syscalls because process spawning dominates the cost
+ * of starting a VM and of every run (DESIGN.md, "Facts measured").
+ */
+#ifndef ARKERVM_H
+#define ARKERVM_H
+
+#define _GNU_SOURCE
+#include <stddef.h>
+#include <sys/types.h>
+
+#define MAX_CGROUPS 8
+
+/* util.c */
+void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+int write_str(const char *path, const char *value);
+int write_fd_str(int fd, const char *value);
+long long parse_ll(const char *flag, const char *value);
+double now_s(void);
+long long read_oom_kills(const char *path);
+
+/* init.c */
+int init_main(int argc, char **argv);
+
+/* exec.c */
+int exec_main(int argc, char **argv);
+
+/* seccomp.c */
+int drop_privileges(uid_t uid, gid_t gid);
+int install_seccomp(void);
+
+#endif

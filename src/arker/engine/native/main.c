@@ -1,0 +1,14 @@
+#include "arkervm.h"
+
+#include <stdio.h>
+#include <string.h>
+
+int main(int argc, char **argv)
+{
+    if (argc >= 2 && strcmp(argv[1], "init") == 0)
+        return init_main(argc - 2, argv + 2);
+    if (argc >= 2 && strcmp(argv[1], "exec") == 0)
+        return exec_main(argc - 2, argv + 2);
+    fprintf(stderr, "usage: arkervm init|exec [options]\n");
+    return 2;
+}

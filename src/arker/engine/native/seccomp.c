@@ -1,0 +1,119 @@
+/* Credentials, capabilities and the seccomp filter every run gets.
+ *
+ * uid 1000 keeps no capability at all; root keeps Docker's default set,
+ * which excludes CAP_SYS_ADMIN, so mounts, namespaces and the like stay out
+ * of reach even before seccomp. The filter is a deny list (the syscalls
+ * that reach kernel state shared with the host) answered with EPERM, so
+ * ordinary programs keep working and the dangerous ones fail cleanly. */
+#include "arkervm.h"
+
+#include <errno.h>
+#include <grp.h>
+#include <linux/audit.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sched.h>
+#include <stddef.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#ifndef CLONE_NEWTIME
+#define CLONE_NEWTIME 0x00000080
+#endif
+#define X32_SYSCALL_BIT 0x40000000u
+
+static const int root_caps[] = {
+    CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FSETID, CAP_FOWNER, CAP_SETGID, CAP_SETUID,
+    CAP_SETPCAP, CAP_NET_BIND_SERVICE, CAP_SYS_CHROOT, CAP_KILL, CAP_AUDIT_WRITE,
+    CAP_SETFCAP,
+};
+
+int drop_privileges(uid_t uid, gid_t gid)
+{
+    unsigned long long keep = 0;
+    if (uid == 0)
+        for (size_t i = 0; i < sizeof root_caps / sizeof root_caps[0]; i++)
+            keep |= 1ULL << root_caps[i];
+    if (uid == 0 ? setgroups(0, NULL) < 0 : setgroups(1, &gid) < 0)
+        return -1;
+    if (setresgid(gid, gid, gid) < 0)
+        return -1;
+    /* The bounding set caps what any later execve (setuid files included)
+     * can regain; PR_CAPBSET_DROP needs CAP_SETPCAP, so it goes first. */
+    for (int cap = 0; cap <= 63; cap++) {
+        if (keep & (1ULL << cap))
+            continue;
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL)
+            return -1;
+    }
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
+        return -1;
+    if (setresuid(uid, uid, uid) < 0)
+        return -1;
+    struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2] = {{0, 0, 0}, {0, 0, 0}};
+    data[0].effective = data[0].permitted = (__u32)keep;
+    data[1].effective = data[1].permitted = (__u32)(keep >> 32);
+    if (syscall(SYS_capset, &hdr, data) < 0)
+        return -1;
+    return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+}
+
+static const int denied[] = {
+    __NR_mount, __NR_umount2, __NR_pivot_root, __NR_move_mount, __NR_open_tree,
+    __NR_fsopen, __NR_fsconfig, __NR_fsmount, __NR_fspick, __NR_mount_setattr,
+    __NR_init_module, __NR_finit_module, __NR_delete_module, __NR_kexec_load,
+    __NR_kexec_file_load, __NR_bpf, __NR_perf_event_open, __NR_add_key,
+    __NR_request_key, __NR_keyctl, __NR_unshare, __NR_setns, __NR_open_by_handle_at,
+    __NR_name_to_handle_at, __NR_swapon, __NR_swapoff, __NR_reboot, __NR_syslog,
+    __NR_acct, __NR_settimeofday, __NR_clock_settime, __NR_clock_adjtime,
+    __NR_adjtimex, __NR_iopl, __NR_ioperm, __NR_lookup_dcookie, __NR_userfaultfd,
+    __NR_quotactl, __NR_ptrace, __NR_process_vm_readv, __NR_process_vm_writev,
+    __NR_kcmp, __NR_vhangup, __NR_uselib, __NR_nfsservctl, __NR__sysctl,
+    __NR_create_module, __NR_get_kernel_syms, __NR_query_module,
+#ifdef __NR_quotactl_fd
+    __NR_quotactl_fd,
+#endif
+#ifdef __NR_pidfd_getfd
+    __NR_pidfd_getfd,
+#endif
+};
+
+#define STMT(code, k) ((struct sock_filter)BPF_STMT((code), (k)))
+#define JUMP(code, k, jt, jf) ((struct sock_filter)BPF_JUMP((code), (k), (jt), (jf)))
+
+int install_seccomp(void)
+{
+    enum { NDENIED = sizeof denied / sizeof denied[0] };
+    struct sock_filter f[16 + 2 * NDENIED];
+    size_t n = 0;
+    const __u32 ns_flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER |
+                           CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWCGROUP;
+
+    /* Only the x86_64 ABI: i386 (int 0x80) and x32 number syscalls
+     * differently, so the deny list below would not cover them. */
+    f[n++] = STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
+    f[n++] = JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0);
+    f[n++] = STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM);
+    f[n++] = STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
+    f[n++] = JUMP(BPF_JMP | BPF_JGE | BPF_K, X32_SYSCALL_BIT, 0, 1);
+    f[n++] = STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM);
+    for (size_t i = 0; i < NDENIED; i++) {
+        f[n++] = JUMP(BPF_JMP | BPF_JEQ | BPF_K, (__u32)denied[i], 0, 1);
+        f[n++] = STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM);
+    }
+    /* clone3 passes its flags in memory BPF cannot read: ENOSYS makes libc
+     * fall back to clone, whose flags we can check. */
+    f[n++] = JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone3, 0, 1);
+    f[n++] = STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS);
+    f[n++] = JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone, 0, 3);
+    f[n++] = STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0]));
+    f[n++] = JUMP(BPF_JMP | BPF_JSET | BPF_K, ns_flags, 0, 1);
+    f[n++] = STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM);
+    f[n++] = STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+
+    struct sock_fprog prog = {(unsigned short)n, f};
+    return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);
+}

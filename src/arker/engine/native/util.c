@@ -1,0 +1,84 @@
+#include "arkervm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+void die(const char *fmt, ...)
+{
+    va_list ap;
+    int saved = errno;
+    va_start(ap, fmt);
+    fputs("arkervm: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, ": %s\n", strerror(saved));
+    exit(1);
+}
+
+int write_fd_str(int fd, const char *value)
+{
+    size_t len = strlen(value);
+    ssize_t n = write(fd, value, len);
+    return n == (ssize_t)len ? 0 : -1;
+}
+
+int write_str(const char *path, const char *value)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int rc = write_fd_str(fd, value);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return rc;
+}
+
+long long parse_ll(const char *flag, const char *value)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(value, &end, 10);
+    if (errno || *end || end == value) {
+        fprintf(stderr, "arkervm: bad number for %s: %s\n", flag, value);
+        exit(2);
+    }
+    return v;
+}
+
+double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* The `oom_kill N` line of v1 memory.oom_control or v2 memory.events: the
+ * count of processes the kernel killed in that cgroup. -1 when unreadable. */
+long long read_oom_kills(const char *path)
+{
+    if (!path || !*path)
+        return -1;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    char buf[1024];
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = 0;
+    for (char *line = buf; line && *line; line = strchr(line, '\n')) {
+        if (*line == '\n')
+            line++;
+        if (strncmp(line, "oom_kill ", 9) == 0)
+            return strtoll(line + 9, NULL, 10);
+    }
+    return -1;
+}
