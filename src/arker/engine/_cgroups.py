@@ -1,0 +1,230 @@
+"""This engine's cgroups, on a v1 hybrid host or a pure v2 one.
+
+    hybrid v1 (memory, pids, cpu limits; freeze and kill in the unified tree)
+      /sys/fs/cgroup/{memory,pids,cpu}/<root>/<vm>       limits, all of the VM
+      /sys/fs/cgroup/unified/<root>/<vm>/init            the VM's PID 1
+      /sys/fs/cgroup/unified/<root>/<vm>/r-<run_id>      one run's process tree
+    pure v2
+      /sys/fs/cgroup/<root>/<vm>                         limits
+      /sys/fs/cgroup/<root>/<vm>/{init,r-<run_id>}       leaves
+
+`<root>` is named after the data directory, so engines on different data
+directories (parallel tests, several engineers) never touch each other's
+cgroups. Kills go through `cgroup.kill` of the unified tree: it reaches every
+process of a run or VM, double-forked ones too, and unlike the v1 freezer it
+cannot hang in FREEZING under a vfork loop (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from arker.engine.base import Limits
+from arker.errors import ArkerError, ErrorCode
+
+__all__ = ["Cgroups", "RunCgroup"]
+
+CGROUP_FS = Path("/sys/fs/cgroup")
+_CPU_PERIOD_US = 100_000
+
+
+@dataclass(frozen=True)
+class RunCgroup:
+    procs: list[str]  # cgroup.procs files the run's process joins
+    kill_dir: str  # the leaf whose cgroup.kill ends the run's whole tree
+    oom_file: str  # where the VM's oom_kill counter is read
+
+
+class Cgroups:
+    """Create, limit, kill and remove the cgroups of one engine's VMs."""
+
+    def __init__(self, data_dir: Path, fs: Path = CGROUP_FS) -> None:
+        real = os.path.realpath(data_dir)
+        self.name = "arker-" + hashlib.sha256(real.encode()).hexdigest()[:8]
+        self.fs = fs
+        self.v2 = (fs / "cgroup.controllers").exists() and not (fs / "memory").is_dir()
+        if self.v2:
+            self.unified = fs / self.name
+            self.limit_roots = {"memory": self.unified, "pids": self.unified, "cpu": self.unified}
+        else:
+            self.unified = fs / "unified" / self.name
+            self.limit_roots = {h: fs / h / self.name for h in ("memory", "pids", "cpu")}
+            if (
+                not (fs / "unified" / "cgroup.kill").exists()
+                and not (fs / "unified" / "cgroup.procs").exists()
+            ):
+                raise ArkerError(ErrorCode.UNAVAILABLE, "no cgroup v2 (unified) hierarchy")
+
+    # -- paths
+    def _limit_dirs(self, vm_id: str) -> list[Path]:
+        if self.v2:
+            return [self.unified / vm_id]
+        return [root / vm_id for root in self.limit_roots.values()]
+
+    def _oom_file(self, vm_id: str) -> str:
+        if self.v2:
+            return str(self.unified / vm_id / "memory.events")
+        return str(self.limit_roots["memory"] / vm_id / "memory.oom_control")
+
+    def _join(self, vm_id: str, leaf: str) -> list[str]:
+        procs = [] if self.v2 else [str(d / "cgroup.procs") for d in self._limit_dirs(vm_id)]
+        return [*procs, str(self.unified / vm_id / leaf / "cgroup.procs")]
+
+    # -- VMs
+    def create_vm(self, vm_id: str, limits: Limits) -> list[str]:
+        """Make the VM's cgroups with its limits; return the cgroup.procs files
+        its PID 1 joins."""
+        if self.v2:
+            self.unified.mkdir(exist_ok=True)
+            _enable_controllers(self.fs)
+            _enable_controllers(self.unified)
+        for d in self._limit_dirs(vm_id):
+            d.parent.mkdir(exist_ok=True)
+            d.mkdir(exist_ok=True)
+        (self.unified / vm_id).mkdir(parents=True, exist_ok=True)
+        (self.unified / vm_id / "init").mkdir(exist_ok=True)
+        self._set_limits(vm_id, limits)
+        return self._join(vm_id, "init")
+
+    def _set_limits(self, vm_id: str, limits: Limits) -> None:
+        mem, pids = str(limits.memory_bytes), str(limits.pids_max)
+        quota = max(1000, math.ceil(limits.cpu_cores * _CPU_PERIOD_US))
+        if self.v2:
+            d = self.unified / vm_id
+            _write(d / "memory.max", mem)
+            _write(d / "memory.swap.max", "0", optional=True)
+            _write(d / "pids.max", pids)
+            _write(d / "cpu.max", f"{quota} {_CPU_PERIOD_US}")
+            return
+        m = self.limit_roots["memory"] / vm_id
+        _write(m / "memory.limit_in_bytes", mem)
+        # memsw = limit means no swap; it must never be set below the limit.
+        _write(m / "memory.memsw.limit_in_bytes", mem, optional=True)
+        _write(self.limit_roots["pids"] / vm_id / "pids.max", pids)
+        c = self.limit_roots["cpu"] / vm_id
+        _write(c / "cpu.cfs_period_us", str(_CPU_PERIOD_US))
+        _write(c / "cpu.cfs_quota_us", str(quota))
+
+    def create_run(self, vm_id: str, run_id: str) -> RunCgroup:
+        leaf = f"r-{run_id}"
+        (self.unified / vm_id / leaf).mkdir(exist_ok=True)
+        return RunCgroup(
+            self._join(vm_id, leaf), str(self.unified / vm_id / leaf), self._oom_file(vm_id)
+        )
+
+    def kill_run(self, vm_id: str, run_id: str) -> None:
+        _kill(self.unified / vm_id / f"r-{run_id}")
+
+    def sweep_runs(self, vm_id: str, keep: set[str]) -> None:
+        """Remove the leaves of runs that ended and left nothing running."""
+        try:
+            leaves = os.listdir(self.unified / vm_id)
+        except FileNotFoundError:
+            return
+        for leaf in leaves:
+            if leaf.startswith("r-") and leaf[2:] not in keep:
+                _rmdir(self.unified / vm_id / leaf)
+
+    def memory_bytes(self, vm_id: str) -> int:
+        name = "memory.current" if self.v2 else "memory.usage_in_bytes"
+        return int((self.limit_roots["memory"] / vm_id / name).read_text())
+
+    def vm_ids(self) -> list[str]:
+        """VMs that have a cgroup in any hierarchy of this engine."""
+        found: set[str] = set()
+        for root in {self.unified, *self.limit_roots.values()}:
+            if root.is_dir():
+                found.update(p.name for p in root.iterdir() if p.is_dir())
+        return sorted(found)
+
+    def remove_vm(self, vm_id: str, timeout_s: float = 10.0) -> None:
+        """Kill every process of the VM, wait until none is left, remove its
+        cgroups (leaves first). Missing cgroups are fine."""
+        top = self.unified / vm_id
+        _kill(top)
+        if not self.v2:
+            for d in self._limit_dirs(vm_id):
+                _kill_procs(d)  # anything that slipped out of the unified tree
+        deadline = time.monotonic() + timeout_s
+        dirs = [*self._limit_dirs(vm_id), top] if not self.v2 else [top]
+        while any(_populated(d) for d in dirs):
+            if time.monotonic() > deadline:
+                raise ArkerError(ErrorCode.INTERNAL, f"processes of vm {vm_id!r} did not die")
+            time.sleep(0.002)
+        if top.is_dir():
+            for leaf in os.listdir(top):
+                if (top / leaf).is_dir():
+                    _rmdir(top / leaf, strict=True)
+        for d in dict.fromkeys([top, *self._limit_dirs(vm_id)]):
+            _rmdir(d, strict=True)
+
+    def remove_all(self) -> None:
+        """Remove every VM's cgroups and this engine's roots (after a crash)."""
+        for vm_id in self.vm_ids():
+            self.remove_vm(vm_id)
+        for root in {self.unified, *self.limit_roots.values()}:
+            _rmdir(root)
+
+
+def _write(path: Path, value: str, optional: bool = False) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except FileNotFoundError:
+        if not optional:
+            raise
+    except OSError as exc:
+        raise ArkerError(ErrorCode.INTERNAL, f"cannot write {value!r} to {path}: {exc}") from exc
+
+
+def _enable_controllers(d: Path) -> None:
+    have = (d / "cgroup.subtree_control").read_text().split()
+    want = [c for c in ("memory", "pids", "cpu") if c not in have]
+    if want:
+        _write(d / "cgroup.subtree_control", " ".join(f"+{c}" for c in want))
+
+
+def _kill(d: Path) -> None:
+    try:
+        with open(d / "cgroup.kill", "w") as f:
+            f.write("1")
+    except FileNotFoundError:
+        pass
+
+
+def _kill_procs(d: Path) -> None:
+    try:
+        pids = (d / "cgroup.procs").read_text().split()
+    except FileNotFoundError:
+        return
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), 9)
+
+
+def _populated(d: Path) -> bool:
+    try:
+        events = (d / "cgroup.events").read_text()
+    except FileNotFoundError:
+        try:  # v1 has no cgroup.events: look at its processes
+            return bool((d / "cgroup.procs").read_text().strip())
+        except FileNotFoundError:
+            return False
+    return "populated 1" in events
+
+
+def _rmdir(d: Path, strict: bool = False) -> None:
+    try:
+        os.rmdir(d)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if strict or exc.errno not in (errno.EBUSY, errno.ENOTEMPTY):
+            raise ArkerError(ErrorCode.INTERNAL, f"cannot remove cgroup {d}: {exc}") from exc

@@ -1,0 +1,288 @@
+"""The namespace engine: one host's VMs as btrfs subvolumes (pool) run by a
+namespaced PID 1 each (jail), with commands spawned by a C helper (runner).
+
+    <data_dir>/pool...                 the storage pool (pool.py)
+    <data_dir>/bin/arkervm-<hash>      the helper, built on first use
+    <data_dir>/state/<vm_id>.json      hostname, limits, PID 1 (pid, start time)
+    <data_dir>/runs/<vm_id>/<run_id>/  each run's spool (runner.py)
+
+A VM starts on its first run and runs until stopped; `power` is read from
+the live process table, never trusted from the state file alone, so a crash
+of the server can leave nothing that looks alive but is not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from arker.engine import _native, files, jail
+from arker.engine._cgroups import Cgroups
+from arker.engine.base import (
+    Engine,
+    FileInfo,
+    GoldenInfo,
+    Limits,
+    Progress,
+    RunInfo,
+    RunSpec,
+    VmPower,
+)
+from arker.engine.pool import Pool, check_name
+from arker.engine.runner import Runner
+from arker.errors import ArkerError, ErrorCode
+
+__all__ = ["NamespaceEngine"]
+
+log = logging.getLogger(__name__)
+
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+class NamespaceEngine(Engine):
+    """Linux namespaces + cgroups + seccomp over a btrfs pool."""
+
+    kind = "namespace"
+    supports_checkpoints = True
+
+    def __init__(
+        self,
+        data_dir: Path | str = "/var/lib/arker",
+        *,
+        image_size_bytes: int = 64 * 2**30,
+        default_limits: Limits = Limits(),  # noqa: B008 - frozen, so sharing is safe
+        tmp_size_bytes: int = jail.DEFAULT_TMP_BYTES,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.default_limits = default_limits
+        self.tmp_size_bytes = tmp_size_bytes
+        self.pool = Pool(self.data_dir, image_size_bytes=image_size_bytes)
+        self.cgroups = Cgroups(self.data_dir)
+        self.state_dir = self.data_dir / "state"
+        self._runner: Runner | None = None
+        self._locks: dict[str, threading.RLock] = {}
+        self._locks_lock = threading.Lock()
+
+    # -- lifecycle
+    def open(self) -> None:
+        self.pool.open()
+        try:
+            helper = _native.helper_path(self.data_dir)
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self._runner = Runner(helper, self.data_dir / "runs", self.cgroups)
+            self._reconcile()
+        except BaseException:
+            self.pool.close()
+            raise
+
+    def _reconcile(self) -> None:
+        """Make what a crash left behind consistent: runs in flight are lost,
+        every VM process is killed and every VM is stopped but usable."""
+        lost = self.runner.mark_lost("the engine restarted while the run was in flight")
+        self.cgroups.remove_all()
+        _detach_mounts_under(self.pool.root / "vms")
+        stored = set(self.pool.vm_ids())
+        for state in self.state_dir.glob("*.json"):
+            vm_id = state.stem
+            if vm_id not in stored:
+                state.unlink()
+            else:
+                self._save(vm_id, {**self._load(vm_id), "init": None})
+        if lost:
+            log.warning("marked %d runs lost after a restart", lost)
+
+    def close(self) -> None:
+        if self._runner is not None:
+            for vm_id in self.vm_ids():
+                self.stop(vm_id)
+            self.cgroups.remove_all()
+            self._runner = None
+        self.pool.close()
+
+    @property
+    def runner(self) -> Runner:
+        if self._runner is None:
+            raise ArkerError(ErrorCode.UNAVAILABLE, "the engine is not open")
+        return self._runner
+
+    # -- goldens
+    def goldens(self) -> list[GoldenInfo]:
+        return self.pool.goldens()
+
+    def build_golden(self, name: str, progress: Progress | None = None) -> GoldenInfo:
+        from arker.engine import goldens
+
+        if self.pool.has_golden(name):
+            return next(g for g in self.pool.goldens() if g.name == name)
+        builders = {"busybox": goldens.build_busybox, "debian": goldens.build_debian}
+        if name not in builders:
+            raise ArkerError(ErrorCode.NOT_FOUND, f"no known golden {name!r}")
+        return builders[name](self.pool, progress)
+
+    def import_golden(
+        self, name: str, tarball: str, progress: Progress | None = None
+    ) -> GoldenInfo:
+        from arker.engine import goldens
+
+        return goldens.import_tarball(self.pool, name, tarball, progress)
+
+    # -- VMs
+    def fork(self, source: str, vm_id: str, *, hostname: str, limits: Limits | None = None) -> None:
+        check_name(vm_id, "vm id")
+        if not _HOSTNAME.fullmatch(hostname):
+            raise ArkerError(ErrorCode.INVALID_REQUEST, f"invalid hostname {hostname!r}")
+        with self._lock(vm_id):
+            if self.pool.vm_path(vm_id).exists():
+                raise ArkerError(ErrorCode.CONFLICT, f"vm {vm_id!r} already exists")
+            self.pool.fork(source, vm_id)
+            limits = limits or self.default_limits
+            self._save(vm_id, {"hostname": hostname, "limits": asdict(limits), "init": None})
+
+    def delete(self, vm_id: str) -> None:
+        check_name(vm_id, "vm id")
+        with self._lock(vm_id):
+            jail.stop_vm(self.cgroups, vm_id)
+            self.runner.forget_vm(vm_id)
+            self.pool.delete_vm(vm_id)
+            (self.state_dir / f"{vm_id}.json").unlink(missing_ok=True)
+        with self._locks_lock:
+            self._locks.pop(vm_id, None)
+
+    def vm_ids(self) -> list[str]:
+        return self.pool.vm_ids()
+
+    def power(self, vm_id: str) -> VmPower:
+        self._require(vm_id)
+        return VmPower.RUNNING if self._init(vm_id) is not None else VmPower.STOPPED
+
+    def stop(self, vm_id: str) -> None:
+        self._require(vm_id)
+        with self._lock(vm_id):
+            jail.stop_vm(self.cgroups, vm_id)
+            self._save(vm_id, {**self._load(vm_id), "init": None})
+
+    def _start(self, vm_id: str) -> jail.InitProcess:
+        """The VM's live PID 1, started now if the VM is stopped."""
+        init = self._init(vm_id)
+        if init is not None:
+            return init
+        state = self._load(vm_id)
+        init = jail.start_vm(
+            self.runner.helper,
+            self.cgroups,
+            vm_id,
+            self.pool.vm_path(vm_id),
+            hostname=state["hostname"],
+            limits=Limits(**state["limits"]),
+            tmp_size_bytes=self.tmp_size_bytes,
+        )
+        self._save(vm_id, {**state, "init": [init.pid, init.start_time]})
+        return init
+
+    def _init(self, vm_id: str) -> jail.InitProcess | None:
+        saved = self._load(vm_id).get("init")
+        if not saved:
+            return None
+        init = jail.InitProcess(int(saved[0]), int(saved[1]))
+        return init if init.alive() else None
+
+    # -- runs
+    def start_run(self, vm_id: str, run_id: str, spec: RunSpec) -> None:
+        self._require(vm_id)
+        check_name(run_id, "run id")
+        with self._lock(vm_id):
+            init = self._start(vm_id)
+            self.cgroups.sweep_runs(vm_id, self.runner.in_flight(vm_id))
+            self.runner.start(vm_id, run_id, spec, init)
+
+    def wait_run(self, vm_id: str, run_id: str, timeout_s: float | None = None) -> RunInfo:
+        return self.runner.wait(vm_id, check_name(run_id, "run id"), timeout_s)
+
+    def run_info(self, vm_id: str, run_id: str) -> RunInfo:
+        return self.runner.info(vm_id, check_name(run_id, "run id"))
+
+    def cancel_run(self, vm_id: str, run_id: str) -> RunInfo:
+        return self.runner.cancel(vm_id, check_name(run_id, "run id"))
+
+    def forget_run(self, vm_id: str, run_id: str) -> None:
+        self.runner.forget(vm_id, check_name(run_id, "run id"))
+
+    # -- files
+    def read_file(self, vm_id: str, path: str, max_bytes: int) -> bytes:
+        self._require(vm_id)
+        return files.read_file(self.pool.vm_path(vm_id), path, max_bytes)
+
+    def write_file(self, vm_id: str, path: str, data: bytes) -> FileInfo:
+        self._require(vm_id)
+        return files.write_file(self.pool.vm_path(vm_id), path, data)
+
+    # -- checkpoints
+    def checkpoint(self, vm_id: str, checkpoint_id: str) -> None:
+        self._require(vm_id)
+        self.pool.checkpoint(vm_id, checkpoint_id)
+
+    def restore(self, vm_id: str, checkpoint_id: str) -> None:
+        self._require(vm_id)
+        with self._lock(vm_id):
+            jail.stop_vm(self.cgroups, vm_id)
+            self._save(vm_id, {**self._load(vm_id), "init": None})
+            self.pool.restore(vm_id, checkpoint_id)
+
+    def delete_checkpoint(self, vm_id: str, checkpoint_id: str) -> None:
+        self.pool.delete_checkpoint(vm_id, checkpoint_id)
+
+    def checkpoints(self, vm_id: str) -> list[str]:
+        self._require(vm_id)
+        return self.pool.checkpoints(vm_id)
+
+    # -- state
+    def memory_bytes(self, vm_id: str) -> int:
+        """Memory the VM's cgroup holds now (0 when stopped)."""
+        try:
+            return self.cgroups.memory_bytes(vm_id)
+        except FileNotFoundError:
+            return 0
+
+    def _require(self, vm_id: str) -> None:
+        if not self.pool.vm_path(vm_id).is_dir():
+            raise ArkerError(ErrorCode.NOT_FOUND, f"no vm {vm_id!r}")
+
+    def _lock(self, vm_id: str) -> threading.RLock:
+        with self._locks_lock:
+            return self._locks.setdefault(vm_id, threading.RLock())
+
+    def _load(self, vm_id: str) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads((self.state_dir / f"{vm_id}.json").read_text())
+        except FileNotFoundError:
+            # A VM whose state was lost (or made by a bare pool): defaults.
+            data = {"hostname": "vm", "limits": asdict(self.default_limits), "init": None}
+        return data
+
+    def _save(self, vm_id: str, state: dict[str, Any]) -> None:
+        path = self.state_dir / f"{vm_id}.json"
+        tmp = path.with_name(f".{vm_id}.json.tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, path)
+
+
+def _detach_mounts_under(prefix: Path) -> None:
+    """VM mounts live in the VMs' own mount namespaces and die with them; a
+    mount under the VM tree in the host's namespace is a leak: detach it."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    want = str(prefix) + "/"
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1] for line in f]
+    for point in sorted(points, key=len, reverse=True):
+        point = point.encode().decode("unicode_escape")
+        if point.startswith(want):
+            log.warning("detaching leftover mount %s", point)
+            libc.umount2(point.encode(), 2)  # MNT_DETACH

@@ -1,0 +1,85 @@
+"""A VM's PID 1: start it in fresh namespaces inside its cgroups, tell
+whether it still runs, and end it with everything it holds.
+
+The work is done by `arkervm init` (native/init.c); this module decides the
+arguments and keeps the proof of identity: a pid alone can be reused after a
+crash, so a VM's init is known by (pid, start time from /proc/PID/stat).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from arker.engine._cgroups import Cgroups
+from arker.engine.base import Limits
+from arker.errors import ArkerError, ErrorCode
+
+__all__ = ["InitProcess", "proc_start_time", "start_vm", "stop_vm"]
+
+DEFAULT_TMP_BYTES = 1024 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class InitProcess:
+    pid: int
+    start_time: int  # clock ticks since boot, field 22 of /proc/PID/stat
+
+    def alive(self) -> bool:
+        return proc_start_time(self.pid) == self.start_time
+
+
+def proc_start_time(pid: int) -> int | None:
+    """The start time of a live (not zombie) process, or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+def start_vm(
+    helper: Path,
+    cgroups: Cgroups,
+    vm_id: str,
+    root: Path,
+    *,
+    hostname: str,
+    limits: Limits,
+    tmp_size_bytes: int = DEFAULT_TMP_BYTES,
+) -> InitProcess:
+    """Start the VM's PID 1 rooted at `root`; return once its mounts are up."""
+    cgroups.remove_vm(vm_id)  # whatever an earlier life of this VM left
+    procs = cgroups.create_vm(vm_id, limits)
+    cmd = [str(helper), "init", "--root", str(root), "--hostname", hostname]
+    cmd += ["--tmp-size", str(tmp_size_bytes), "--ready-fd", "1"]
+    for p in procs:
+        cmd += ["--cgroup-procs", p]
+    try:
+        # The launcher prints PID 1's host pid and exits; PID 1 itself is
+        # reparented away from us, so it outlives this server.
+        done = subprocess.run(cmd, capture_output=True, check=False, timeout=30)
+    except subprocess.TimeoutExpired as exc:
+        cgroups.remove_vm(vm_id)
+        raise ArkerError(ErrorCode.INTERNAL, f"vm {vm_id!r} did not start in 30 s") from exc
+    if done.returncode != 0:
+        cgroups.remove_vm(vm_id)
+        msg = done.stderr.decode(errors="replace").strip()
+        raise ArkerError(ErrorCode.INTERNAL, f"cannot start vm {vm_id!r}: {msg}")
+    pid = int(done.stdout)
+    start = proc_start_time(pid)
+    if start is None:
+        cgroups.remove_vm(vm_id)
+        raise ArkerError(ErrorCode.INTERNAL, f"vm {vm_id!r} died as it started")
+    return InitProcess(pid, start)
+
+
+def stop_vm(cgroups: Cgroups, vm_id: str) -> None:
+    """Kill the VM's PID 1 and every process in it, then remove its cgroups.
+    Killing PID 1 tears the VM's namespaces and mounts down with it."""
+    cgroups.remove_vm(vm_id)
