@@ -38,6 +38,7 @@ __all__ = [
     "snapshot",
     "subvolume_id",
     "syncfs",
+    "unmount_under",
 ]
 
 BTRFS_SUPER_MAGIC = 0x9123683E
@@ -274,6 +275,23 @@ def _mount_source(mountpoint: Path) -> tuple[str, str] | None:
             if len(fields) > 4 and len(rfields) > 1 and _unescape(fields[4]) == want:
                 found = (_unescape(rfields[1]), rfields[0])
     return found
+
+
+def unmount_under(path: Path) -> int:
+    """Lazily unmount every mount in this namespace at or below `path`
+    (deepest first), e.g. what a killed mmdebstrap left in a staging golden.
+    Returns how many there were."""
+    top = os.path.realpath(path)
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            point = _unescape(fields[4]) if len(fields) > 4 else ""
+            if point == top or point.startswith(top + "/"):
+                found.append(point)
+    for point in sorted(found, key=len, reverse=True):
+        _libc.umount2(os.fsencode(point), 2)  # MNT_DETACH; a failure shows as EBUSY later
+    return len(found)
 
 
 def _loop_for(image: Path) -> str | None:

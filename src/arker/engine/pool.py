@@ -355,7 +355,10 @@ def _destroy_at(parent_fd: int, path: Path) -> None:
             if exc.errno == errno.ENOTEMPTY:
                 _destroy_nested(path)
             elif exc.errno == errno.EBUSY and attempt < 19:
-                time.sleep(0.05)  # a mount namespace that held it may still be going away
+                # Mounts in our namespace (a killed build's /proc) go now; one
+                # that another namespace held may still be going away.
+                if _btrfs.unmount_under(path) == 0:
+                    time.sleep(0.05)
             elif exc.errno == errno.EBUSY:
                 raise ArkerError(
                     ErrorCode.CONFLICT, f"{path.name} is busy (mounted or in use)"

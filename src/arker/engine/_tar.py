@@ -1,0 +1,285 @@
+"""Import a rootfs tarball as a golden, refusing anything that could touch the host.
+
+Extraction is by directory fds, never by host paths: every member's parent is
+opened with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS), so no member can
+land outside the staging subvolume or be written through a symlink the archive
+made earlier. Symlinks are created as they are (absolute targets are fine:
+they resolve inside the VM later) and never followed here.
+
+The whole import fails (ArkerError invalid_request naming the member) on:
+an absolute name, a `..` component, a parent that is a symlink or not a
+directory, a hard link to a name outside the archive or not yet extracted, a
+device node (character or block), a FIFO, or any other special type. Nothing
+is skipped silently. Modes (setuid included) and numeric ownership are kept;
+extended attributes are not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import subprocess
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from arker.engine._openat2 import (
+    RESOLVE_BENEATH,
+    RESOLVE_NO_MAGICLINKS,
+    RESOLVE_NO_SYMLINKS,
+    RESOLVE_NO_XDEV,
+    openat2,
+)
+from arker.engine.base import GoldenInfo, Progress
+from arker.engine.pool import Pool, check_name
+from arker.errors import ArkerError, ErrorCode
+
+__all__ = ["import_tarball"]
+
+_STRICT = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_CHUNK = 1 << 20
+
+
+_Position = Callable[[], int]
+
+
+class _Refused(Exception):
+    pass
+
+
+def import_tarball(
+    pool: Pool,
+    name: str,
+    tarball: Path,
+    progress: Progress | None = None,
+    description: str | None = None,
+) -> GoldenInfo:
+    """Import a rootfs tarball (.tar, .tar.gz/.tgz, .tar.zst; also .xz, .bz2,
+    detected by content) as the golden `name`. Progress counts bytes read of
+    the (compressed) file."""
+    check_name(name, "golden name")
+    tarball = Path(tarball)
+    try:
+        total = tarball.stat().st_size
+    except FileNotFoundError:
+        raise ArkerError(ErrorCode.NOT_FOUND, f"no tarball at {tarball}") from None
+    staging = pool.new_golden(name)
+    try:
+        try:
+            with _tar_stream(tarball) as (tar, position):
+                _Extractor(staging, tar, position, total, progress).run()
+        except (tarfile.TarError, EOFError) as exc:
+            raise ArkerError(
+                ErrorCode.INVALID_REQUEST, f"not a readable tar archive: {exc}"
+            ) from exc
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise ArkerError(ErrorCode.UNAVAILABLE, "the storage pool is full") from exc
+            raise
+        return pool.seal_golden(staging, name, description or f"imported from {tarball.name}")
+    except BaseException:
+        pool.abandon_golden(staging)
+        raise
+
+
+@contextlib.contextmanager
+def _tar_stream(tarball: Path) -> Iterator[tuple[tarfile.TarFile, _Position]]:
+    with open(tarball, "rb", buffering=0) as f:
+        magic = f.read(4)
+        f.seek(0)
+
+        # Position of the shared file description: for zstd it is the child's
+        # read offset, which is exactly "bytes of the compressed file read".
+        def position() -> int:
+            return os.lseek(f.fileno(), 0, os.SEEK_CUR)
+
+        if magic != _ZSTD_MAGIC:
+            with tarfile.open(fileobj=f, mode="r|*") as tar:
+                yield tar, position
+            return
+        proc = subprocess.Popen(
+            ["zstd", "-dcq"], stdin=f, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        try:
+            with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+                yield tar, position
+            while proc.stdout.read(_CHUNK):  # the padding after the end marker
+                pass
+        finally:
+            if proc.poll() is None:
+                proc.kill()  # our own child, by pid
+            err = proc.stderr.read().decode(errors="replace").strip()
+            rc = proc.wait()
+        if rc != 0:
+            raise ArkerError(ErrorCode.INVALID_REQUEST, f"zstd could not decompress: {err}")
+
+
+class _Extractor:
+    def __init__(
+        self,
+        root: Path,
+        tar: tarfile.TarFile,
+        position: Callable[[], int],
+        total: int,
+        progress: Progress | None,
+    ) -> None:
+        self.root = root
+        self.tar = tar
+        self.position = position
+        self.total = total
+        self.progress = progress
+        self.dir_times: list[tuple[list[str], float]] = []
+
+    def run(self) -> None:
+        last = 0.0
+        root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for member in self.tar:
+                try:
+                    self._member(root_fd, member)
+                except _Refused as why:
+                    raise ArkerError(
+                        ErrorCode.INVALID_REQUEST, f"refusing tar member {member.name!r}: {why}"
+                    ) from None
+                now = time.monotonic()
+                if self.progress is not None and now - last > 0.2:
+                    last = now
+                    self.progress(self.position(), self.total, f"extracting {member.name}")
+            for parts, mtime in reversed(self.dir_times):  # children first, parents last
+                with self._parent(root_fd, parts[:-1], create=False) as parent:
+                    os.utime(parts[-1], (mtime, mtime), dir_fd=parent, follow_symlinks=False)
+        finally:
+            os.close(root_fd)
+        if self.progress is not None:
+            self.progress(self.total, self.total, "extracted")
+
+    def _member(self, root_fd: int, m: tarfile.TarInfo) -> None:
+        parts = _parts(m.name)
+        if m.ischr() or m.isblk():
+            raise _Refused("device nodes are not allowed")
+        if m.isfifo():
+            raise _Refused("FIFOs are not allowed")
+        if not parts:  # "./": the root directory itself
+            if m.isdir():
+                fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    _own(fd, m)
+                finally:
+                    os.close(fd)
+                return
+            raise _Refused("names the root but is not a directory")
+        name = parts[-1]
+        with self._parent(root_fd, parts[:-1], create=True) as parent:
+            self._clear(parent, name, m)
+            if m.isdir():
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, 0o700, dir_fd=parent)
+                fd = _open_nofollow(parent, name, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    _own(fd, m)
+                finally:
+                    os.close(fd)
+                self.dir_times.append((parts, m.mtime))
+            elif m.isreg():
+                self._file(parent, name, m)
+            elif m.issym():
+                os.symlink(m.linkname, name, dir_fd=parent)
+                os.chown(name, m.uid, m.gid, dir_fd=parent, follow_symlinks=False)
+                os.utime(name, (m.mtime, m.mtime), dir_fd=parent, follow_symlinks=False)
+            elif m.islnk():
+                target = _parts(m.linkname)
+                if not target:
+                    raise _Refused("hard link to the root")
+                with self._parent(root_fd, target[:-1], create=False) as tparent:
+                    try:
+                        os.link(
+                            target[-1], name, src_dir_fd=tparent, dst_dir_fd=parent,
+                            follow_symlinks=False,
+                        )  # fmt: skip
+                    except FileNotFoundError:
+                        raise _Refused(f"hard link to {m.linkname!r}, not in the archive") from None
+            else:
+                raise _Refused(f"unsupported member type {m.type!r}")
+
+    def _file(self, parent: int, name: str, m: tarfile.TarInfo) -> None:
+        src = self.tar.extractfile(m)
+        if src is None:
+            raise _Refused("no data")
+        fd = _open_nofollow(parent, name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            while chunk := src.read(_CHUNK):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+            _own(fd, m)
+            os.utime(fd, (m.mtime, m.mtime))
+        finally:
+            os.close(fd)
+
+    def _clear(self, parent: int, name: str, m: tarfile.TarInfo) -> None:
+        """A later member replaces an earlier one of the same name, as tar does,
+        except that a directory is only ever replaced by a directory."""
+        try:
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            if not m.isdir():
+                raise _Refused("would replace a directory")
+        else:
+            os.unlink(name, dir_fd=parent)
+
+    @contextlib.contextmanager
+    def _parent(self, root_fd: int, dirs: list[str], *, create: bool) -> Iterator[int]:
+        """An O_PATH fd of root/dirs, never through a symlink; missing
+        directories are made (root-owned, 0755) when `create`."""
+        fd = os.dup(root_fd)
+        try:
+            for d in dirs:
+                try:
+                    nxt = openat2(fd, d, os.O_PATH | os.O_DIRECTORY, _STRICT)
+                except FileNotFoundError:
+                    if not create:
+                        raise _Refused(f"{d!r} is not in the archive") from None
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(d, 0o755, dir_fd=fd)
+                    nxt = openat2(fd, d, os.O_PATH | os.O_DIRECTORY, _STRICT)
+                except OSError as exc:
+                    if exc.errno == errno.ELOOP:
+                        raise _Refused(f"its path goes through the symlink {d!r}") from None
+                    if exc.errno == errno.ENOTDIR:
+                        raise _Refused(f"its path goes through {d!r}, not a directory") from None
+                    raise
+                os.close(fd)
+                fd = nxt
+            yield fd
+        finally:
+            os.close(fd)
+
+
+def _parts(name: str) -> list[str]:
+    if name.startswith("/"):
+        raise _Refused("absolute path")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise _Refused("'..' in its path")
+    return parts
+
+
+def _open_nofollow(parent: int, name: str, flags: int, mode: int = 0o777) -> int:
+    try:
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=parent)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise _Refused("a symlink is in the way") from None
+        raise
+
+
+def _own(fd: int, m: tarfile.TarInfo) -> None:
+    os.fchown(fd, m.uid, m.gid)
+    os.fchmod(fd, m.mode & 0o7777)  # after chown, which clears setuid bits
