@@ -1,0 +1,143 @@
+"""Server-side commands: `arker serve` and `arker keys create|ls|revoke`.
+Server modules are imported inside the commands, so the client-side commands
+stay quick to start."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import typer
+
+__all__ = ["create_key", "register", "revoke_key"]
+
+T = TypeVar("T")
+
+DataDir = Annotated[str, typer.Option("--data-dir", help="Where VMs and the SQLite database live.")]
+DbUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        envvar="ARKER_DATABASE_URL",
+        help="postgresql+asyncpg://... ; default: SQLite in the data dir.",
+    ),
+]
+
+keys_app = typer.Typer(no_args_is_help=True, help="Manage API keys.")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+    app.add_typer(keys_app, name="keys")
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8740,
+    data_dir: DataDir = "/var/lib/arker",
+    database_url: DbUrl = None,
+    region: Annotated[str, typer.Option(help="Reported in every VM.")] = "local",
+    api_prefix: Annotated[str, typer.Option(help="Also serve under this prefix, e.g. /api.")] = "",
+    burst_suffix: Annotated[
+        str | None, typer.Option(help="Mint VM ids as <ULID>_<suffix>.")
+    ] = None,
+    max_file_bytes: Annotated[int, typer.Option(help="Largest file PUT.")] = 1024 * 1024 * 1024,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Serve the Arker API over this host's engine."""
+    from arker.server.config import Settings
+    from arker.server.main import serve as run_server
+
+    settings = Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        region=region,
+        api_prefix=api_prefix,
+        burst_suffix=burst_suffix,
+        max_file_bytes=max_file_bytes,
+    )
+    run_server(settings, host=host, port=port, log_level=log_level)
+
+
+def _with_db(data_dir: str, database_url: str | None, fn: Callable[..., Awaitable[T]]) -> T:
+    from arker.server.config import Settings
+    from arker.server.store import Database
+
+    async def go() -> T:
+        db = Database(Settings(data_dir=data_dir, database_url=database_url).db_url)
+        try:
+            await db.migrate()
+            return await fn(db)
+        finally:
+            await db.close()
+
+    return asyncio.run(go())
+
+
+def create_key(
+    data_dir: str | os.PathLike[str],
+    name: str | None = None,
+    org: str = "default",
+    database_url: str | None = None,
+) -> tuple[str, str]:
+    """Make a key as `arker keys create` does; return (key_id, secret)."""
+    from arker.server.auth import create_key as create
+
+    record, secret = _with_db(str(data_dir), database_url, lambda db: create(db, org, name))
+    return record.id, secret
+
+
+def revoke_key(
+    data_dir: str | os.PathLike[str], key_id: str, database_url: str | None = None
+) -> bool:
+    """Revoke a key as `arker keys revoke` does; False when there is no such key."""
+    from arker.server.auth import revoke_key as revoke
+
+    return _with_db(str(data_dir), database_url, lambda db: revoke(db, key_id))
+
+
+def _when(unix_s: float | None) -> str:
+    return "-" if unix_s is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix_s))
+
+
+@keys_app.command("create")
+def keys_create(
+    org: Annotated[str, typer.Option(help="The org the key acts for.")] = "default",
+    name: Annotated[str | None, typer.Option(help="A label for people.")] = None,
+    data_dir: DataDir = "/var/lib/arker",
+    database_url: DbUrl = None,
+) -> None:
+    """Make a new key; the secret is printed once, on the last line."""
+    key_id, secret = create_key(data_dir, name=name, org=org, database_url=database_url)
+    typer.echo(f"created key {key_id} for org {org} (shown once, store it now):")
+    typer.echo(secret)
+
+
+@keys_app.command("ls")
+def keys_ls(data_dir: DataDir = "/var/lib/arker", database_url: DbUrl = None) -> None:
+    """List keys (no secrets)."""
+    from arker.server.auth import list_keys
+
+    records = _with_db(data_dir, database_url, list_keys)
+    typer.echo(f"{'ID':<22} {'PREFIX':<17} {'ORG':<16} {'NAME':<16} {'CREATED':<21} REVOKED")
+    for r in records:
+        typer.echo(
+            f"{r.id:<22} {r.prefix + '...':<17} {r.org:<16} {r.name or '-':<16} "
+            f"{_when(r.created_at):<21} {_when(r.revoked_at)}"
+        )
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id, from `arker keys ls`.")],
+    data_dir: DataDir = "/var/lib/arker",
+    database_url: DbUrl = None,
+) -> None:
+    """Revoke a key: requests with it get 401 within seconds."""
+    if not revoke_key(data_dir, key_id, database_url):
+        typer.echo(f"no key with id {key_id!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {key_id}")

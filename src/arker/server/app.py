@@ -1,0 +1,133 @@
+"""The ASGI app: routes, the contract's error shape for every failure
+(including the framework's own), and the start/stop of database and engine."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from arker.engine.base import Engine
+from arker.errors import ArkerError, ErrorCode
+from arker.server.auth import Authenticator
+from arker.server.config import Settings
+from arker.server.edge import Edge
+from arker.server.metrics import Metrics
+from arker.server.routes import router
+from arker.server.service import Service
+from arker.server.store import Database
+
+__all__ = ["build_app", "create_app"]
+
+log = logging.getLogger("arker.server")
+
+CODE_BY_STATUS = {
+    401: ErrorCode.UNAUTHORIZED,
+    404: ErrorCode.NOT_FOUND,
+    409: ErrorCode.CONFLICT,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+    429: ErrorCode.RATE_LIMITED,
+    503: ErrorCode.UNAVAILABLE,
+}
+
+
+def _error(
+    status: int, code: ErrorCode | str, message: str, details: dict[str, Any] | None = None
+) -> Response:
+    body: dict[str, Any] = {"code": str(code), "message": message}
+    if details:
+        body["details"] = details
+    return JSONResponse({"error": body}, status_code=status)
+
+
+async def _arker_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ArkerError)
+    if exc.status >= 500:
+        log.error("request failed: %s", exc)
+    return _error(exc.status, exc.code, exc.message, exc.details)
+
+
+async def _validation_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {
+            "loc": [str(p) for p in e.get("loc", ())],
+            "msg": str(e.get("msg", "")),
+            "type": str(e.get("type", "")),
+        }
+        for e in exc.errors()
+    ]
+    if any(e["type"] == "json_invalid" for e in errors):
+        return _error(
+            400, ErrorCode.INVALID_REQUEST, "the body is not valid JSON", {"errors": errors}
+        )
+    first = errors[0] if errors else {"loc": [], "msg": "invalid"}
+    where = ".".join(first["loc"]) or "request"
+    return _error(422, ErrorCode.INVALID_REQUEST, f"{where}: {first['msg']}", {"errors": errors})
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc.__cause__, ArkerError):  # e.g. the body limit, hit while FastAPI read JSON
+        return await _arker_error(request, exc.__cause__)
+    if exc.status_code == 405:
+        return _error(
+            405, ErrorCode.INVALID_REQUEST, f"{request.url.path} does not accept {request.method}"
+        )
+    if exc.status_code == 404:
+        return _error(404, ErrorCode.NOT_FOUND, f"no such path: {request.url.path}")
+    code = CODE_BY_STATUS.get(exc.status_code)
+    if code is None:
+        code = ErrorCode.INVALID_REQUEST if exc.status_code < 500 else ErrorCode.INTERNAL
+    return _error(exc.status_code, code, str(exc.detail))
+
+
+async def _unexpected(_: Request, exc: Exception) -> Response:
+    # Starlette re-raises after this answer; the edge logs it with the request id.
+    return _error(500, ErrorCode.INTERNAL, "internal error")
+
+
+def create_app(settings: Settings, engine: Engine) -> FastAPI:
+    """The FastAPI app alone (no edge middleware); see `build_app`."""
+    db = Database(settings.db_url)
+    metrics = Metrics()
+    service = Service(settings, db, engine, metrics)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await db.migrate()
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+            await db.close()
+
+    app = FastAPI(
+        title="Arker VM API", lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None
+    )
+    app.state.settings = settings
+    app.state.db = db
+    app.state.metrics = metrics
+    app.state.service = service
+    app.state.auth = Authenticator(db, settings.auth_cache_s)
+    app.include_router(router)
+    app.add_exception_handler(ArkerError, _arker_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+    return app
+
+
+def build_app(settings: Settings, engine: Engine) -> Edge:
+    """The whole ASGI app as served: edge (prefix, ids, limits, logs) + routes."""
+    app = create_app(settings, engine)
+    edge = Edge(app, settings, app.state.metrics)
+    edge.state = app.state  # type: ignore[attr-defined]
+    return edge

@@ -1,0 +1,132 @@
+"""HTTP routes: parse, call the service, serialise. No rules here."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel
+
+from arker import __version__
+from arker import _types as t
+from arker.server.auth import Authenticator
+from arker.server.service import Service
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+KEY_PATTERN = r"^[\x21-\x7e]+$"
+VmId = Annotated[str, Path(min_length=1, max_length=128)]
+RunId = Annotated[str, Path(min_length=1, max_length=128)]
+FilePath = Annotated[str, Query(min_length=1, max_length=4096)]
+IdemKey = Annotated[
+    str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255, pattern=KEY_PATTERN)
+]
+UploadId = Annotated[
+    str | None, Header(alias="Upload-Id", min_length=1, max_length=255, pattern=KEY_PATTERN)
+]
+
+
+def _service(request: Request) -> Service:
+    svc: Service = request.app.state.service
+    return svc
+
+
+async def _org(request: Request) -> str:
+    auth: Authenticator = request.app.state.auth
+    org = await auth.org_for(request.headers.get("authorization"))
+    request.state.org = org  # for the access log
+    return org
+
+
+Svc = Annotated[Service, Depends(_service)]
+Org = Annotated[str, Depends(_org)]
+
+
+def _json(model: BaseModel, status: int = 200) -> Response:
+    return Response(model.model_dump_json(), status_code=status, media_type="application/json")
+
+
+@router.get("/healthz")
+async def health() -> Response:
+    return _json(t.Health(status="ok", version=__version__))
+
+
+@router.get("/metrics")
+async def metrics(request: Request, svc: Svc) -> Response:
+    try:
+        running: int | None = await svc.vms_running()
+    except Exception:
+        running = None  # metrics must answer even when the engine cannot
+    text = svc.metrics.render(running)
+    return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@router.get("/v1/goldens")
+async def list_goldens(org: Org, svc: Svc) -> Response:
+    return _json(await svc.list_goldens())
+
+
+@router.get("/v1/vms")
+async def list_vms(org: Org, svc: Svc, limit: int = 50, offset: int = 0) -> Response:
+    # Bounds are checked by the service (400, as the contract says), not by
+    # FastAPI (which would answer 422).
+    return _json(await svc.list_vms(org, limit, offset))
+
+
+@router.get("/v1/vms/{vm_id}")
+async def get_vm(vm_id: VmId, org: Org, svc: Svc) -> Response:
+    return _json(await svc.get_vm(org, vm_id))
+
+
+@router.delete("/v1/vms/{vm_id}")
+async def delete_vm(vm_id: VmId, org: Org, svc: Svc) -> Response:
+    await svc.delete_vm(org, vm_id)
+    return Response(status_code=204)
+
+
+@router.post("/v1/vms/{source}/fork")
+async def fork_vm(
+    source: Annotated[str, Path(min_length=1, max_length=128)],
+    org: Org,
+    svc: Svc,
+    idempotency_key: IdemKey = None,
+    body: t.ForkRequest | None = None,
+) -> Response:
+    vm = await svc.fork(org, source, body or t.ForkRequest(), idempotency_key)
+    return _json(vm, 201)
+
+
+@router.post("/v1/vms/{vm_id}/runs")
+async def run_command(
+    vm_id: VmId, body: t.RunRequest, org: Org, svc: Svc, idempotency_key: IdemKey = None
+) -> Response:
+    result, status = await svc.run(org, vm_id, body, idempotency_key)
+    return _json(result, status)
+
+
+@router.get("/v1/vms/{vm_id}/runs/{run_id}")
+async def get_run(vm_id: VmId, run_id: RunId, org: Org, svc: Svc) -> Response:
+    return _json(await svc.run_status(org, vm_id, run_id))
+
+
+@router.post("/v1/vms/{vm_id}/runs/{run_id}/cancel")
+async def cancel_run(vm_id: VmId, run_id: RunId, org: Org, svc: Svc) -> Response:
+    return _json(await svc.cancel_run(org, vm_id, run_id))
+
+
+@router.get("/v1/vms/{vm_id}/files")
+async def read_file(vm_id: VmId, path: FilePath, org: Org, svc: Svc) -> Response:
+    data = await svc.read_file(org, vm_id, path)
+    return Response(data, media_type="application/octet-stream")
+
+
+@router.put("/v1/vms/{vm_id}/files")
+async def write_file(
+    vm_id: VmId, path: FilePath, request: Request, org: Org, svc: Svc, upload_id: UploadId = None
+) -> Response:
+    # The body is counted against --max-file-bytes as it streams (see edge.py).
+    data = await request.body()
+    return _json(await svc.write_file(org, vm_id, path, data, upload_id))

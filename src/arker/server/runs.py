@@ -1,0 +1,385 @@
+"""Run lifecycle, part of the service layer: idempotent starts, a task per run
+that waits for the engine and commits the result, checkpoints for durable VMs,
+and recovery after a crash.
+
+Every run is committed as `running` before the engine starts it, so a restart
+knows what was in flight. A durable VM's run records the checkpoint taken just
+before it; recovery restores the earliest in-flight checkpoint of the VM and
+starts its runs again (retry_count + 1). Other interrupted runs become `failed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from ulid import ULID
+
+from arker import _types as t
+from arker.engine.base import Engine, RunInfo, RunPhase, RunSpec
+from arker.errors import ArkerError, ErrorCode
+from arker.server import wire
+from arker.server.config import Settings
+from arker.server.metrics import Metrics
+from arker.server.store import Database, Run, Vm
+from arker.server.threads import Threads
+
+__all__ = ["Runs", "request_hash"]
+
+log = logging.getLogger("arker.server")
+
+IN_FLIGHT = ("queued", "running")
+WAIT_CHUNK_S = 30.0
+MAX_STDIN_BYTES = 8 * 1024 * 1024
+
+Answer = tuple[t.CompletedRun | t.TimedOutRun | t.CancelledRun | t.StartedRun, int]
+
+
+def request_hash(payload: dict[str, Any]) -> str:
+    """A canonical hash of a request, to tell a retry from a different request."""
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class Runs:
+    def __init__(
+        self, settings: Settings, db: Database, engine: Engine, threads: Threads, metrics: Metrics
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.engine = engine
+        self.threads = threads
+        self.metrics = metrics
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._vm_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._stopping = False
+
+    # -- starting
+    async def run(self, vm: Vm, req: t.RunRequest, idem_key: str | None) -> Answer:
+        background = bool(req.background)
+        spec = {
+            "command": req.command,
+            "env": req.env or {},
+            "cwd": req.cwd or "/home/user",
+            "stdin": req.stdin or "",
+            "user": req.user or "user",
+            "timeout_s": req.timeout_s,
+        }
+        digest = request_hash({"vm": vm.id, "background": background, **spec})
+        if idem_key is not None:
+            prior = await self._by_key(vm.org, idem_key)
+            if prior is not None:
+                return await self._replay(prior, digest)
+        if vm.lost:
+            raise ArkerError(ErrorCode.VM_LOST, f"cannot run in vm {vm.id!r} in state lost")
+        _decode_stdin(req.stdin)  # reject bad input before anything is recorded
+        now = time.time()
+        row = Run(
+            id=str(ULID()),
+            vm_id=vm.id,
+            org=vm.org,
+            state="running",
+            background=background,
+            spec=json.dumps(spec),
+            request_hash=digest,
+            idem_key=idem_key,
+            timeout_s=req.timeout_s,
+            stdout=b"",
+            stderr=b"",
+            stdout_truncated=False,
+            stderr_truncated=False,
+            oom_killed=False,
+            retry_count=0,
+            created_at=now,
+            started_at=now,
+        )
+        try:
+            if vm.durable:
+                # Under the VM's lock, so the next run sees this one in flight.
+                async with self._vm_locks[vm.id]:
+                    row.checkpoint_id = await self._checkpoint_for(vm.id)
+                    await self._insert(row)
+            else:
+                await self._insert(row)
+        except IntegrityError:
+            prior = await self._by_key(vm.org, idem_key) if idem_key else None
+            if prior is None:
+                raise
+            return await self._replay(prior, digest)  # a concurrent twin won the race
+        task = await self._launch(row, forget_on_failure=True)
+        self.metrics.runs_started.inc()
+        if background:
+            return wire.started(row.id), 202
+        await asyncio.shield(task)
+        return await self._answer(row.id)
+
+    async def _insert(self, row: Run) -> None:
+        async with self.db.session() as s:
+            s.add(row)
+            await s.commit()
+
+    async def _by_key(self, org: str, idem_key: str) -> Run | None:
+        async with self.db.session() as s:
+            return await s.scalar(select(Run).where(Run.org == org, Run.idem_key == idem_key))
+
+    async def _replay(self, prior: Run, digest: str) -> Answer:
+        if prior.request_hash != digest:
+            raise ArkerError(
+                ErrorCode.CONFLICT, "this Idempotency-Key was used for a different run request"
+            )
+        if prior.background:
+            return wire.started(prior.id), 202
+        return await self._answer(prior.id)
+
+    async def _answer(self, run_id: str) -> Answer:
+        """The foreground result, waiting for the run if it is still going."""
+        while True:
+            task = self._tasks.get(run_id)
+            if task is not None:
+                await asyncio.shield(task)
+            async with self.db.session() as s:
+                row = await s.get(Run, run_id)
+            assert row is not None
+            if row.state not in IN_FLIGHT:
+                break
+            await asyncio.sleep(0.1)  # being recovered, or driven by another replica
+        if row.state == "failed":
+            raise ArkerError(
+                ErrorCode.INTERNAL,
+                f"run {row.id!r} failed: {row.failure_reason}",
+                details={"run_id": row.id, "state": "failed"},
+            )
+        return wire.run_result(row), 200
+
+    async def _checkpoint_for(self, vm_id: str) -> str:
+        """A checkpoint for a new run of a durable VM. With runs already in flight,
+        share the earliest one: recovery restores to it and re-runs them all."""
+        async with self.db.session() as s:
+            shared = await s.scalar(
+                select(Run.checkpoint_id)
+                .where(Run.vm_id == vm_id, Run.state.in_(IN_FLIGHT), Run.checkpoint_id.is_not(None))
+                .order_by(Run.created_at)
+                .limit(1)
+            )
+        if shared:
+            return shared
+        checkpoint_id = "cp_" + str(ULID())
+        await self.threads.call(self._checkpoint_and_prune, vm_id, checkpoint_id)
+        return checkpoint_id
+
+    def _checkpoint_and_prune(self, vm_id: str, keep: str) -> None:
+        # No run of this VM is in flight, so no older checkpoint is needed: a
+        # durable VM holds one between runs and two at most, never a pile.
+        self.engine.checkpoint(vm_id, keep)
+        for old in self.engine.checkpoints(vm_id):
+            if old != keep:
+                self.engine.delete_checkpoint(vm_id, old)
+
+    async def _launch(self, row: Run, forget_on_failure: bool) -> asyncio.Task[None]:
+        spec = json.loads(row.spec)
+        run_spec = RunSpec(
+            command=spec["command"],
+            env=spec["env"],
+            cwd=spec["cwd"],
+            stdin=_decode_stdin(spec["stdin"]),
+            user=spec["user"],
+            timeout_s=spec["timeout_s"],
+            output_cap_bytes=self.settings.output_cap_bytes,
+        )
+        try:
+            await self.threads.call(self.engine.start_run, row.vm_id, row.id, run_spec)
+        except BaseException as exc:
+            if forget_on_failure:
+                # It never ran: unrecord it so a retry starts afresh.
+                async with self.db.session() as s:
+                    await s.execute(delete(Run).where(Run.id == row.id))
+                    await s.commit()
+            else:
+                await self._fail([row.id], f"the engine could not start it again: {exc}")
+            raise
+        task = asyncio.create_task(self._drive(row.id, row.vm_id))
+        self._tasks[row.id] = task
+        run_id = row.id
+        task.add_done_callback(lambda _task: self._tasks.pop(run_id, None))
+        return task
+
+    # -- finishing
+    async def _drive(self, run_id: str, vm_id: str) -> None:
+        try:
+            while True:
+                info = await self.threads.wait(self.engine.wait_run, vm_id, run_id, WAIT_CHUNK_S)
+                if info.done:
+                    break
+        except ArkerError as exc:
+            if not self._stopping:
+                await self._fail([run_id], f"the engine lost the run: {exc.message}")
+            return
+        if self._stopping:
+            return  # killed by the shutdown: recovery decides, not this task
+        await self._finish(run_id, info)
+        with contextlib.suppress(ArkerError):
+            await self.threads.call(self.engine.forget_run, vm_id, run_id)
+
+    async def _finish(self, run_id: str, info: RunInfo) -> None:
+        state = info.phase.value
+        values: dict[str, Any] = {
+            "state": state,
+            "exit_code": info.exit_code,
+            "stdout": info.stdout,
+            "stderr": info.stderr,
+            "stdout_truncated": info.stdout_truncated,
+            "stderr_truncated": info.stderr_truncated,
+            "oom_killed": info.oom_killed,
+            "finished_at": info.finished_at or time.time(),
+            "duration_ms": info.duration_ms,
+        }
+        if info.phase is RunPhase.FAILED:
+            values["failure_reason"] = info.failure_reason or "the engine lost the run"
+        async with self.db.session() as s:
+            res = await s.execute(
+                update(Run).where(Run.id == run_id, Run.state.in_(IN_FLIGHT)).values(**values)
+            )
+            await s.commit()
+        if res.rowcount:  # type: ignore[attr-defined]
+            self.metrics.runs_finished.inc(state=state)
+
+    async def _fail(self, run_ids: list[str], reason: str) -> None:
+        async with self.db.session() as s:
+            res = await s.execute(
+                update(Run)
+                .where(Run.id.in_(run_ids), Run.state.in_(IN_FLIGHT))
+                .values(state="failed", failure_reason=reason, finished_at=time.time())
+            )
+            await s.commit()
+        if res.rowcount:  # type: ignore[attr-defined]
+            self.metrics.runs_finished.inc(res.rowcount, state="failed")  # type: ignore[attr-defined]
+
+    async def finish_vm_runs(self, vm_id: str, reason: str) -> None:
+        async with self.db.session() as s:
+            ids = list(
+                await s.scalars(select(Run.id).where(Run.vm_id == vm_id, Run.state.in_(IN_FLIGHT)))
+            )
+        if ids:
+            await self._fail(ids, reason)
+
+    # -- reading and cancelling
+    async def _row(self, org: str, vm_id: str, run_id: str) -> Run:
+        async with self.db.session() as s:
+            row = await s.get(Run, run_id)
+        if row is None or row.org != org or row.vm_id != vm_id:
+            raise ArkerError(ErrorCode.NOT_FOUND, f"run {run_id!r} not found in vm {vm_id!r}")
+        return row
+
+    async def status(self, org: str, vm_id: str, run_id: str) -> t.RunStatus:
+        row = await self._row(org, vm_id, run_id)
+        live = None
+        if row.state in IN_FLIGHT:
+            try:
+                live = await self.threads.call(self.engine.run_info, vm_id, run_id)
+            except ArkerError:
+                live = None  # not started again yet after a restart
+        return wire.run_status(row, live)
+
+    async def cancel(self, org: str, vm_id: str, run_id: str) -> t.RunStatus:
+        row = await self._row(org, vm_id, run_id)
+        if row.state in IN_FLIGHT:
+            try:
+                info = await self.threads.call(self.engine.cancel_run, vm_id, run_id)
+            except ArkerError:
+                info = None
+            if info is not None and info.done:
+                await self._finish(run_id, info)
+            async with self.db.session() as s:
+                await s.execute(
+                    update(Run)
+                    .where(Run.id == run_id, Run.state.in_(IN_FLIGHT))
+                    .values(state="cancelled", finished_at=time.time())
+                )
+                await s.commit()
+            row = await self._row(org, vm_id, run_id)
+        return wire.run_status(row)
+
+    # -- crash recovery and shutdown
+    async def recover(self) -> None:
+        async with self.db.session() as s:
+            rows = (
+                await s.scalars(
+                    select(Run).where(Run.state.in_(IN_FLIGHT)).order_by(Run.created_at)
+                )
+            ).all()
+            vms = {
+                v.id: v
+                for v in (
+                    await s.scalars(select(Vm).where(Vm.id.in_({r.vm_id for r in rows})))
+                ).all()
+            }
+        by_vm: defaultdict[str, list[Run]] = defaultdict(list)
+        for r in rows:
+            by_vm[r.vm_id].append(r)
+        for vm_id, runs in by_vm.items():
+            await self._recover_vm(vms.get(vm_id), vm_id, runs)
+
+    async def _recover_vm(self, vm: Vm | None, vm_id: str, runs: list[Run]) -> None:
+        ids = [r.id for r in runs]
+        if vm is None or vm.deleted_at is not None or vm.lost:
+            await self._fail(ids, f"vm {vm_id!r} is gone")
+            return
+        checkpoint = runs[0].checkpoint_id
+        if not (vm.durable and self.engine.supports_checkpoints and checkpoint):
+            log.info("failing %d interrupted run(s) of non-durable vm %s", len(ids), vm_id)
+            await self._fail(
+                ids, f"the server stopped during the run and vm {vm_id!r} is not durable"
+            )
+            for run_id in ids:
+                with contextlib.suppress(ArkerError):
+                    await self.threads.call(self.engine.forget_run, vm_id, run_id)
+            return
+        try:
+            # Put the files back as they were before the first interrupted run, so
+            # the half-done attempt leaves no trace.
+            await self.threads.call(self.engine.restore, vm_id, checkpoint)
+        except ArkerError as exc:
+            await self._fail(ids, f"could not restore checkpoint {checkpoint}: {exc.message}")
+            return
+        for r in runs:
+            now = time.time()
+            async with self.db.session() as s:
+                live = await s.get(Run, r.id)
+                assert live is not None
+                live.state, live.retry_count, live.started_at = "running", live.retry_count + 1, now
+                live.stdout, live.stderr = b"", b""
+                await s.commit()
+            log.info("restarting run %s of durable vm %s from %s", r.id, vm_id, checkpoint)
+            try:
+                await self._launch(live, forget_on_failure=False)
+            except Exception:
+                log.exception("could not restart run %s", r.id)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _decode_stdin(stdin: str | None) -> bytes:
+    if not stdin:
+        return b""
+    try:
+        data = base64.b64decode(stdin, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ArkerError(ErrorCode.INVALID_REQUEST, "stdin must be base64") from exc
+    if len(data) > MAX_STDIN_BYTES:
+        raise ArkerError(ErrorCode.PAYLOAD_TOO_LARGE, "stdin is over 8 MiB")
+    return data

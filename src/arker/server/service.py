@@ -1,0 +1,280 @@
+"""The service layer: every rule of the API lives here (org isolation, lineage,
+idempotency, limits, states). Routes only parse and serialise; the engine only
+acts on the host. Run lifecycle rules are in `runs.py`, part of this layer."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import time
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from ulid import ULID
+
+from arker import _types as t
+from arker._paths import check_path
+from arker.engine.base import Engine, GoldenInfo, VmPower
+from arker.errors import ArkerError, ErrorCode
+from arker.server import wire
+from arker.server.config import Settings
+from arker.server.metrics import Metrics
+from arker.server.runs import Runs, request_hash
+from arker.server.store import Database, Upload, Vm
+from arker.server.threads import Threads
+
+__all__ = ["Service"]
+
+log = logging.getLogger("arker.server")
+
+GOLDENS_TTL_S = 5.0
+
+
+class Service:
+    def __init__(self, settings: Settings, db: Database, engine: Engine, metrics: Metrics) -> None:
+        self.settings = settings
+        self.db = db
+        self.engine = engine
+        self.metrics = metrics
+        self.threads = Threads(settings.engine_threads)
+        self.runs = Runs(settings, db, engine, self.threads, metrics)
+        self._goldens: tuple[float, dict[str, GoldenInfo]] = (0.0, {})
+
+    # -- lifecycle
+    async def start(self) -> None:
+        await self.threads.call(self.engine.open)
+        await self._mark_lost()
+        await self.runs.recover()
+
+    async def stop(self) -> None:
+        await self.runs.stop()
+        await self.threads.call(self.engine.close)
+
+    async def _mark_lost(self) -> None:
+        """A VM the engine no longer has (its storage is gone) is lost."""
+        present = set(await self.threads.call(self.engine.vm_ids))
+        async with self.db.session() as s:
+            rows = (
+                await s.scalars(select(Vm).where(Vm.deleted_at.is_(None), Vm.lost.is_(False)))
+            ).all()
+            for row in rows:
+                if row.id not in present:
+                    log.warning("vm %s is missing from the engine: marking it lost", row.id)
+                    row.lost = True
+            await s.commit()
+
+    # -- goldens
+    async def goldens(self, refresh: bool = False) -> dict[str, GoldenInfo]:
+        fetched_at, cached = self._goldens
+        if refresh or time.monotonic() - fetched_at > GOLDENS_TTL_S:
+            infos = await self.threads.call(self.engine.goldens)
+            cached = {g.name: g for g in infos}
+            self._goldens = (time.monotonic(), cached)
+        return cached
+
+    async def list_goldens(self) -> t.GoldenList:
+        infos = await self.goldens(refresh=True)
+        return t.GoldenList(
+            items=[wire.golden(g) for g in sorted(infos.values(), key=lambda g: g.name)]
+        )
+
+    # -- VMs
+    async def _vm(self, org: str, vm_id: str) -> Vm:
+        """The caller's live VM, or not_found: another org's VM is not there."""
+        async with self.db.session() as s:
+            row = await s.get(Vm, vm_id)
+        if row is None or row.org != org or row.deleted_at is not None:
+            raise ArkerError(ErrorCode.NOT_FOUND, f"vm {vm_id!r} not found")
+        return row
+
+    async def _usable_vm(self, org: str, vm_id: str, action: str) -> Vm:
+        row = await self._vm(org, vm_id)
+        if row.lost:
+            raise ArkerError(
+                ErrorCode.VM_LOST, f"cannot {action} vm {vm_id!r} in state lost: its host is gone"
+            )
+        return row
+
+    async def _power(self, vm_id: str) -> VmPower | None:
+        try:
+            return await self.threads.call(self.engine.power, vm_id)
+        except ArkerError:
+            return None
+
+    async def get_vm(self, org: str, vm_id: str) -> t.Vm:
+        row = await self._vm(org, vm_id)
+        power = None if row.lost else await self._power(vm_id)
+        return wire.vm(row, self.settings.region, power)
+
+    async def list_vms(self, org: str, limit: int, offset: int) -> t.VmList:
+        if not 1 <= limit <= 1000:
+            raise ArkerError(ErrorCode.INVALID_REQUEST, f"limit must be 1..1000, not {limit}")
+        if offset < 0:
+            raise ArkerError(ErrorCode.INVALID_REQUEST, f"offset must be >= 0, not {offset}")
+        live = (Vm.org == org) & Vm.deleted_at.is_(None)
+        async with self.db.session() as s:
+            total = await s.scalar(select(func.count()).select_from(Vm).where(live)) or 0
+            rows = (
+                await s.scalars(
+                    select(Vm)
+                    .where(live)
+                    .order_by(Vm.created_at.desc(), Vm.id.desc())
+                    .limit(limit)
+                    .offset(offset)
+                )
+            ).all()
+        powers = await self.threads.call(self._powers, [r.id for r in rows if not r.lost])
+        items = [wire.vm(r, self.settings.region, powers.get(r.id)) for r in rows]
+        return t.VmList(items=items, total=total)
+
+    def _powers(self, vm_ids: list[str]) -> dict[str, VmPower]:
+        out: dict[str, VmPower] = {}
+        for vm_id in vm_ids:
+            with contextlib.suppress(ArkerError):
+                out[vm_id] = self.engine.power(vm_id)
+        return out
+
+    async def fork(self, org: str, source: str, req: t.ForkRequest, idem_key: str | None) -> t.Vm:
+        durable = bool(req.durable)
+        digest = request_hash({"source": source, "name": req.name, "durable": durable})
+        if idem_key is not None:
+            found = await self._fork_replay(org, idem_key, digest)
+            if found is not None:
+                return found
+        if durable and not self.engine.supports_checkpoints:
+            raise ArkerError(
+                ErrorCode.UNSUPPORTED_OPERATION,
+                f"cannot fork a durable vm: the {self.engine.kind} engine has no checkpoints",
+            )
+        parent: Vm | None = None
+        async with self.db.session() as s:
+            parent = await s.get(Vm, source)
+        if parent is not None and (parent.org != org or parent.deleted_at is not None):
+            parent = None
+        if parent is not None:
+            if parent.lost:
+                raise ArkerError(ErrorCode.VM_LOST, f"cannot fork vm {source!r} in state lost")
+            base_image = parent.base_image
+        elif source in await self.goldens() or source in await self.goldens(refresh=True):
+            base_image = source
+        else:
+            raise ArkerError(ErrorCode.NOT_FOUND, f"no golden or vm named {source!r}")
+
+        vm_id = str(ULID())
+        if self.settings.burst_suffix:
+            vm_id = f"{vm_id}_{self.settings.burst_suffix}"
+        await self.threads.call(self.engine.fork, source, vm_id, hostname=req.name or vm_id.lower())
+        row = Vm(
+            id=vm_id,
+            org=org,
+            name=req.name,
+            base_image=base_image,
+            parent_id=parent.id if parent is not None else None,
+            durable=durable,
+            lost=False,
+            created_at=time.time(),
+            idem_key=idem_key,
+            idem_hash=digest if idem_key else None,
+        )
+        try:
+            async with self.db.session() as s:
+                s.add(row)
+                await s.commit()
+        except BaseException as exc:
+            # Not recorded, so not promised: free the storage we just made.
+            await self.threads.call(self.engine.delete, vm_id)
+            if isinstance(exc, IntegrityError) and idem_key is not None:
+                found = await self._fork_replay(org, idem_key, digest)
+                if found is not None:
+                    return found
+            raise
+        self.metrics.forks.inc()
+        return wire.vm(row, self.settings.region, VmPower.STOPPED)
+
+    async def _fork_replay(self, org: str, idem_key: str, digest: str) -> t.Vm | None:
+        async with self.db.session() as s:
+            row = await s.scalar(select(Vm).where(Vm.org == org, Vm.idem_key == idem_key))
+        if row is None:
+            return None
+        if row.idem_hash != digest:
+            raise ArkerError(
+                ErrorCode.CONFLICT, "this Idempotency-Key was used for a different fork request"
+            )
+        power = None if row.lost or row.deleted_at else await self._power(row.id)
+        return wire.vm(row, self.settings.region, power)
+
+    async def delete_vm(self, org: str, vm_id: str) -> None:
+        row = await self._vm(org, vm_id)
+        await self.threads.call(self.engine.delete, vm_id)
+        async with self.db.session() as s:
+            live = await s.get(Vm, row.id)
+            if live is not None:
+                live.deleted_at = time.time()
+            await s.commit()
+        await self.runs.finish_vm_runs(vm_id, "the vm was deleted")
+
+    # -- runs
+    async def run(
+        self, org: str, vm_id: str, req: t.RunRequest, idem_key: str | None
+    ) -> tuple[t.CompletedRun | t.TimedOutRun | t.CancelledRun | t.StartedRun, int]:
+        vm_row = await self._vm(org, vm_id)
+        return await self.runs.run(vm_row, req, idem_key)
+
+    async def run_status(self, org: str, vm_id: str, run_id: str) -> t.RunStatus:
+        await self._vm(org, vm_id)
+        return await self.runs.status(org, vm_id, run_id)
+
+    async def cancel_run(self, org: str, vm_id: str, run_id: str) -> t.RunStatus:
+        await self._vm(org, vm_id)
+        return await self.runs.cancel(org, vm_id, run_id)
+
+    # -- files
+    async def read_file(self, org: str, vm_id: str, path: str) -> bytes:
+        clean = check_path(path)
+        await self._usable_vm(org, vm_id, "read a file of")
+        return await self.threads.call(
+            self.engine.read_file, vm_id, clean, self.settings.max_file_bytes
+        )
+
+    async def write_file(
+        self, org: str, vm_id: str, path: str, data: bytes, upload_id: str | None
+    ) -> t.FileWritten:
+        clean = check_path(path)
+        await self._usable_vm(org, vm_id, "write a file of")
+        sha = hashlib.sha256(data).hexdigest()
+        if upload_id is not None:
+            async with self.db.session() as s:
+                done = await s.get(Upload, (org, upload_id))
+            if done is not None:
+                if (done.vm_id, done.path, done.sha256) != (vm_id, clean, sha):
+                    raise ArkerError(
+                        ErrorCode.CONFLICT,
+                        "this Upload-Id was used for a different file or content",
+                    )
+                return t.FileWritten(path=done.path, size=done.size, sha256=done.sha256)
+        info = await self.threads.call(self.engine.write_file, vm_id, clean, data)
+        if upload_id is not None:
+            try:
+                async with self.db.session() as s:
+                    s.add(
+                        Upload(
+                            org=org,
+                            upload_id=upload_id,
+                            vm_id=vm_id,
+                            path=clean,
+                            size=info.size,
+                            sha256=info.sha256,
+                            created_at=time.time(),
+                        )
+                    )
+                    await s.commit()
+            except IntegrityError:
+                pass  # a concurrent retry recorded the same upload first
+        return t.FileWritten(path=info.path, size=info.size, sha256=info.sha256)
+
+    # -- operations
+    async def vms_running(self) -> int:
+        ids = await self.threads.call(self.engine.vm_ids)
+        powers = await self.threads.call(self._powers, ids)
+        return sum(1 for p in powers.values() if p is VmPower.RUNNING)

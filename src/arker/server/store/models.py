@@ -1,0 +1,102 @@
+"""Tables. Times are unix seconds (float) so SQLite and PostgreSQL agree on
+them without time-zone handling; the wire format is built in the service."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = ["ApiKey", "Base", "Run", "Upload", "Vm"]
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    prefix: Mapped[str] = mapped_column(String(32))  # shown by `keys ls`; not a secret
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    org: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str | None] = mapped_column(String(255), default=None)  # a label for people
+    created_at: Mapped[float] = mapped_column(Float)
+    revoked_at: Mapped[float | None] = mapped_column(Float, default=None)
+
+
+class Vm(Base):
+    __tablename__ = "vms"
+    __table_args__ = (
+        UniqueConstraint("org", "idem_key", name="uq_vms_org_idem_key"),
+        Index("ix_vms_org_created", "org", "deleted_at", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    org: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str | None] = mapped_column(String(63), default=None)
+    base_image: Mapped[str] = mapped_column(String(128))
+    parent_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    durable: Mapped[bool] = mapped_column(Boolean, default=False)
+    lost: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[float] = mapped_column(Float)
+    deleted_at: Mapped[float | None] = mapped_column(Float, default=None)
+    idem_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    idem_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (
+        UniqueConstraint("org", "idem_key", name="uq_runs_org_idem_key"),
+        Index("ix_runs_state", "state"),
+        Index("ix_runs_vm", "vm_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    vm_id: Mapped[str] = mapped_column(String(64))
+    org: Mapped[str] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(16))
+    background: Mapped[bool] = mapped_column(Boolean)
+    # The request as JSON, so a restart can run it again from a checkpoint.
+    spec: Mapped[str] = mapped_column(Text)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    idem_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    timeout_s: Mapped[float | None] = mapped_column(Float, default=None)
+    checkpoint_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    exit_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    stdout: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    stderr: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    stdout_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    stderr_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    oom_killed: Mapped[bool] = mapped_column(Boolean, default=False)
+    retry_count: Mapped[int] = mapped_column(Integer, default=0)
+    failure_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float, default=None)
+    finished_at: Mapped[float | None] = mapped_column(Float, default=None)
+    duration_ms: Mapped[int | None] = mapped_column(Integer, default=None)
+
+
+class Upload(Base):
+    """One row per Upload-Id: a retried PUT returns this instead of writing again."""
+
+    __tablename__ = "uploads"
+
+    org: Mapped[str] = mapped_column(String(255), primary_key=True)
+    upload_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    vm_id: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(String(4096))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)

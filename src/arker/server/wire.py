@@ -1,0 +1,99 @@
+"""Rows -> contract models. No I/O and no rules: just the shapes."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+
+from arker import _types as t
+from arker.engine.base import GoldenInfo, RunInfo, VmPower
+from arker.server.store import Run, Vm
+
+__all__ = ["golden", "run_result", "run_status", "started", "ts", "vm"]
+
+TERMINAL = frozenset({"completed", "timed_out", "cancelled", "failed"})
+
+
+def ts(unix_s: float) -> datetime:
+    return datetime.fromtimestamp(unix_s, UTC)
+
+
+def _opt_ts(unix_s: float | None) -> datetime | None:
+    return None if unix_s is None else ts(unix_s)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def golden(info: GoldenInfo) -> t.Golden:
+    return t.Golden(name=info.name, description=info.description, created_at=ts(info.created_at))
+
+
+def vm(row: Vm, region: str, power: VmPower | None) -> t.Vm:
+    state = "lost" if row.lost else "running" if power is VmPower.RUNNING else "stopped"
+    return t.Vm(
+        vm_id=row.id,
+        name=row.name,
+        base_image=row.base_image,
+        region=region,
+        created_at=ts(row.created_at),
+        parent_id=row.parent_id,
+        durable=row.durable,
+        state=state,
+    )
+
+
+def started(run_id: str) -> t.StartedRun:
+    return t.StartedRun(type="started", run_id=run_id)
+
+
+def run_result(row: Run) -> t.CompletedRun | t.TimedOutRun | t.CancelledRun:
+    """The foreground answer for a run in a terminal state other than failed."""
+    common = {
+        "run_id": row.id,
+        "stdout": _b64(row.stdout),
+        "stderr": _b64(row.stderr),
+        "stdout_truncated": row.stdout_truncated,
+        "stderr_truncated": row.stderr_truncated,
+        "duration_ms": row.duration_ms or 0,
+    }
+    if row.state == "completed":
+        return t.CompletedRun(
+            type="completed",
+            exit_code=row.exit_code if row.exit_code is not None else -1,
+            oom_killed=row.oom_killed,
+            **common,
+        )
+    if row.state == "timed_out":
+        return t.TimedOutRun(type="timed_out", timeout_s=row.timeout_s or 0.0, **common)
+    return t.CancelledRun(type="cancelled", **common)
+
+
+def run_status(row: Run, live: RunInfo | None = None) -> t.RunStatus:
+    """`live` is the engine's view of a run still going (output so far)."""
+    stdout, stderr = row.stdout, row.stderr
+    out_trunc, err_trunc = row.stdout_truncated, row.stderr_truncated
+    duration = row.duration_ms
+    if live is not None and row.state not in TERMINAL:
+        stdout, stderr = live.stdout, live.stderr
+        out_trunc, err_trunc = live.stdout_truncated, live.stderr_truncated
+        duration = live.duration_ms
+    return t.RunStatus(
+        run_id=row.id,
+        vm_id=row.vm_id,
+        state=row.state,
+        background=row.background,
+        exit_code=row.exit_code,
+        stdout=_b64(stdout),
+        stderr=_b64(stderr),
+        stdout_truncated=out_trunc,
+        stderr_truncated=err_trunc,
+        oom_killed=row.oom_killed,
+        retry_count=row.retry_count,
+        failure_reason=row.failure_reason,
+        created_at=ts(row.created_at),
+        started_at=_opt_ts(row.started_at),
+        finished_at=_opt_ts(row.finished_at),
+        duration_ms=duration,
+    )
