@@ -463,3 +463,43 @@ async def test_computer_exit_raises_other_delete_errors(
     with pytest.raises(ArkerError) as caught:
         await use()
     assert caught.value.code is ErrorCode.CONFLICT
+
+
+# Checked before sending
+
+
+@pytest.mark.parametrize(
+    "call",
+    ["fork_name", "fork_key", "run_empty", "run_env", "run_timeout", "list_limit", "vm_id"],
+)
+async def test_bad_arguments_fail_before_any_request(
+    arker: AsyncArker, server: FakeServer, call: str
+) -> None:
+    computer = arker.vm(VM_ID)
+    with pytest.raises(ArkerError) as caught:
+        if call == "fork_name":
+            await computer.fork(name="no spaces allowed")
+        elif call == "fork_key":
+            await computer.fork(idempotency_key="not ascii é")
+        elif call == "run_empty":
+            await computer.run("")
+        elif call == "run_env":
+            await computer.run("env", env={"1BAD": "x"})
+        elif call == "run_timeout":
+            await computer.run("sleep 1", timeout_s=0)
+        elif call == "list_limit":
+            await arker.list(limit=0)
+        else:
+            arker.vm("")
+    assert caught.value.code is ErrorCode.INVALID_REQUEST
+    assert server.requests == []
+
+
+async def test_foreground_run_gets_a_longer_http_timeout(
+    arker: AsyncArker, server: FakeServer
+) -> None:
+    server.reply(ok(completed()))
+    await arker.vm(VM_ID).run("sleep 100", timeout_s=100)
+    assert server.last.extensions["timeout"]["read"] == 130.0
+    await arker.vm(VM_ID).run("sleep 100", timeout_s=100, background=True)
+    assert server.last.extensions["timeout"]["read"] == arker.timeout_s == 60.0

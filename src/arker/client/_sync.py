@@ -45,8 +45,11 @@ DEFAULT_RETRY = RetryPolicy()
 
 
 class Arker(ArkerBase):
-    """A client of the Arker API. Closes the HTTP client it made when closed
-    (or on leaving `async with`); one passed in as `http_client` stays open."""
+    """A client of the Arker API.
+
+    `timeout_s` bounds each HTTP request (a foreground run's request gets the
+    run's own `timeout_s` plus 30 s). Closing the client (or leaving `async with`)
+    closes the HTTP client it made; one passed in as `http_client` stays open."""
 
     # Tests replace this to run retries without waiting.
     _sleep = staticmethod(time.sleep)
