@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import sys
+from datetime import UTC
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -52,7 +53,7 @@ class RunUser(enum.StrEnum):
     root = "root"
 
 
-_COLUMNS = ("vm_id", "name", "base_image", "state", "durable", "parent_id", "created_at")
+_COLUMNS = ("vm_id", "name", "base_image", "state", "durable", "parent_id", "created (UTC)")
 
 ApiKey = Annotated[
     str | None,
@@ -252,10 +253,18 @@ def ls(
         return
     table = Table(caption=f"{len(page.items)} of {page.total}", caption_justify="left")
     for column in _COLUMNS:
-        table.add_column(column, overflow="fold")
+        # Ids are what people copy: never fold them across lines.
+        table.add_column(column, no_wrap=column.endswith("id"), overflow="fold")
     for vm in page.items:
-        doc = _vm_doc(vm)
-        table.add_row(*("" if doc[c] is None else str(doc[c]) for c in _COLUMNS))
+        table.add_row(
+            vm.vm_id,
+            vm.name or "",
+            vm.base_image,
+            vm.state,
+            "yes" if vm.durable else "",
+            vm.parent_id or "",
+            vm.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        )
     out_console.print(table)
 
 

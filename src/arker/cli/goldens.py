@@ -37,7 +37,7 @@ DataDir = Annotated[
 @contextmanager
 def engine_at(data_dir: Path) -> Iterator[Engine]:
     """The local engine, opened on `data_dir` for the length of a command."""
-    from arker.engine import NamespaceEngine
+    from arker.engine.host import NamespaceEngine
 
     engine = NamespaceEngine(data_dir)
     engine.open()

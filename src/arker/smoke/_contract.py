@@ -123,14 +123,20 @@ class Contract:
             body = response.json()
         except ValueError:
             raise ContractError("the body is not JSON") from None
-        best_match = _jsonschema().exceptions.best_match
+        exceptions = _jsonschema().exceptions
         validator = self._validator(operation_id, response.status_code)
-        error = best_match(validator.iter_errors(body))
-        if error is not None:
-            where = "/".join(str(p) for p in error.absolute_path) or "body"
-            message = error.message if len(error.message) < 160 else error.message[:157] + "..."
-            raise ContractError(f"{where}: {message}")
+        # Each top-level error narrowed to its most telling cause (a oneOf
+        # failure names the field of the closest branch), up to three of them.
+        problems = [exceptions.best_match([e]) for e in validator.iter_errors(body)]
+        if problems:
+            raise ContractError("; ".join(_describe(p) for p in problems[:3]))
         return body
+
+
+def _describe(error: Any) -> str:
+    where = "/".join(str(p) for p in error.absolute_path) or "body"
+    message = str(error.message)
+    return f"{where}: {message if len(message) < 160 else message[:157] + '...'}"
 
 
 def load_contract() -> Contract:
