@@ -192,7 +192,7 @@ class _Extractor:
                 os.chown(name, m.uid, m.gid, dir_fd=parent, follow_symlinks=False)
                 os.utime(name, (m.mtime, m.mtime), dir_fd=parent, follow_symlinks=False)
             elif m.islnk():
-                target = _parts(m.linkname)
+                target = _parts(m.linkname, "hard link target")
                 if not target:
                     raise _Refused("hard link to the root")
                 with self._parent(root_fd, target[:-1], create=False) as tparent:
@@ -262,12 +262,12 @@ class _Extractor:
             os.close(fd)
 
 
-def _parts(name: str) -> list[str]:
+def _parts(name: str, what: str = "path") -> list[str]:
     if name.startswith("/"):
-        raise _Refused("absolute path")
+        raise _Refused(f"absolute {what}")
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise _Refused("'..' in its path")
+        raise _Refused(f"'..' in its {what}")
     return parts
 
 
