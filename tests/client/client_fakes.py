@@ -20,6 +20,21 @@ WHEN = "2026-11-28T18:00:00Z"
 Reply = httpx.Response | Exception | Callable[[httpx.Request], httpx.Response]
 
 
+def build_client(cls: type[Any], server: FakeServer, sleeps: list[float], **options: Any) -> Any:
+    """An Arker or AsyncArker talking to `server`, whose waits are recorded in
+    `sleeps` instead of slept."""
+    options.setdefault("region", REGION)
+    is_async = cls.__name__.startswith("Async")
+    http = (httpx.AsyncClient if is_async else httpx.Client)(transport=server.transport())
+    client = cls(api_key=KEY, http_client=http, **options)
+
+    async def async_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    client._sleep = async_sleep if is_async else sleeps.append
+    return client
+
+
 class FakeServer:
     """Answers each request with the next scripted reply (the last one repeats),
     and records what it was sent."""

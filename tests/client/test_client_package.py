@@ -46,10 +46,11 @@ def test_generated_files_are_up_to_date() -> None:
 
 
 def test_check_fails_on_a_stale_twin_and_regeneration_fixes_it(tmp_path: Path) -> None:
-    for rel in ("scripts/unasync", "src/arker/client/_async.py", "src/arker/client/_sync.py",
-                "tests/client/test_async_api.py", "tests/client/test_sync_api.py"):
+    twins = [*ROOT.glob("src/arker/client/_*sync.py"), *ROOT.glob("tests/client/test_*sync_*.py")]
+    for path in [UNASYNC, *twins]:
+        rel = path.relative_to(ROOT)
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / rel, tmp_path / rel)
+        shutil.copy(path, tmp_path / rel)
     source = tmp_path / "src/arker/client/_async.py"
     source.write_text(source.read_text() + "\n\nasync def extra() -> None:\n    await thing()\n")
     stale = run_unasync(tmp_path, "--check")
