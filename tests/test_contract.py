@@ -55,8 +55,11 @@ def test_client_only_codes_stay_off_the_wire(error_code: dict[str, Any]) -> None
 
 def test_every_error_status_of_an_operation_has_a_code(spec: dict[str, Any]) -> None:
     # A status an operation may answer with must be one some code is sent with.
-    allowed = {s for statuses in spec["components"]["schemas"]["ErrorCode"]["x-arker-status"]
-               .values() for s in statuses}
+    allowed = {
+        s
+        for statuses in spec["components"]["schemas"]["ErrorCode"]["x-arker-status"].values()
+        for s in statuses
+    }
     seen = set()
     for item in spec["paths"].values():
         for method, operation in item.items():

@@ -119,8 +119,11 @@ def test_vm_sends_no_request(arker: AsyncArker, server: FakeServer) -> None:
 
 async def test_goldens_list_and_get(arker: AsyncArker, server: FakeServer) -> None:
     golden = {"name": "debian", "description": "bookworm", "created_at": "2026-11-28T18:00:00Z"}
-    server.reply(ok({"items": [golden]}), ok({"items": [vm(), vm("01KQH2ADR3DCAJF06N4R453WPK")],
-                                              "total": 7}), ok(vm(state="stopped")))
+    server.reply(
+        ok({"items": [golden]}),
+        ok({"items": [vm(), vm("01KQH2ADR3DCAJF06N4R453WPK")], "total": 7}),
+        ok(vm(state="stopped")),
+    )
     assert [g.name for g in await arker.goldens()] == ["debian"]
     page = await arker.list(limit=2, offset=4)
     assert server.last.url.params["limit"] == "2" and server.last.url.params["offset"] == "4"
@@ -181,8 +184,9 @@ async def test_run_result_variants(
 
 
 async def test_run_status_and_cancel_decode_output(arker: AsyncArker, server: FakeServer) -> None:
-    server.reply(ok(status(stdout=b"\x00\xffso far", retry_count=2)),
-                 ok(status("cancelled", exit_code=137)))
+    server.reply(
+        ok(status(stdout=b"\x00\xffso far", retry_count=2)), ok(status("cancelled", exit_code=137))
+    )
     computer = arker.vm(VM_ID)
     got = await computer.run_status("run1")
     assert str(server.last.url) == f"{NORMAL}/v1/vms/{VM_ID}/runs/run1"

@@ -118,9 +118,7 @@ async def test_no_retry_of_other_statuses(
     assert caught.value.code == code and len(server.requests) == 1 and sleeps == []
 
 
-async def test_no_retry_after_a_non_retryable_status(
-    arker: AsyncArker, server: FakeServer
-) -> None:
+async def test_no_retry_after_a_non_retryable_status(arker: AsyncArker, server: FakeServer) -> None:
     server.reply(error(503, "unavailable"), error(404, "not_found", "no such VM"), ok(vm()))
     with pytest.raises(ArkerError) as caught:
         await arker.get(VM_ID)
@@ -198,8 +196,10 @@ async def test_fields_from_a_newer_server_are_ignored(
 
 @pytest.mark.parametrize(
     ("exc", "code"),
-    [(httpx.ConnectError("refused"), ErrorCode.CONNECTION_ERROR),
-     (httpx.ReadTimeout("slow"), ErrorCode.TIMEOUT)],
+    [
+        (httpx.ConnectError("refused"), ErrorCode.CONNECTION_ERROR),
+        (httpx.ReadTimeout("slow"), ErrorCode.TIMEOUT),
+    ],
 )
 async def test_transport_errors(
     arker: AsyncArker, server: FakeServer, exc: Exception, code: ErrorCode

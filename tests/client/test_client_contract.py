@@ -23,8 +23,17 @@ SPEC: dict[str, Any] = json.loads(
 REGISTRY = Registry().with_resource("urn:contract", DRAFT202012.create_resource(SPEC))
 # Sent on every mutating call (harmless where the contract does not declare it:
 # DELETE and cancel are idempotent by nature, PUT has Upload-Id).
-SDK_HEADERS = {"authorization", "user-agent", "content-type", "content-length", "host",
-               "accept", "accept-encoding", "connection", "idempotency-key"}
+SDK_HEADERS = {
+    "authorization",
+    "user-agent",
+    "content-type",
+    "content-length",
+    "host",
+    "accept",
+    "accept-encoding",
+    "connection",
+    "idempotency-key",
+}
 
 
 def check(schema_ref: str, instance: Any) -> None:
@@ -42,8 +51,9 @@ def operation(request: httpx.Request) -> tuple[str, dict[str, Any]]:
 
 
 REPLIES: dict[tuple[str, str], httpx.Response] = {
-    ("GET", "/v1/goldens"): ok({"items": [{"name": "debian", "description": None,
-                                           "created_at": "2026-11-28T18:00:00Z"}]}),
+    ("GET", "/v1/goldens"): ok(
+        {"items": [{"name": "debian", "description": None, "created_at": "2026-11-28T18:00:00Z"}]}
+    ),
     ("GET", "/v1/vms"): ok({"items": [vm()], "total": 1}),
     ("GET", "/v1/vms/{vm_id}"): ok(vm()),
     ("DELETE", "/v1/vms/{vm_id}"): httpx.Response(204),
@@ -71,14 +81,14 @@ def sent() -> list[httpx.Request]:
         requests.append(request)
         return handler(request)
 
-    client = Arker(api_key=KEY, region=REGION, http_client=httpx.Client(
-        transport=httpx.MockTransport(record)))
+    client = Arker(
+        api_key=KEY, region=REGION, http_client=httpx.Client(transport=httpx.MockTransport(record))
+    )
     client.goldens()
     client.list(limit=5, offset=1)
     child = client.vm("debian").fork(name="a-b.c", durable=True, idempotency_key="k1")
     child.get()
-    child.run("echo", timeout_s=2.5, env={"X_1": "y"}, cwd="/home/user", stdin=b"\x00",
-              user="user")
+    child.run("echo", timeout_s=2.5, env={"X_1": "y"}, cwd="/home/user", stdin=b"\x00", user="user")
     child.run("sleep 1", background=True)
     child.run_status("r")
     child.cancel_run("r")
@@ -97,19 +107,24 @@ def test_requests_match_the_contract(sent: list[httpx.Request]) -> None:
     for request in sent:
         template, op = operation(request)
         declared = {p["name"].lower() for p in op.get("parameters", []) if "name" in p}
-        declared |= {SPEC["components"]["parameters"][p["$ref"].rsplit("/", 1)[1]]["name"]
-                     .lower() for p in op.get("parameters", []) if "$ref" in p}
+        declared |= {
+            SPEC["components"]["parameters"][p["$ref"].rsplit("/", 1)[1]]["name"].lower()
+            for p in op.get("parameters", [])
+            if "$ref" in p
+        }
         extra = set(request.headers) - SDK_HEADERS - declared
         assert not extra, (template, extra)
         for name in request.url.params:
             item = SPEC["paths"][template]
-            names = {p["name"] for p in item.get("parameters", []) + op.get("parameters", [])
-                     if "name" in p}
+            names = {
+                p["name"]
+                for p in item.get("parameters", []) + op.get("parameters", [])
+                if "name" in p
+            }
             assert name in names, (template, name)
         content = op.get("requestBody", {}).get("content", {})
         if "application/json" in content:
-            check(content["application/json"]["schema"]["$ref"],
-                  json.loads(request.content))
+            check(content["application/json"]["schema"]["$ref"], json.loads(request.content))
         elif request.content:
             assert "application/octet-stream" in content, template
 
@@ -123,10 +138,12 @@ def test_mutating_calls_carry_their_keys(sent: list[httpx.Request]) -> None:
 
 def test_scripted_replies_match_the_contract() -> None:
     samples = [(template, method, reply) for (method, template), reply in REPLIES.items()]
-    samples += [("/v1/vms/{vm_id}/runs", "post", ok(completed(b"o", b"e", exit_code=1))),
-                ("/v1/vms/{vm_id}/runs", "post", ok(output("timed_out", timeout_s=1.0))),
-                ("/v1/vms/{vm_id}/runs", "post", ok(output("cancelled"))),
-                ("/v1/vms/{vm_id}/runs", "post", ok({"type": "started", "run_id": "r"}, 202))]
+    samples += [
+        ("/v1/vms/{vm_id}/runs", "post", ok(completed(b"o", b"e", exit_code=1))),
+        ("/v1/vms/{vm_id}/runs", "post", ok(output("timed_out", timeout_s=1.0))),
+        ("/v1/vms/{vm_id}/runs", "post", ok(output("cancelled"))),
+        ("/v1/vms/{vm_id}/runs", "post", ok({"type": "started", "run_id": "r"}, 202)),
+    ]
     for template, method, reply in samples:
         responses = SPEC["paths"][template][method.lower()]["responses"]
         declared = responses[str(reply.status_code)]

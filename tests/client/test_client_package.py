@@ -14,10 +14,25 @@ UNASYNC = ROOT / "scripts" / "unasync"
 
 
 def test_public_names() -> None:
-    for name in ("Arker", "AsyncArker", "ArkerError", "Computer", "AsyncComputer",
-                 "RetryPolicy", "ErrorCode", "CompletedRun", "TimedOutRun", "CancelledRun",
-                 "StartedRun", "RunResult", "RunStatus", "Vm", "VmPage", "Golden",
-                 "FileWritten"):
+    for name in (
+        "Arker",
+        "AsyncArker",
+        "ArkerError",
+        "Computer",
+        "AsyncComputer",
+        "RetryPolicy",
+        "ErrorCode",
+        "CompletedRun",
+        "TimedOutRun",
+        "CancelledRun",
+        "StartedRun",
+        "RunResult",
+        "RunStatus",
+        "Vm",
+        "VmPage",
+        "Golden",
+        "FileWritten",
+    ):
         assert name in arker.__all__ and getattr(arker, name) is not None, name
 
 

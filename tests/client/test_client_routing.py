@@ -31,8 +31,11 @@ def test_region_routing_table(source: str, endpoint: str) -> None:
     ("region", "normal", "burst"),
     [
         ("aws-us-west-2", NORMAL, BURST),
-        ("aws-eu-central-1", "https://aws-eu-central-1.arker.ai",
-         "https://aws-burst-eu-central-1.arker.ai/api"),
+        (
+            "aws-eu-central-1",
+            "https://aws-eu-central-1.arker.ai",
+            "https://aws-burst-eu-central-1.arker.ai/api",
+        ),
         ("gcp-asia-1", "https://gcp-asia-1.arker.ai", "https://gcp-burst-asia-1.arker.ai/api"),
     ],
 )

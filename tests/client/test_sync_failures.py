@@ -121,9 +121,7 @@ def test_no_retry_of_other_statuses(
     assert caught.value.code == code and len(server.requests) == 1 and sleeps == []
 
 
-def test_no_retry_after_a_non_retryable_status(
-    arker: Arker, server: FakeServer
-) -> None:
+def test_no_retry_after_a_non_retryable_status(arker: Arker, server: FakeServer) -> None:
     server.reply(error(503, "unavailable"), error(404, "not_found", "no such VM"), ok(vm()))
     with pytest.raises(ArkerError) as caught:
         arker.get(VM_ID)
@@ -201,8 +199,10 @@ def test_fields_from_a_newer_server_are_ignored(
 
 @pytest.mark.parametrize(
     ("exc", "code"),
-    [(httpx.ConnectError("refused"), ErrorCode.CONNECTION_ERROR),
-     (httpx.ReadTimeout("slow"), ErrorCode.TIMEOUT)],
+    [
+        (httpx.ConnectError("refused"), ErrorCode.CONNECTION_ERROR),
+        (httpx.ReadTimeout("slow"), ErrorCode.TIMEOUT),
+    ],
 )
 def test_transport_errors(
     arker: Arker, server: FakeServer, exc: Exception, code: ErrorCode

@@ -138,11 +138,10 @@ class ArkerBase:
         content: bytes | None = None,
         idempotency_key: str | None = None,
         upload_id: str | None = None,
-        mutating: bool = False,
         timeout_s: float | None = None,
     ) -> Request:
         headers = dict(self._headers)
-        if mutating:
+        if method != "GET":  # every mutating call: fork, run, cancel, delete, write
             headers["Idempotency-Key"] = _key(idempotency_key, "idempotency_key")
         if content is not None:
             headers["Content-Type"] = "application/octet-stream"
@@ -194,7 +193,7 @@ class ComputerBase(Generic[ArkerT]):
 
     def _fork_request(self, name: str | None, durable: bool, key: str | None) -> Request:
         body = _body(wire.ForkRequest, name=name, durable=durable)
-        return self._call("POST", "/fork", json=body, idempotency_key=key, mutating=True)
+        return self._call("POST", "/fork", json=body, idempotency_key=key)
 
     def _run_request(
         self,
@@ -229,7 +228,6 @@ class ComputerBase(Generic[ArkerT]):
             "/runs",
             json=body,
             idempotency_key=idempotency_key,
-            mutating=True,
             timeout_s=http_timeout_s,
         )
 
@@ -237,10 +235,10 @@ class ComputerBase(Generic[ArkerT]):
         return self._call("GET", f"/runs/{_segment(run_id, 'run_id')}")
 
     def _cancel_run_request(self, run_id: str) -> Request:
-        return self._call("POST", f"/runs/{_segment(run_id, 'run_id')}/cancel", mutating=True)
+        return self._call("POST", f"/runs/{_segment(run_id, 'run_id')}/cancel")
 
     def _delete_request(self) -> Request:
-        return self._call("DELETE", mutating=True)
+        return self._call("DELETE")
 
     def _refresh_request(self) -> Request:
         return self._call("GET")
@@ -248,14 +246,11 @@ class ComputerBase(Generic[ArkerT]):
     def _read_file_request(self, path: str) -> Request:
         return self._call("GET", "/files", params={"path": check_path(path)})
 
-    def _write_file_request(
-        self, path: str, data: bytes | str, upload_id: str | None
-    ) -> Request:
+    def _write_file_request(self, path: str, data: bytes | str, upload_id: str | None) -> Request:
         return self._call(
             "PUT",
             "/files",
             params={"path": check_path(path)},
             content=_as_bytes(data, "data"),
             upload_id=upload_id,
-            mutating=True,
         )

@@ -72,9 +72,7 @@ class RetryPolicy:
                     ErrorCode.INVALID_REQUEST, f"unknown retry settings: {sorted(unknown)}"
                 )
             return cls(**value)
-        raise ArkerError(
-            ErrorCode.INVALID_REQUEST, "retry must be a RetryPolicy, a dict or a bool"
-        )
+        raise ArkerError(ErrorCode.INVALID_REQUEST, "retry must be a RetryPolicy, a dict or a bool")
 
     def backoff_s(self, attempt: int, rand: float) -> float:
         """The jittered wait after failed try number `attempt` (rand in [0, 1))."""
