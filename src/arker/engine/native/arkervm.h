@@ -17,6 +17,9 @@
 #define MAX_CGROUPS 8
 
 /* util.c */
+extern int g_argc;
+extern char **g_argv;
+void set_title(const char *title);
 void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 int write_str(const char *path, const char *value);
 int write_fd_str(int fd, const char *value);

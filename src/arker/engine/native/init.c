@@ -165,6 +165,7 @@ static void __attribute__((noreturn)) vm_init(const struct init_opts *o)
     sigset_t all;
     sigfillset(&all);
     sigprocmask(SIG_BLOCK, &all, NULL);
+    set_title("init"); /* last: the options point into argv */
     if (write(keep, "ok", 2) != 2)
         _exit(1);
     close(keep);

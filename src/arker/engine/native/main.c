@@ -3,8 +3,13 @@
 #include <stdio.h>
 #include <string.h>
 
+int g_argc;
+char **g_argv;
+
 int main(int argc, char **argv)
 {
+    g_argc = argc;
+    g_argv = argv;
     if (argc >= 2 && strcmp(argv[1], "init") == 0)
         return init_main(argc - 2, argv + 2);
     if (argc >= 2 && strcmp(argv[1], "exec") == 0)

@@ -82,3 +82,16 @@ long long read_oom_kills(const char *path)
     }
     return -1;
 }
+
+/* Overwrite our argv in place so /proc/PID/cmdline (what `ps` shows inside
+ * the VM) carries no host paths: argv's strings are contiguous. */
+void set_title(const char *title)
+{
+    if (g_argc < 1)
+        return;
+    char *start = g_argv[0];
+    char *end = g_argv[g_argc - 1] + strlen(g_argv[g_argc - 1]);
+    size_t room = (size_t)(end - start);
+    memset(start, 0, room);
+    strncpy(start, title, room);
+}
