@@ -99,10 +99,10 @@ def engine_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def engine(engine_dir: Path) -> Iterator[NamespaceEngine]:
-    eng = NamespaceEngine(engine_dir, image_size_bytes=4 << 30)
+    eng = NamespaceEngine(engine_dir, image_size_bytes=4 << 30, tmp_size_bytes=64 << 20)
     eng.open()
     try:
-        add_busybox_golden(eng)
+        eng.build_golden("busybox")  # the storage half's golden, run by this half's jail
         yield eng
     finally:
         for vm_id in eng.vm_ids():
@@ -114,7 +114,9 @@ def engine(engine_dir: Path) -> Iterator[NamespaceEngine]:
 def make_vm(engine: NamespaceEngine) -> Iterator[object]:
     made: list[str] = []
 
-    def make(hostname: str = "testvm", limits: Limits | None = None, source: str = "busybox") -> str:
+    def make(
+        hostname: str = "testvm", limits: Limits | None = None, source: str = "busybox"
+    ) -> str:
         vm_id = "vm-" + uuid.uuid4().hex[:10]
         made.append(vm_id)
         engine.fork(source, vm_id, hostname=hostname, limits=limits)

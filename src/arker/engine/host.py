@@ -130,7 +130,7 @@ class NamespaceEngine(Engine):
     ) -> GoldenInfo:
         from arker.engine import goldens
 
-        return goldens.import_tarball(self.pool, name, tarball, progress)
+        return goldens.import_tarball(self.pool, name, Path(tarball), progress)
 
     # -- VMs
     def fork(self, source: str, vm_id: str, *, hostname: str, limits: Limits | None = None) -> None:

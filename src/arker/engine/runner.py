@@ -104,17 +104,19 @@ class Runner:
             meta = json.loads((spool / "meta.json").read_text())
         except FileNotFoundError:
             raise ArkerError(ErrorCode.NOT_FOUND, f"no run {run_id!r} in vm {vm_id!r}") from None
+        if (spool / "lost").exists():
+            # Written at restart for runs with no result yet; whatever their
+            # orphaned helper records after that describes a run we killed.
+            reason = (spool / "lost").read_text() or "lost"
+            return self._failed(spool, meta, reason)
         proc = self._proc(vm_id, run_id)
         result = _read_json(spool / "result.json")
         if result is None and proc is not None and proc.poll() is not None:
             result = _read_json(spool / "result.json")  # it may have landed just now
             if result is None:
                 return self._failed(spool, meta, _helper_error(spool, proc.returncode))
-        if result is None and (proc is None or (spool / "lost").exists()):
-            reason = "the engine restarted while the run was in flight"
-            if (spool / "lost").exists():
-                reason = (spool / "lost").read_text() or reason
-            return self._failed(spool, meta, reason)
+        if result is None and proc is None:
+            return self._failed(spool, meta, "no process follows this run any more")
         if result is None:
             return _info(spool, RunPhase.RUNNING, meta["started_at"], None, {})
         if result.get("timed_out"):

@@ -1,0 +1,166 @@
+"""NamespaceEngine end to end on a real btrfs pool with a busybox golden:
+fork, run, files, checkpoints, delete, and a restart after a crash."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest_exec import engine, engine_dir, make_vm, run, vm  # noqa: F401
+
+from arker.engine import jail
+from arker.engine._cgroups import Cgroups
+from arker.engine.base import RunPhase, RunSpec, VmPower
+from arker.engine.host import NamespaceEngine
+from arker.errors import ArkerError
+
+pytestmark = pytest.mark.root
+
+
+def test_lazy_start_stop_and_restart(engine: NamespaceEngine, vm: str) -> None:  # noqa: F811
+    assert engine.power(vm) is VmPower.STOPPED
+    assert run(engine, vm, "echo hi > /home/user/kept").exit_code == 0
+    assert engine.power(vm) is VmPower.RUNNING
+    init = engine._init(vm)
+    assert init is not None
+    engine.stop(vm)
+    assert engine.power(vm) is VmPower.STOPPED
+    assert not init.alive()
+    assert vm not in engine.cgroups.vm_ids()
+    assert run(engine, vm, "cat /home/user/kept").stdout == b"hi\n"
+
+
+def test_fork_a_running_vm(engine: NamespaceEngine, make_vm: Callable[..., str]) -> None:  # noqa: F811
+    parent = make_vm()
+    run(engine, parent, "echo one > f; sleep 300 > /dev/null 2>&1 &")
+    child = make_vm(source=parent)
+    run(engine, parent, "echo two > f")
+    assert run(engine, child, "cat f").stdout == b"one\n"
+    assert run(engine, parent, "cat f").stdout == b"two\n"
+    # The child starts with files only: the parent's processes stay in the parent.
+    assert run(engine, child, "ps -o args | grep 'sleep 300' | grep -v grep; true").stdout == b""
+
+
+def test_files_round_trip_as_uid_1000(engine: NamespaceEngine, vm: str) -> None:  # noqa: F811
+    info = engine.write_file(vm, "/home/user/dir/a.txt", b"data\n")
+    assert info.size == 5
+    out = run(engine, vm, "cat dir/a.txt; stat -c %u:%g dir/a.txt; echo made > b.txt")
+    assert out.stdout == b"data\n1000:1000\n"
+    assert engine.read_file(vm, "/home/user/b.txt", 100) == b"made\n"
+
+
+def test_checkpoint_and_restore(engine: NamespaceEngine, vm: str) -> None:  # noqa: F811
+    run(engine, vm, "echo v1 > f")
+    engine.checkpoint(vm, "cp1")
+    run(engine, vm, "echo v2 > f; sleep 300 > /dev/null 2>&1 &")
+    assert engine.checkpoints(vm) == ["cp1"]
+    engine.restore(vm, "cp1")
+    assert engine.power(vm) is VmPower.STOPPED
+    assert run(engine, vm, "cat f; ps -o args | grep 'sleep 300' | grep -v grep").stdout == b"v1\n"
+    engine.delete_checkpoint(vm, "cp1")
+    assert engine.checkpoints(vm) == []
+
+
+def test_delete_leaves_nothing(engine: NamespaceEngine, make_vm: Callable[..., str]) -> None:  # noqa: F811
+    vm_id = make_vm()
+    run(engine, vm_id, "sleep 300 > /dev/null 2>&1 &")
+    engine.start_run(vm_id, "inflight", RunSpec(command="sleep 300"))
+    init = engine._init(vm_id)
+    assert init is not None
+    engine.delete(vm_id)
+    assert not init.alive()
+    assert vm_id not in engine.vm_ids() and vm_id not in engine.cgroups.vm_ids()
+    assert not (engine.data_dir / "runs" / vm_id).exists()
+    assert not (engine.state_dir / f"{vm_id}.json").exists()
+    engine.delete(vm_id)  # deleting again is fine
+    with pytest.raises(ArkerError) as err:
+        engine.power(vm_id)
+    assert err.value.code == "not_found"
+
+
+def test_fork_errors(engine: NamespaceEngine, vm: str) -> None:  # noqa: F811
+    with pytest.raises(ArkerError) as err:
+        engine.fork("no-such-golden", "x1", hostname="h")
+    assert err.value.code == "not_found"
+    with pytest.raises(ArkerError) as err:
+        engine.fork("busybox", vm, hostname="h")
+    assert err.value.code == "conflict"
+    with pytest.raises(ArkerError) as err:
+        engine.fork("busybox", "x2", hostname="bad host!")
+    assert err.value.code == "invalid_request"
+
+
+_CRASHY = """
+import json, sys, time
+sys.path.insert(0, {tests!r})
+from conftest_exec import add_busybox_golden
+from arker.engine.base import RunSpec
+from arker.engine.host import NamespaceEngine
+e = NamespaceEngine({data!r}, image_size_bytes=2 << 30)
+e.open()
+add_busybox_golden(e)
+e.fork("busybox", "crashy", hostname="crashy")
+e.start_run("crashy", "bg", RunSpec(command="setsid sleep 1000 > /dev/null 2>&1 &"))
+e.wait_run("crashy", "bg")
+e.start_run("crashy", "inflight", RunSpec(command="echo partial; sleep 1000"))
+while e.run_info("crashy", "inflight").stdout != b"partial\\n":
+    time.sleep(0.01)
+print(json.dumps(e._init("crashy").pid), flush=True)
+time.sleep(1000)
+"""
+
+
+def _vm_pids(cgroups: Cgroups, vm_id: str) -> list[int]:
+    pids = []
+    for procs in (cgroups.unified / vm_id).rglob("cgroup.procs"):
+        pids += [int(p) for p in procs.read_text().split()]
+    return pids
+
+
+def test_restart_after_a_crash(tmp_path: Path) -> None:
+    data = tmp_path / "crash"
+    script = _CRASHY.format(tests=str(Path(__file__).parent), data=str(data))
+    server = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    new: NamespaceEngine | None = None
+    try:
+        line = server.stdout.readline() if server.stdout else b""
+        assert line, "the crashing server did not start its VM"
+        old_pids = _vm_pids(Cgroups(data), "crashy")
+        assert json.loads(line) in old_pids and len(old_pids) >= 3  # init, bg, inflight
+        server.send_signal(signal.SIGKILL)  # the crash
+        server.wait()
+        time.sleep(0.1)
+        assert all(jail.proc_start_time(p) is not None for p in old_pids[:1])
+
+        new = NamespaceEngine(data, image_size_bytes=2 << 30)
+        new.open()
+        for pid in old_pids:
+            assert jail.proc_start_time(pid) is None, pid
+        assert new.cgroups.vm_ids() == []
+        assert new.power("crashy") is VmPower.STOPPED
+        lost = new.run_info("crashy", "inflight")
+        assert lost.phase is RunPhase.FAILED and lost.failure_reason
+        assert lost.stdout == b"partial\n"
+        assert new.run_info("crashy", "bg").phase is RunPhase.COMPLETED
+        after = run(new, "crashy", "hostname; ps -o args | grep -c '^sleep'")
+        assert after.stdout == b"crashy\n0\n"
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        if new is None:  # open failed: still clean what the crashed server left
+            new = NamespaceEngine(data, image_size_bytes=2 << 30)
+            new.open()
+        for vm_id in new.vm_ids():
+            new.delete(vm_id)
+        new.close()
+        assert not Cgroups(data).vm_ids()
+        assert str(data) not in Path("/proc/self/mounts").read_text()
+        os.sync()
