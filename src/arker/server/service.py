@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import re
 import time
 
 from sqlalchemy import func, select
@@ -29,6 +30,12 @@ __all__ = ["Service"]
 log = logging.getLogger("arker.server")
 
 GOLDENS_TTL_S = 5.0
+
+
+def _hostname(name: str | None, vm_id: str) -> str:
+    """A valid hostname (RFC 1123 label) from the VM's name, else its id."""
+    label = re.sub(r"[^A-Za-z0-9-]", "-", name or vm_id.lower())[:63].strip("-")
+    return label or "vm"
 
 
 class Service:
@@ -164,7 +171,7 @@ class Service:
         vm_id = str(ULID())
         if self.settings.burst_suffix:
             vm_id = f"{vm_id}_{self.settings.burst_suffix}"
-        await self.threads.call(self.engine.fork, source, vm_id, hostname=req.name or vm_id.lower())
+        await self.threads.call(self.engine.fork, source, vm_id, hostname=_hostname(req.name, vm_id))
         row = Vm(
             id=vm_id,
             org=org,
