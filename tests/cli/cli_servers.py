@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+from arker.cli.demo import embedded_server
 
 # The installed entry point, so the tests run `arker` as users do.
 _ARKER = Path(sys.executable).with_name("arker")
@@ -40,29 +38,18 @@ def arker(
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @dataclass
 class LocalServer:
     base_url: str  # with the API prefix
     api_key: str
     data_dir: Path
-    proc: subprocess.Popen[bytes]
-    log: Path
+    stack: ExitStack  # closing it stops the server
 
     def env(self) -> dict[str, str]:
         """The environment a client of this server needs, and nothing that
         would point it elsewhere."""
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if k not in ("ARKER_REGION", "AUTH_KEY", "ARKER_SOURCE_VM", "ARKER_SMOKE_TARGETS")
-        }
+        dropped = ("ARKER_REGION", "AUTH_KEY", "ARKER_SOURCE_VM", "ARKER_SMOKE_TARGETS")
+        env = {k: v for k, v in os.environ.items() if k not in dropped}
         env.update(ARKER_API_KEY=self.api_key, ARKER_BASE_URL=self.base_url, COLUMNS="200")
         return env
 
@@ -74,32 +61,21 @@ def _check(proc: subprocess.CompletedProcess[bytes], what: str) -> bytes:
 
 
 def start_server(data_dir: Path, api_prefix: str = "") -> LocalServer:
+    """Golden and key first (the engine's pool takes one process at a time),
+    then `arker serve`, started as `arker demo` starts its own."""
     data_dir.mkdir(parents=True, exist_ok=True)
     _check(arker("goldens", "build", "busybox", "--data-dir", str(data_dir)), "goldens build")
     created = _check(arker("keys", "create", "--data-dir", str(data_dir)), "keys create")
     key = created.decode().strip().splitlines()[-1]
-    port = free_port()
+    stack = ExitStack()
+    stack.callback(remove_data_dir, data_dir)  # runs last: after the server stopped
     log = data_dir.with_name(data_dir.name + ".log")
-    cmd = [*ARKER, "serve", "--port", str(port), "--data-dir", str(data_dir)]
-    if api_prefix:
-        cmd += ["--api-prefix", api_prefix]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    server = LocalServer(f"http://127.0.0.1:{port}{api_prefix}", key, data_dir, proc, log)
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            remove_server(server)
-            raise RuntimeError(f"arker serve exited: {log.read_text(errors='replace')}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            remove_server(server)
-            raise RuntimeError("arker serve did not come up in 60 s")
-        time.sleep(0.1)
+    try:
+        base_url = stack.enter_context(embedded_server(data_dir, log, api_prefix))
+    except BaseException:
+        stack.close()
+        raise
+    return LocalServer(base_url, key, data_dir, stack)
 
 
 def unmount_under(path: Path) -> None:
@@ -115,14 +91,7 @@ def unmount_under(path: Path) -> None:
 
 
 def remove_server(server: LocalServer) -> None:
-    if server.proc.poll() is None:
-        server.proc.send_signal(signal.SIGTERM)
-        try:
-            server.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait()
-    remove_data_dir(server.data_dir)
+    server.stack.close()
 
 
 def remove_data_dir(data_dir: Path) -> None:

@@ -33,10 +33,12 @@ from arker.cli.goldens import DEFAULT_DATA_DIR, build_golden, engine_at
 if TYPE_CHECKING:
     from arker import Arker, Computer
 
-__all__ = ["register", "tell_story"]
+__all__ = ["embedded_server", "free_port", "register", "tell_story"]
 
 SERVER_START_TIMEOUT_S = 60.0
 SERVER_STOP_TIMEOUT_S = 15.0
+# This Python's arker, whether or not `arker` is on the PATH.
+ARKER_COMMAND = [sys.executable, "-c", "from arker.cli import main; main()"]
 
 
 @dataclass
@@ -175,7 +177,7 @@ def _print_steps(steps: list[Step], title: str) -> None:
     out_console.print(table)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
@@ -183,23 +185,16 @@ def _free_port() -> int:
 
 
 @contextmanager
-def embedded_server(data_dir: Path, log: Path) -> Iterator[str]:
+def embedded_server(data_dir: Path, log: Path, api_prefix: str = "") -> Iterator[str]:
     """`arker serve` on a free local port until the block ends (SIGTERM, then
     SIGKILL if it will not stop); yields its base URL once /healthz answers."""
-    port = _free_port()
-    cmd = [
-        sys.executable,
-        "-c",
-        "from arker.cli import main; main()",
-        "serve",
-        "--port",
-        str(port),
-        "--data-dir",
-        str(data_dir),
-    ]
+    port = free_port()
+    cmd = [*ARKER_COMMAND, "serve", "--port", str(port), "--data-dir", str(data_dir)]
+    if api_prefix:
+        cmd += ["--api-prefix", api_prefix]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    base_url = f"http://127.0.0.1:{port}"
+    root = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while True:
@@ -207,14 +202,14 @@ def embedded_server(data_dir: Path, log: Path) -> Iterator[str]:
                 tail = log.read_text(errors="replace").strip().splitlines()[-5:]
                 fail("unavailable", f"arker serve exited {proc.returncode}: {' / '.join(tail)}")
             try:
-                if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
+                if httpx.get(f"{root}/healthz", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
                 fail("unavailable", f"arker serve did not answer in {SERVER_START_TIMEOUT_S:g} s")
             time.sleep(0.1)
-        yield base_url
+        yield root + api_prefix
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

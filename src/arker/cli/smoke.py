@@ -72,7 +72,10 @@ def smoke(
         table = Table(title="arker smoke")
         table.add_column("check")
         for r in reports:
-            table.add_column(f"{escape(r.target.name)}\n[dim]{escape(r.target.base_url)}[/]")
+            header = escape(r.target.name)
+            if r.target.name != r.target.base_url:
+                header += f"\n[dim]{escape(r.target.base_url)}[/]"
+            table.add_column(header)
         for i, check in enumerate(CHECKS):
             table.add_row(
                 check, *(_cell(r.results[i].ok, r.results[i].latency_ms) for r in reports)
