@@ -93,9 +93,8 @@ def _entry(name: str, kind: bytes = tarfile.REGTYPE, **kw: object) -> tuple[tarf
 
 
 def _tar(path: Path, entries: list[tuple[tarfile.TarInfo, bytes]]) -> Path:
-    mode = "w:gz" if path.name.endswith(".gz") else "w"
     raw = path.with_name(path.name.removesuffix(".zst")) if path.suffix == ".zst" else path
-    with tarfile.open(raw, mode) as tar:
+    with tarfile.open(raw, "w:gz") if path.name.endswith(".gz") else tarfile.open(raw, "w") as tar:
         for info, data in entries:
             tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
     if raw != path:

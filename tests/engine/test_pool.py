@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -269,3 +270,22 @@ def _dir_fd(path: Path) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
+
+
+@pytest.mark.slow
+def test_bench_fork_quick_prints_its_figures(tmp_path: Path) -> None:
+    bench = Path(__file__).resolve().parents[2] / "bench" / "bench_fork.py"
+    out = subprocess.run(
+        [sys.executable, str(bench), "--quick", "--iterations", "3", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    print(out)
+    lines = [line for line in out.splitlines() if line.startswith("fork ")]
+    assert len(lines) == 3  # header, 10 MB, the big one
+    for line in lines[1:]:
+        assert "median" in line and "p99" in line and "raw ioctl" in line and "fork/raw" in line
+    assert "big/small" in out
+    assert os.listdir(tmp_path) == []  # its pool is gone

@@ -110,11 +110,15 @@ def _tar_stream(tarball: Path) -> Iterator[tuple[tarfile.TarFile, _Position]]:
                 yield tar, position
             while proc.stdout.read(_CHUNK):  # the padding after the end marker
                 pass
-        finally:
-            if proc.poll() is None:
-                proc.kill()  # our own child, by pid
-            err = proc.stderr.read().decode(errors="replace").strip()
             rc = proc.wait()
+            err = proc.stderr.read().decode(errors="replace").strip()
+        except BaseException:
+            proc.kill()  # our own child, by pid
+            proc.wait()
+            raise
+        finally:
+            proc.stdout.close()
+            proc.stderr.close()
         if rc != 0:
             raise ArkerError(ErrorCode.INVALID_REQUEST, f"zstd could not decompress: {err}")
 
