@@ -93,8 +93,16 @@ def test_fork_errors(engine: NamespaceEngine, vm: str) -> None:  # noqa: F811
         engine.fork("busybox", vm, hostname="h")
     assert err.value.code == "conflict"
     with pytest.raises(ArkerError) as err:
-        engine.fork("busybox", "x2", hostname="bad host!")
+        engine.fork("busybox", "../x3", hostname="h")
     assert err.value.code == "invalid_request"
+
+
+def test_free_text_name_makes_a_valid_hostname(
+    engine: NamespaceEngine,  # noqa: F811
+    make_vm: Callable[..., str],  # noqa: F811
+) -> None:
+    vm_id = make_vm(hostname="My VM_1 (test)!")
+    assert run(engine, vm_id, "hostname").stdout == b"My-VM-1-test\n"
 
 
 _CRASHY = """
@@ -164,3 +172,20 @@ def test_restart_after_a_crash(tmp_path: Path) -> None:
         assert not Cgroups(data).vm_ids()
         assert str(data) not in Path("/proc/self/mounts").read_text()
         os.sync()
+
+
+def test_bench_quick_prints_its_figures() -> None:
+    bench = Path(__file__).parents[2] / "bench" / "bench_engine.py"
+    done = subprocess.run(
+        [sys.executable, str(bench), "--quick"], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    for figure in (
+        "floor subprocess.run(true) ms:",
+        "run true round trip ms:",
+        "run true / floor ratio:",
+        "vm start from stopped ms:",
+        "idle memory per vm (cgroup) KiB:",
+        "idle memory per vm (MemAvailable delta) KiB:",
+    ):
+        assert figure in done.stdout, (figure, done.stdout)

@@ -42,7 +42,14 @@ __all__ = ["NamespaceEngine"]
 
 log = logging.getLogger(__name__)
 
-_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_NOT_IN_HOSTNAME = re.compile(r"[^A-Za-z0-9.-]+")
+
+
+def _hostname(name: str) -> str:
+    """The VM name made a valid hostname: VM names are free text, and a VM
+    should start whatever its name ("My VM_1" runs as "My-VM-1")."""
+    cleaned = _NOT_IN_HOSTNAME.sub("-", name).strip("-.")[:63].rstrip("-.")
+    return cleaned or "vm"
 
 
 class NamespaceEngine(Engine):
@@ -135,8 +142,7 @@ class NamespaceEngine(Engine):
     # -- VMs
     def fork(self, source: str, vm_id: str, *, hostname: str, limits: Limits | None = None) -> None:
         check_name(vm_id, "vm id")
-        if not _HOSTNAME.fullmatch(hostname):
-            raise ArkerError(ErrorCode.INVALID_REQUEST, f"invalid hostname {hostname!r}")
+        hostname = _hostname(hostname)
         with self._lock(vm_id):
             if self.pool.vm_path(vm_id).exists():
                 raise ArkerError(ErrorCode.CONFLICT, f"vm {vm_id!r} already exists")
@@ -167,6 +173,12 @@ class NamespaceEngine(Engine):
             jail.stop_vm(self.cgroups, vm_id)
             self._save(vm_id, {**self._load(vm_id), "init": None})
 
+    def start(self, vm_id: str) -> None:
+        """Start the VM now rather than on its first run (no-op if running)."""
+        self._require(vm_id)
+        with self._lock(vm_id):
+            self._start(vm_id)
+
     def _start(self, vm_id: str) -> jail.InitProcess:
         """The VM's live PID 1, started now if the VM is stopped."""
         init = self._init(vm_id)
@@ -194,9 +206,9 @@ class NamespaceEngine(Engine):
 
     # -- runs
     def start_run(self, vm_id: str, run_id: str, spec: RunSpec) -> None:
-        self._require(vm_id)
         check_name(run_id, "run id")
         with self._lock(vm_id):
+            self._require(vm_id)  # under the lock: a delete may have just won
             init = self._start(vm_id)
             self.cgroups.sweep_runs(vm_id, self.runner.in_flight(vm_id))
             self.runner.start(vm_id, run_id, spec, init)

@@ -85,8 +85,13 @@ class Runner:
         if spec.timeout_s is not None:
             cmd += ["--timeout-ms", str(max(1, math.ceil(spec.timeout_s * 1000)))]
         cmd += ["--result", str(spool / "result.json"), "--", *argv]
-        with open(spool / "helper.err", "wb") as err:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+        try:
+            with open(spool / "helper.err", "wb") as err:
+                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+        except OSError as exc:
+            shutil.rmtree(spool, ignore_errors=True)
+            self.cgroups.sweep_runs(vm_id, self.in_flight(vm_id))
+            raise ArkerError(ErrorCode.UNAVAILABLE, f"cannot spawn the run helper: {exc}") from exc
         with self._lock:
             self._procs[(vm_id, run_id)] = proc
 
