@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_servers import LocalServer, arker
+from cli_servers import ARKER, LocalServer, arker
 from typer.testing import CliRunner, Result
 
 from arker.cli import app
@@ -184,3 +185,21 @@ def test_rm_keeps_going_and_fails_at_the_end(server: LocalServer) -> None:
     assert proc.stdout.decode().split() == [a]
     assert proc.stderr.decode().startswith("error: not_found: 01NOSUCHVM: ")
     assert arker("get", a, env=server.env()).returncode == 1
+
+
+def test_cat_into_a_closed_pipe_stops_quietly(server: LocalServer, vm: str) -> None:
+    made = invoke(server, "run", vm, "--", "head -c 4194304 /dev/zero > /home/user/zeros")
+    assert made.exit_code == 0
+    proc = subprocess.Popen(
+        [*ARKER, "cat", f"{vm}:/home/user/zeros"],
+        env=server.env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(1) == b"\0"
+    proc.stdout.close()  # like `| head -c 1`
+    stderr = proc.stderr.read()
+    assert proc.wait(30) == 141
+    assert stderr == b""

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, NoReturn, ParamSpec, TypeVar
+from typing import Any, NoReturn, ParamSpec, TextIO, TypeVar
 
 import typer
 from rich.console import Console
@@ -44,6 +44,8 @@ __all__ = [
     "write_stderr",
     "write_stdout",
 ]
+
+_CHUNK_BYTES = 1024 * 1024
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -87,6 +89,13 @@ def cli_errors(func: Callable[P, R]) -> Callable[P, R]:
             return func(*args, **kwargs)
         except (typer.Exit, typer.Abort, SystemExit):
             raise
+        except BrokenPipeError:
+            # The reader went away (`arker cat ... | head`): stop quietly, as
+            # tools killed by SIGPIPE do, and keep Python from complaining
+            # when it flushes stdout at exit.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(141) from None
         except ArkerError as exc:
             print_error(str(exc.code), exc.message)
         except CliError as exc:
@@ -106,16 +115,22 @@ def cli_errors(func: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def _write_raw(stream: TextIO, data: bytes) -> None:
+    stream.flush()  # keep earlier text writes ahead of these bytes
+    # In chunks: one huge write into a pipe whose reader has gone can come
+    # back short rather than failing, and a closed pipe should be noticed.
+    view = memoryview(data)
+    for start in range(0, len(view), _CHUNK_BYTES):
+        stream.buffer.write(view[start : start + _CHUNK_BYTES])
+        stream.buffer.flush()
+
+
 def write_stdout(data: bytes) -> None:
-    sys.stdout.flush()  # keep earlier text writes ahead of these bytes
-    sys.stdout.buffer.write(data)
-    sys.stdout.buffer.flush()
+    _write_raw(sys.stdout, data)
 
 
 def write_stderr(data: bytes) -> None:
-    sys.stderr.flush()
-    sys.stderr.buffer.write(data)
-    sys.stderr.buffer.flush()
+    _write_raw(sys.stderr, data)
 
 
 def _json_default(value: Any) -> Any:

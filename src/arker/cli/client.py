@@ -55,6 +55,8 @@ class RunUser(enum.StrEnum):
 
 _COLUMNS = ("vm_id", "name", "base_image", "state", "durable", "parent_id", "created (UTC)")
 
+_OPTION_NAMES = (("api_key=", "--api-key"), ("region=", "--region"), ("base_url=", "--base-url"))
+
 ApiKey = Annotated[
     str | None,
     typer.Option("--api-key", help="API key (else ARKER_API_KEY, AUTH_KEY)", show_default=False),
@@ -75,9 +77,16 @@ Json = Annotated[bool, typer.Option("--json", help="Print one JSON document, for
 def _client(
     api_key: str | None, region: str | None, base_url: str | None, timeout_s: float = 60.0
 ) -> Arker:
-    from arker import Arker
+    from arker import Arker, ArkerError
 
-    return Arker(api_key, region=region, base_url=base_url, timeout_s=timeout_s)
+    try:
+        return Arker(api_key, region=region, base_url=base_url, timeout_s=timeout_s)
+    except ArkerError as exc:
+        # The SDK names its arguments; a command line user has options.
+        message = exc.message
+        for arg, option in _OPTION_NAMES:
+            message = message.replace(arg, option)
+        raise ArkerError(exc.code, message, exc.status) from None
 
 
 def _vm_doc(vm: Any) -> dict[str, Any]:
