@@ -241,6 +241,20 @@ def test_delete_vm_frees_the_subvolume_and_its_checkpoints(pool: Pool) -> None:
     assert "vms/v" not in listing and "checkpoints/v" not in listing
 
 
+def test_abandon_works_with_mounts_left_inside(pool: Pool) -> None:
+    # What a killed mmdebstrap leaves: its /proc still mounted in the staging tree.
+    staging = pool.new_golden("half")
+    (staging / "proc").mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(staging / "proc")], check=True)
+    try:
+        pool.abandon_golden(staging)
+        assert not staging.exists()
+    finally:
+        if _mounted(staging / "proc"):
+            subprocess.run(["umount", "-l", str(staging / "proc")], check=False)
+    assert not _mounted(staging / "proc")
+
+
 def test_restart_sweeps_half_done_work(tmp_path: Path) -> None:
     p = Pool(tmp_path / "data", image_size_bytes=TEST_IMAGE_BYTES)
     try:

@@ -16,6 +16,7 @@ Every function raises OSError with the kernel's errno; the pool translates.
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import logging
 import os
@@ -30,6 +31,7 @@ __all__ = [
     "FIRST_FREE_OBJECTID",
     "create_subvolume",
     "destroy_subvolume",
+    "destroy_tree",
     "fs_type",
     "is_readonly",
     "rename_exchange",
@@ -108,6 +110,46 @@ def destroy_subvolume(parent_fd: int, name: str) -> None:
     """Delete the subvolume `name` in `parent_fd` (ENOTEMPTY if it holds
     nested subvolumes). The space is freed later by the kernel's cleaner."""
     fcntl.ioctl(parent_fd, _IOC_SNAP_DESTROY, _vol_args(name), True)
+
+
+def destroy_tree(parent_fd: int, path: Path) -> None:
+    """Delete the subvolume `path` (whose directory is open as `parent_fd`),
+    nested subvolumes first. Missing is fine. EBUSY, after about a second of
+    retries, means something still has it mounted."""
+    for attempt in range(20):
+        try:
+            destroy_subvolume(parent_fd, path.name)
+            return
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return
+            if exc.errno == errno.ENOTEMPTY:
+                _destroy_nested(path)
+            elif exc.errno == errno.EBUSY and attempt < 19:
+                # Mounts in our namespace (a killed build's /proc) go now; one
+                # that another namespace held may still be going away.
+                if unmount_under(path) == 0:
+                    time.sleep(0.05)
+            else:
+                raise
+
+
+def _destroy_nested(path: Path) -> None:
+    """A VM may make subvolumes inside its own; the kernel refuses to delete a
+    subvolume that still holds any, so remove those bottom-up."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        set_readonly(fd, False)  # entries of a read-only subvolume cannot be removed
+    finally:
+        os.close(fd)
+    for dirpath, dirnames, _ in os.walk(path, topdown=False):
+        parent = os.open(dirpath, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for d in dirnames:
+                if os.stat(d, dir_fd=parent, follow_symlinks=False).st_ino == FIRST_FREE_OBJECTID:
+                    destroy_tree(parent, Path(dirpath) / d)
+        finally:
+            os.close(parent)
 
 
 def is_readonly(fd: int) -> bool:

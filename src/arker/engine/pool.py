@@ -156,9 +156,11 @@ class Pool:
 
     # -- paths
     def golden_path(self, name: str) -> Path:
+        """Where the golden `name` is (or would be); validates the name."""
         return self.root / "goldens" / check_name(name, "golden name")
 
     def vm_path(self, vm_id: str) -> Path:
+        """The VM's root directory (its subvolume); validates the id."""
         return self.root / "vms" / check_name(vm_id, "vm id")
 
     def _checkpoint_dir(self, vm_id: str) -> Path:
@@ -174,6 +176,7 @@ class Pool:
         return [self._golden_info(n) for n in names]
 
     def has_golden(self, name: str) -> bool:
+        """Whether a sealed golden `name` exists."""
         return self.golden_path(name).is_dir()
 
     def _golden_info(self, name: str) -> GoldenInfo:
@@ -259,6 +262,7 @@ class Pool:
         self._destroy(self.root / "vms", check_name(vm_id, "vm id"))
 
     def vm_ids(self) -> list[str]:
+        """Every VM in the pool, sorted."""
         return sorted(n for n in os.listdir(self.root / "vms") if not n.startswith("."))
 
     # -- checkpoints
@@ -339,48 +343,13 @@ class Pool:
         """Delete subvolume parent/name, nested subvolumes first; missing is fine."""
         try:
             with _dir_fd(parent) as pfd:
-                _destroy_at(pfd, parent / name)
+                _btrfs.destroy_tree(pfd, parent / name)
         except FileNotFoundError:
             return
-
-
-def _destroy_at(parent_fd: int, path: Path) -> None:
-    for attempt in range(20):
-        try:
-            _btrfs.destroy_subvolume(parent_fd, path.name)
-            return
         except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                return
-            if exc.errno == errno.ENOTEMPTY:
-                _destroy_nested(path)
-            elif exc.errno == errno.EBUSY and attempt < 19:
-                # Mounts in our namespace (a killed build's /proc) go now; one
-                # that another namespace held may still be going away.
-                if _btrfs.unmount_under(path) == 0:
-                    time.sleep(0.05)
-            elif exc.errno == errno.EBUSY:
-                raise ArkerError(
-                    ErrorCode.CONFLICT, f"{path.name} is busy (mounted or in use)"
-                ) from exc
-            else:
-                raise
-
-
-def _destroy_nested(path: Path) -> None:
-    """A VM may have made subvolumes inside its own; the kernel refuses to
-    delete a subvolume that still holds any, so remove those bottom-up."""
-    with _dir_fd(path) as fd:
-        _btrfs.set_readonly(fd, False)  # entries of a read-only subvolume cannot be removed
-    for dirpath, dirnames, _ in os.walk(path, topdown=False):
-        for d in dirnames:
-            sub = Path(dirpath) / d
-            st = os.lstat(sub)
-            if st.st_ino == _btrfs.FIRST_FREE_OBJECTID:
-                with _dir_fd(sub) as fd:
-                    _btrfs.set_readonly(fd, False)
-                with _dir_fd(Path(dirpath)) as pfd:
-                    _btrfs.destroy_subvolume(pfd, d)
+            if exc.errno == errno.EBUSY:
+                raise ArkerError(ErrorCode.CONFLICT, f"{name} is busy (mounted or in use)") from exc
+            raise
 
 
 def _snapshot(src_fd: int, parent_fd: int, name: str, *, readonly: bool, what: str) -> None:
