@@ -133,3 +133,15 @@ def test_filling_tmp_fails_cleanly(engine: NamespaceEngine, vm: str) -> None:  #
 def _status(text: bytes) -> dict[str, str]:
     pairs = (line.split(":", 1) for line in text.decode().splitlines() if ":" in line)
     return {k.strip(): v.strip() for k, v in pairs}
+
+
+def test_server_environment_does_not_leak(
+    engine: NamespaceEngine,  # noqa: F811
+    make_vm: Callable[..., str],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ARKER_TEST_SERVER_SECRET", "s3cret")
+    vm_id = make_vm()
+    info = run(engine, vm_id, "cat /proc/1/environ; env; ls -l /proc/1/fd", user="root")
+    assert b"s3cret" not in info.stdout
+    assert b"Permission denied" in info.stderr  # PID 1 is not dumpable: no /proc/1/fd

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest_exec import engine, engine_dir, make_vm, run, vm  # noqa: F401
@@ -123,3 +124,23 @@ def test_bad_env_is_invalid_request(engine: NamespaceEngine, vm: str) -> None:  
     with pytest.raises(ArkerError) as err:
         engine.start_run(vm, "r1", RunSpec(command="true", env={"A=B": "x"}))
     assert err.value.code == "invalid_request"
+
+
+def test_finished_run_leaves_are_swept(engine: NamespaceEngine, vm: str) -> None:  # noqa: F811
+    run(engine, vm, "sleep 300 > /dev/null 2>&1 &")  # its leaf must stay: it holds a process
+    for _ in range(5):
+        run(engine, vm, "true")
+    leaves = [p.name for p in (engine.cgroups.unified / vm).iterdir() if p.name.startswith("r-")]
+    assert 1 <= len(leaves) <= 2, leaves  # the sleeper's, and at most the last run's
+
+
+def test_runs_from_many_threads(engine: NamespaceEngine, make_vm: Callable[..., str]) -> None:  # noqa: F811
+    vms = [make_vm(), make_vm()]
+
+    def work(n: int) -> list[bytes]:
+        return [run(engine, vms[n % 2], f"echo {n}-{i}").stdout for i in range(5)]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(work, range(8)))
+    for n, outs in enumerate(results):
+        assert outs == [f"{n}-{i}\n".encode() for i in range(5)]

@@ -153,7 +153,7 @@ class NamespaceEngine(Engine):
     def delete(self, vm_id: str) -> None:
         check_name(vm_id, "vm id")
         with self._lock(vm_id):
-            jail.stop_vm(self.cgroups, vm_id)
+            jail.stop_vm(self.cgroups, vm_id, self._init(vm_id))
             self.runner.forget_vm(vm_id)
             self.pool.delete_vm(vm_id)
             (self.state_dir / f"{vm_id}.json").unlink(missing_ok=True)
@@ -170,7 +170,7 @@ class NamespaceEngine(Engine):
     def stop(self, vm_id: str) -> None:
         self._require(vm_id)
         with self._lock(vm_id):
-            jail.stop_vm(self.cgroups, vm_id)
+            jail.stop_vm(self.cgroups, vm_id, self._init(vm_id))
             self._save(vm_id, {**self._load(vm_id), "init": None})
 
     def start(self, vm_id: str) -> None:
@@ -242,7 +242,7 @@ class NamespaceEngine(Engine):
     def restore(self, vm_id: str, checkpoint_id: str) -> None:
         self._require(vm_id)
         with self._lock(vm_id):
-            jail.stop_vm(self.cgroups, vm_id)
+            jail.stop_vm(self.cgroups, vm_id, self._init(vm_id))
             self._save(vm_id, {**self._load(vm_id), "init": None})
             self.pool.restore(vm_id, checkpoint_id)
 

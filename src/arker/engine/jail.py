@@ -8,6 +8,8 @@ crash, so a VM's init is known by (pid, start time from /proc/PID/stat).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +65,9 @@ def start_vm(
     try:
         # The launcher prints PID 1's host pid and exits; PID 1 itself is
         # reparented away from us, so it outlives this server.
-        done = subprocess.run(cmd, capture_output=True, check=False, timeout=30)
+        # An empty environment: the VM's root could read PID 1's, and the
+        # server's may hold secrets.
+        done = subprocess.run(cmd, capture_output=True, check=False, timeout=30, env={})
     except subprocess.TimeoutExpired as exc:
         cgroups.remove_vm(vm_id)
         raise ArkerError(ErrorCode.INTERNAL, f"vm {vm_id!r} did not start in 30 s") from exc
@@ -79,7 +83,22 @@ def start_vm(
     return InitProcess(pid, start)
 
 
-def stop_vm(cgroups: Cgroups, vm_id: str) -> None:
+def stop_vm(cgroups: Cgroups, vm_id: str, init: InitProcess | None = None) -> None:
     """Kill the VM's PID 1 and every process in it, then remove its cgroups.
     Killing PID 1 tears the VM's namespaces and mounts down with it."""
+    ours = init is not None and init.alive() and _ppid(init.pid) == os.getpid()
     cgroups.remove_vm(vm_id)
+    if ours and init is not None:
+        # PID 1 is reparented to the nearest subreaper; when that is this
+        # server (a container's PID 1, or a supervisor), nobody else reaps it.
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(init.pid, 0)
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return None
+    return int(stat[stat.rindex(b")") + 2 :].split()[1])

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -166,6 +167,8 @@ static void __attribute__((noreturn)) vm_init(const struct init_opts *o)
     sigfillset(&all);
     sigprocmask(SIG_BLOCK, &all, NULL);
     set_title("init"); /* last: the options point into argv */
+    /* Not dumpable: even the VM's root cannot read PID 1's memory or fds. */
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     if (write(keep, "ok", 2) != 2)
         _exit(1);
     close(keep);
