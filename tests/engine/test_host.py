@@ -37,6 +37,19 @@ def test_lazy_start_stop_and_restart(engine: NamespaceEngine, vm: str) -> None: 
     assert run(engine, vm, "cat /home/user/kept").stdout == b"hi\n"
 
 
+def test_stop_fails_runs_in_flight(engine: NamespaceEngine, vm: str) -> None:  # noqa: F811
+    engine.start_run(vm, "long", RunSpec(command="echo begun; sleep 300"))
+    try:
+        while engine.run_info(vm, "long").stdout != b"begun\n":
+            time.sleep(0.01)
+        engine.stop(vm)
+        info = engine.run_info(vm, "long")
+        assert info.phase is RunPhase.FAILED and info.failure_reason == "the vm was stopped"
+        assert info.stdout == b"begun\n"
+    finally:
+        engine.forget_run(vm, "long")
+
+
 def test_fork_a_running_vm(engine: NamespaceEngine, make_vm: Callable[..., str]) -> None:  # noqa: F811
     parent = make_vm()
     run(engine, parent, "echo one > f; sleep 300 > /dev/null 2>&1 &")

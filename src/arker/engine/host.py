@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import subprocess
 import threading
 from dataclasses import asdict
 from pathlib import Path
@@ -153,7 +154,7 @@ class NamespaceEngine(Engine):
     def delete(self, vm_id: str) -> None:
         check_name(vm_id, "vm id")
         with self._lock(vm_id):
-            jail.stop_vm(self.cgroups, vm_id, self._init(vm_id))
+            self._kill(vm_id, "the vm was deleted")
             self.runner.forget_vm(vm_id)
             self.pool.delete_vm(vm_id)
             (self.state_dir / f"{vm_id}.json").unlink(missing_ok=True)
@@ -170,7 +171,7 @@ class NamespaceEngine(Engine):
     def stop(self, vm_id: str) -> None:
         self._require(vm_id)
         with self._lock(vm_id):
-            jail.stop_vm(self.cgroups, vm_id, self._init(vm_id))
+            self._kill(vm_id, "the vm was stopped")
             self._save(vm_id, {**self._load(vm_id), "init": None})
 
     def start(self, vm_id: str) -> None:
@@ -178,6 +179,18 @@ class NamespaceEngine(Engine):
         self._require(vm_id)
         with self._lock(vm_id):
             self._start(vm_id)
+
+    def _kill(self, vm_id: str, reason: str) -> None:
+        """Stop the VM's PID 1 and all its processes; runs in flight fail
+        with `reason` rather than look like commands that died by SIGKILL."""
+        helpers = self.runner.end_vm(vm_id, reason)
+        jail.stop_vm(self.cgroups, vm_id, self._init(vm_id))
+        for helper in helpers:  # their commands are dead: they exit at once
+            try:
+                helper.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                helper.kill()
+                helper.wait()
 
     def _start(self, vm_id: str) -> jail.InitProcess:
         """The VM's live PID 1, started now if the VM is stopped."""
@@ -242,7 +255,7 @@ class NamespaceEngine(Engine):
     def restore(self, vm_id: str, checkpoint_id: str) -> None:
         self._require(vm_id)
         with self._lock(vm_id):
-            jail.stop_vm(self.cgroups, vm_id, self._init(vm_id))
+            self._kill(vm_id, "the vm was restored to a checkpoint")
             self._save(vm_id, {**self._load(vm_id), "init": None})
             self.pool.restore(vm_id, checkpoint_id)
 

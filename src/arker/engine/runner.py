@@ -169,6 +169,18 @@ class Runner:
             raise ArkerError(ErrorCode.CONFLICT, f"run {run_id!r} is still running")
         shutil.rmtree(self.spool(vm_id, run_id), ignore_errors=True)
 
+    def end_vm(self, vm_id: str, reason: str) -> list[subprocess.Popen[bytes]]:
+        """Mark the VM's runs in flight as failed for `reason` (its processes
+        are about to be killed); return their helpers so the caller can reap
+        them once the kill is done."""
+        with self._lock:
+            live = [(r, p) for (v, r), p in self._procs.items() if v == vm_id and p.poll() is None]
+        for run_id, _ in live:
+            spool = self.spool(vm_id, run_id)
+            if not (spool / "result.json").exists():
+                (spool / "lost").write_text(reason)
+        return [p for _, p in live]
+
     def forget_vm(self, vm_id: str) -> None:
         """Drop every run of a deleted VM (its processes are already dead)."""
         with self._lock:
