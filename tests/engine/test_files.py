@@ -15,6 +15,8 @@ from arker.engine.files import read_file, write_file
 from arker.engine.pool import Pool
 from arker.errors import ArkerError
 
+pytestmark = pytest.mark.root
+
 MiB = 1024 * 1024
 
 

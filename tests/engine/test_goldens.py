@@ -17,6 +17,8 @@ from arker.engine.goldens import KNOWN_GOLDENS, build_busybox, build_debian, imp
 from arker.engine.pool import Pool
 from arker.errors import ArkerError, ErrorCode
 
+pytestmark = pytest.mark.root
+
 Steps = list[tuple[int, int | None, str]]
 
 

@@ -17,6 +17,8 @@ from arker.engine import _btrfs
 from arker.engine.pool import Pool
 from arker.errors import ArkerError, ErrorCode
 
+pytestmark = pytest.mark.root
+
 
 def _mounted(path: Path) -> bool:
     want = os.path.realpath(path)
