@@ -111,3 +111,10 @@ def test_demo_default_golden_debian(tmp_path: Path) -> None:
         print(f"arker demo (debian, first run) took {took:.0f} s")
     finally:
         remove_data_dir(data_dir)
+
+
+def test_demo_on_a_data_dir_a_server_holds_says_what_to_do(server: LocalServer) -> None:
+    proc = arker("demo", "--data-dir", str(server.data_dir), env=_unconfigured_env())
+    assert proc.returncode == 1
+    [line] = proc.stderr.decode().splitlines()
+    assert line.startswith("error: unavailable: ") and "ARKER_SOURCE_VM" in line

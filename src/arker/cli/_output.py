@@ -193,4 +193,5 @@ def step_progress() -> Progress:
         TaskProgressColumn(),
         TimeElapsedColumn(),
         console=err_console,
+        disable=not err_console.is_terminal,
     )

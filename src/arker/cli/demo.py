@@ -32,6 +32,7 @@ from arker.cli.goldens import DEFAULT_DATA_DIR, build_golden, engine_at
 
 if TYPE_CHECKING:
     from arker import Arker, Computer
+    from arker.engine.base import Engine
 
 __all__ = ["embedded_server", "free_port", "register", "tell_story"]
 
@@ -232,6 +233,24 @@ def _demo_key(data_dir: Path) -> Iterator[str]:
         revoke_key(data_dir, key_id)
 
 
+@contextmanager
+def _local_engine(data_dir: Path) -> Iterator[Engine]:
+    from arker import ArkerError
+
+    try:
+        with engine_at(data_dir) as engine:
+            yield engine
+    except ArkerError as exc:
+        if exc.code == "unavailable" and "in use" in exc.message:
+            # A server already runs on this data dir: say how to use it instead.
+            fail(
+                "unavailable",
+                f"{exc.message}; pass another --data-dir, or point the demo at that server "
+                "with ARKER_API_KEY, ARKER_BASE_URL and ARKER_SOURCE_VM",
+            )
+        raise
+
+
 def _remote_config() -> tuple[str | None, str | None] | None:
     env = os.environ
     has_key = env.get("ARKER_API_KEY") or env.get("AUTH_KEY")
@@ -260,7 +279,7 @@ def demo(
         return
     with ExitStack() as stack:
         start = time.perf_counter()
-        with engine_at(data_dir) as engine:
+        with _local_engine(data_dir) as engine:
             if golden not in {g.name for g in engine.goldens()}:
                 err_console.print(f"first run: building the {golden} golden")
                 build_golden(engine, golden)

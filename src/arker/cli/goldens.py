@@ -30,7 +30,7 @@ app = typer.Typer(
 
 DataDir = Annotated[
     Path,
-    typer.Option("--data-dir", envvar="ARKER_DATA_DIR", help="The engine's data directory."),
+    typer.Option("--data-dir", help="The engine's data directory (as `arker serve` was given)."),
 ]
 
 

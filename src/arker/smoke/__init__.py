@@ -90,5 +90,8 @@ def run_smoke(
 ) -> list[TargetReport]:
     """Check each target in turn (so that one's load does not skew another's
     latencies); each report says which checks passed and how long they took."""
-    contract = load_contract()
+    try:
+        contract = load_contract()
+    except ContractError as exc:  # the installation, not a deployment, is at fault
+        raise ArkerError(ErrorCode.INTERNAL, str(exc), status=0) from None
     return [smoke_target(t, contract, timeout_s=timeout_s, transport=transport) for t in targets]

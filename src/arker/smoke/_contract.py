@@ -145,4 +145,5 @@ def load_contract() -> Contract:
 
 @functools.cache
 def _load() -> Contract:
+    _jsonschema()  # fail here, once, rather than in every check
     return Contract(json.loads(_contract_text()))
