@@ -12,6 +12,7 @@ from conftest_exec import BareVm, bare_vm, make_busybox_rootfs  # noqa: F401
 from arker.engine import _native, jail
 from arker.engine._cgroups import Cgroups
 from arker.engine.base import Limits
+from arker.engine.runner import Runner
 from arker.errors import ArkerError
 
 pytestmark = pytest.mark.root
@@ -98,3 +99,27 @@ def test_limits_are_written(bare_vm: BareVm) -> None:  # noqa: F811
         assert pids.read_text().strip() == "512"
         quota = c.limit_roots["cpu"] / bare_vm.vm_id / "cpu.cfs_quota_us"
         assert quota.read_text().strip() == "100000"
+
+
+def test_symlinked_mount_points_do_not_reach_the_host(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    root = make_busybox_rootfs(tmp_path / "rootfs")
+    host_dir = tmp_path / "host-dir"
+    host_dir.mkdir()
+    (host_dir / "marker").write_text("host\n")
+    for name in ("tmp", "proc", "dev"):
+        target = root / name
+        target.rmdir()
+        target.symlink_to(host_dir)  # absolute: would resolve on the host before pivot_root
+    cgroups = Cgroups(data)
+    helper = _native.helper_path(data)
+    try:
+        init = jail.start_vm(helper, cgroups, "v1", root, hostname="h", limits=Limits())
+        vm = BareVm("v1", root, cgroups, Runner(helper, data / "runs", cgroups), init)
+        info = vm.run("ls /tmp; touch /tmp/new; ls /dev/null; cat /proc/1/cmdline", user="root")
+        assert info.exit_code == 0, info.stderr
+        assert b"marker" not in info.stdout
+        assert sorted(p.name for p in host_dir.iterdir()) == ["marker"]
+    finally:
+        cgroups.remove_all()

@@ -307,7 +307,7 @@ def _detach_mounts_under(prefix: Path) -> None:
     with open("/proc/self/mounts") as f:
         points = [line.split()[1] for line in f]
     for point in sorted(points, key=len, reverse=True):
-        point = point.encode().decode("unicode_escape")
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), point)
         if point.startswith(want):
             log.warning("detaching leftover mount %s", point)
             libc.umount2(point.encode(), 2)  # MNT_DETACH

@@ -87,7 +87,15 @@ class Runner:
         cmd += ["--result", str(spool / "result.json"), "--", *argv]
         try:
             with open(spool / "helper.err", "wb") as err:
-                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+                # Its own session: a Ctrl-C meant for the server must not
+                # reach the helper, which would take it as a cancel.
+                proc = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=err,
+                    stderr=err,
+                    start_new_session=True,
+                )
         except OSError as exc:
             shutil.rmtree(spool, ignore_errors=True)
             self.cgroups.sweep_runs(vm_id, self.in_flight(vm_id))

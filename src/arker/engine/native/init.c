@@ -54,8 +54,14 @@ static void do_mount(const char *src, const char *dst, const char *type,
     }
 }
 
+/* A mount point must be a real directory of the VM's tree: mount(2)
+ * follows symlinks, and before pivot_root an absolute link would resolve on
+ * the host. A rootfs (imported, or edited by the VM's root) may hold one. */
 static void ensure_dir(const char *path, mode_t mode)
 {
+    struct stat st;
+    if (lstat(path, &st) == 0 && !S_ISDIR(st.st_mode) && unlink(path) < 0)
+        fail(path);
     if (mkdir(path, mode) < 0 && errno != EEXIST)
         fail(path);
 }
