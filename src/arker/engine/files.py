@@ -18,6 +18,7 @@ import hashlib
 import os
 import secrets
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -169,6 +170,8 @@ def _replace_at(dir_fd: int, name: str, data: bytes, uid: int, gid: int, norm: s
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
     try:
+        # hashlib releases the GIL on large buffers: hash while the write runs.
+        hasher = _Sha256(data)
         try:
             view = memoryview(data)
             while view:
@@ -177,7 +180,7 @@ def _replace_at(dir_fd: int, name: str, data: bytes, uid: int, gid: int, norm: s
             os.fchmod(fd, mode)
         finally:
             os.close(fd)
-        digest = hashlib.sha256(data).hexdigest()
+        digest = hasher.hexdigest()
         os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -188,6 +191,29 @@ def _replace_at(dir_fd: int, name: str, data: bytes, uid: int, gid: int, norm: s
             raise ArkerError(ErrorCode.UNAVAILABLE, "the VM's storage is full") from exc
         raise
     return digest
+
+
+class _Sha256:
+    """sha256 of `data`, computed in a thread when it is big enough to matter."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._digest: str | None = None
+        self._thread: threading.Thread | None = None
+        if len(data) >= 1 << 20:
+            self._thread = threading.Thread(target=self._run, name="arker-sha256", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        self._digest = hashlib.sha256(self._data).hexdigest()
+
+    def hexdigest(self) -> str:
+        if self._thread is not None:
+            self._thread.join()
+        if self._digest is None:
+            self._run()
+        assert self._digest is not None
+        return self._digest
 
 
 def _resolve(root_fd: int, rel: str, flags: int, norm: str) -> int:
