@@ -137,6 +137,9 @@ def test_import_good_tarball(pool: Pool, tmp_path: Path, suffix: str) -> None:
     assert (notes.st_uid, stat.S_IMODE(notes.st_mode), notes.st_mtime) == (1000, 0o600, 1_000_000)
     pool.fork("imported", "vm")
     assert (pool.vm_path("vm") / "home/user/notes").read_text() == "mine"
+    with pytest.raises(ArkerError) as e:
+        import_tarball(pool, "imported", tarball)
+    assert e.value.code == ErrorCode.CONFLICT
 
 
 def _evil_cases(host: Path) -> dict[str, list[tuple[tarfile.TarInfo, bytes]]]:

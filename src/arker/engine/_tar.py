@@ -67,6 +67,8 @@ def import_tarball(
         total = tarball.stat().st_size
     except FileNotFoundError:
         raise ArkerError(ErrorCode.NOT_FOUND, f"no tarball at {tarball}") from None
+    if pool.has_golden(name):
+        raise ArkerError(ErrorCode.CONFLICT, f"golden {name!r} already exists")
     staging = pool.new_golden(name)
     try:
         try:

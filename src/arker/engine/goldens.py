@@ -7,8 +7,9 @@ and thrown away on any failure, so a half-built golden is never forkable.
     debian    bookworm minbase + bash, coreutils, python3, ca-certificates (mmdebstrap)
     <name>    any rootfs tarball, through `import_tarball` (in _tar.py)
 
-Builders do not check whether the golden exists: sealing onto a taken name is
-`conflict`, so callers that want "build if missing" ask `pool.has_golden` first.
+Building or importing onto a taken name is `conflict` (checked before any work,
+and again when sealing), so callers that want "build if missing" ask
+`pool.has_golden` first.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ _GROUP = "root:x:0:\nuser:x:1000:\nnogroup:x:65534:\n"
 
 
 def _build(pool: Pool, name: str, description: str, fill: Callable[[Path], None]) -> GoldenInfo:
+    _not_taken(pool, name)
     staging = pool.new_golden(name)
     try:
         fill(staging)
@@ -174,6 +176,11 @@ def _run_with_progress(argv: list[str], progress: Progress | None) -> None:
         raise
     if rc != 0:
         raise ArkerError(ErrorCode.INTERNAL, f"mmdebstrap failed ({rc}): " + "\n".join(tail[-10:]))
+
+
+def _not_taken(pool: Pool, name: str) -> None:
+    if pool.has_golden(name):
+        raise ArkerError(ErrorCode.CONFLICT, f"golden {name!r} already exists")
 
 
 def _note(progress: Progress | None, done: int, total: int | None, message: str) -> None:
