@@ -1,0 +1,173 @@
+"""scripts/bench: is Arker the fastest way to get a forked Linux machine?
+
+Starts its own `arker serve` (fresh data directory, busybox golden built
+through the CLI, a new key, a free port), measures through the SDK, prints a
+table and writes bench.json and bench.png into --out. Needs root.
+
+Measured, each next to its floor from the same run:
+  fork        POST /fork of the golden, of an empty running VM and of a
+              running VM holding 1 GB (written by a run, then `sync`);
+              floor: the engine's own snapshot ioctl on the same subvolume
+  create      fork + run `true` in the new VM, one after another; and N at
+              once (async SDK): each one's latency and the wall time
+  run         `true` in a running VM; floor: HTTP GET /healthz on the same
+              kept-alive client + a bare subprocess.run(["true"])
+  files       write then read back 100 MiB of random bytes (MB = 10^6 bytes)
+  memory      200 VMs started (fork + `true`) and left idle: the sum of their
+              memory cgroups and the fall of host MemAvailable, per VM
+
+Goals are reported (PASS/MISS), never asserted. Everything the bench made is
+removed: VMs through the API, the server by SIGTERM, then its data directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+
+from arker import Arker
+from arkerbench import crowd, floors, scenarios
+from arkerbench.goals import judge
+from arkerbench.report import table, write_json, write_png
+from arkerbench.results import Results
+from arkerbench.server import LocalServer, local_server
+
+MB = 1000 * 1000
+MIB = 1024 * 1024
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "out"
+
+
+@dataclass(frozen=True)
+class Plan:
+    forks: int  # samples per fork series
+    creates: int  # sequential creates to first command
+    burst: int  # creates sent at once
+    runs: int  # run round trips
+    floors: int  # samples of each process and HTTP floor
+    transfers: int  # writes and reads of the file
+    file_bytes: int
+    big_bytes: int  # data held by the VM that is forked
+    idle_vms: int
+
+
+FULL = Plan(30, 30, 100, 200, 200, 5, 100 * MIB, 1000 * MB, 200)
+QUICK = Plan(5, 5, 10, 20, 20, 2, 10 * MIB, 100 * MB, 10)
+
+
+def _say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def measure(server: LocalServer, plan: Plan) -> Results:
+    """Every figure, in an order where each leaves the machine as it found it."""
+    http = httpx.Client()
+    arker = Arker(server.api_key, base_url=server.base_url, retry=False, http_client=http)
+    fleet = scenarios.Fleet(arker)
+    try:
+        with floors.SnapshotFloor(server.data_dir) as snap:
+            _say("floors: subprocess and HTTP")
+            true_floor = floors.subprocess_floor(plan.floors)
+            http_floor = floors.http_floor(http, server.base_url, plan.floors)
+            _say("fork: golden")
+            fork_golden = scenarios.fork_series(fleet, snap, None, plan.forks)
+            _say("fork: an empty running VM")
+            empty = fleet.fork()
+            empty.run("true")
+            fork_empty = scenarios.fork_series(fleet, snap, empty, plan.forks)
+            _say(f"fork: a VM holding {plan.big_bytes / MB:,.0f} MB")
+            big = scenarios.vm_with_data(fleet, plan.big_bytes)
+            fork_big = scenarios.fork_series(fleet, snap, big, plan.forks)
+            fleet.delete()
+        _say("run round trip, file transfer")
+        vm = fleet.fork()
+        run = scenarios.run_round_trip(vm, plan.runs)
+        transfer = scenarios.transfer(vm, plan.file_bytes, plan.transfers)
+        fleet.delete()
+        _say("create to first command, sequential")
+        create = scenarios.create_to_first_command(fleet, plan.creates)
+        _say(f"{plan.burst} creates at once")
+        burst = crowd.burst(server.base_url, server.api_key, plan.burst)
+        _say(f"idle memory of {plan.idle_vms} running VMs")
+        memory = crowd.idle_memory(server.base_url, server.api_key, server.data_dir, plan.idle_vms)
+    finally:
+        fleet.delete()
+        http.close()
+    return Results(
+        fork_golden=fork_golden,
+        fork_empty=fork_empty,
+        fork_big=fork_big,
+        big_bytes=plan.big_bytes,
+        create=create,
+        burst=burst,
+        run=run,
+        transfer=transfer,
+        memory=memory,
+        true_floor=true_floor,
+        http_floor=http_floor,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    doc = __doc__ or ""
+    ap = argparse.ArgumentParser(
+        prog="scripts/bench",
+        description=doc.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few iterations, 10 VMs instead of 200, 10 MiB files, a 100 MB VM, "
+        "10 at once (CI runs this)",
+    )
+    ap.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"where outputs go (default {DEFAULT_OUT})"
+    )
+    ap.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="make the server's fresh data directory inside this one (default: the "
+        "system temp dir); on btrfs the pool uses it directly instead of a loop image",
+    )
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        ap.error("needs root: the engine makes namespaces, cgroups and btrfs subvolumes")
+    plan = QUICK if args.quick else FULL
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = dt.datetime.now(dt.UTC)
+    _say(f"starting arker serve ({'quick' if args.quick else 'full'} run)")
+    with local_server(args.out / "server.log", args.data_dir) as server:
+        results = measure(server, plan)
+    cpus = os.cpu_count() or 1
+    goals = judge(results.figures(), plan.burst, cpus)
+    meta = {
+        "mode": "quick" if args.quick else "full",
+        "started_at": started.isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": cpus,
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+            # Other work on the machine skews every figure: keep it on record.
+            "load_average_at_end": list(os.getloadavg()),
+        },
+        "plan": asdict(plan),
+    }
+    write_json(args.out / "bench.json", results, goals, meta)
+    title = f"Arker, {meta['mode']} run, {started:%Y-%m-%d %H:%M} UTC, {cpus} cores"
+    write_png(args.out / "bench.png", results, goals, title)
+    print(table(results, goals))
+    print(f"\nwrote {args.out / 'bench.json'} and {args.out / 'bench.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

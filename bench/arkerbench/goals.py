@@ -1,0 +1,106 @@
+"""The goals of issue 6, judged against the figures of one run.
+
+Each goal names the figure it judges, the floor it is compared with (the
+least the same work can cost on this machine, measured in the same run) and
+whether it passed. Goals are reported, never asserted: wall-clock targets are
+meaningless on a loaded shared machine, so tests check only that figures exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ["Goal", "judge"]
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Goal:
+    name: str
+    value: float
+    unit: str
+    target: str  # the goal, as people read it
+    passed: bool
+    floor: float | None = None  # same unit as value
+    floor_what: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        return self.value / self.floor if self.floor else None
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "ratio_to_floor": self.ratio}
+
+
+def judge(f: dict[str, float], burst_n: int, cpus: int) -> list[Goal]:
+    """The goals from the flat figures (names as `report.figures` makes them)."""
+    http, true = f["floor_http_noop_median_ms"], f["floor_subprocess_true_median_ms"]
+    ioctl = f["floor_ioctl_golden_median_ms"]
+    # Creating and starting a VM takes at least a snapshot, two HTTP calls
+    # (fork, run) and one process; n of them share the machine's cores.
+    create_floor = ioctl + 2 * http + true
+    fork, empty = f["fork_golden_median_ms"], f["fork_empty_vm_median_ms"]
+    big = f["fork_big_median_ms"]
+    run = f["run_round_trip_median_ms"]
+    return [
+        Goal("fork a golden (median)", fork, "ms", "<= 15 ms", fork <= 15, ioctl, "snapshot ioctl"),
+        Goal(
+            "fork a VM holding data (median)",
+            big,
+            "ms",
+            f"<= 1.5 x empty VM ({1.5 * empty:.2f} ms)",
+            big <= 1.5 * empty,
+            f["floor_ioctl_big_median_ms"],
+            "snapshot ioctl of it",
+        ),
+        Goal(
+            "create to first command (median)",
+            f["create_to_first_command_median_ms"],
+            "ms",
+            "<= 25 ms",
+            f["create_to_first_command_median_ms"] <= 25,
+            create_floor,
+            "ioctl + 2 HTTP + true",
+        ),
+        Goal(
+            f"{burst_n} creates at once (wall)",
+            f["burst_wall_ms"],
+            "ms",
+            "<= 2000 ms",
+            f["burst_wall_ms"] <= 2000,
+            burst_n * create_floor / cpus,
+            f"{burst_n} x that / {cpus} cores",
+        ),
+        Goal(
+            "run `true` in a running VM (median)",
+            run,
+            "ms",
+            f"<= 3 x floor ({3 * (http + true):.2f} ms)",
+            run <= 3 * (http + true),
+            http + true,
+            "HTTP no-op + true",
+        ),
+        Goal(
+            "file write",
+            f["file_write_mb_per_s"],
+            "MB/s",
+            ">= 300 MB/s",
+            f["file_write_mb_per_s"] >= 300,
+        ),
+        Goal(
+            "file read",
+            f["file_read_mb_per_s"],
+            "MB/s",
+            ">= 300 MB/s",
+            f["file_read_mb_per_s"] >= 300,
+        ),
+        Goal(
+            "idle running VM",
+            f["idle_vm_mib"],
+            "MiB",
+            "<= 4 MiB",
+            f["idle_vm_mib"] <= 4,
+        ),
+    ]

@@ -1,0 +1,152 @@
+"""The sequential figures, each through the sync SDK: fork, create to first
+command, run round trip, file transfer. VMs made for a series are deleted
+after it (outside the timing), so deletion's background work in the kernel
+does not land in the next sample."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from arker import Arker, Computer
+from arkerbench.floors import SnapshotFloor
+from arkerbench.stats import Series, time_ms
+
+__all__ = [
+    "Fleet",
+    "ForkSeries",
+    "Transfer",
+    "create_to_first_command",
+    "fork_series",
+    "run_round_trip",
+    "transfer",
+    "vm_with_data",
+]
+
+GOLDEN = "busybox"
+BIG_FILE = "/home/user/big"
+BENCH_FILE = "/home/user/bench.bin"
+WRITE_TIMEOUT_S = 600.0
+
+
+class Fleet:
+    """Every VM the bench made, so that all are deleted through the API,
+    whatever fails."""
+
+    def __init__(self, arker: Arker) -> None:
+        self.arker = arker
+        self.live: dict[str, Computer] = {}
+
+    def fork(self, source: str | Computer = GOLDEN) -> Computer:
+        handle = self.arker.vm(source) if isinstance(source, str) else source
+        vm = handle.fork()
+        self.live[vm.vm_id] = vm
+        return vm
+
+    def adopt(self, vm_id: str) -> None:
+        """Track a VM made elsewhere (by the async client)."""
+        self.live.setdefault(vm_id, self.arker.vm(vm_id))
+
+    def delete(self, vms: list[Computer] | None = None) -> None:
+        for vm in list(self.live.values()) if vms is None else vms:
+            self.live.pop(vm.vm_id, None)
+            vm.delete()
+
+
+@dataclass(frozen=True)
+class ForkSeries:
+    api: Series  # POST /fork through the SDK
+    ioctl: Series  # the bare snapshot ioctl of the same source, interleaved
+
+
+def fork_series(fleet: Fleet, floor: SnapshotFloor, source: Computer | None, n: int) -> ForkSeries:
+    """Fork `source` (None: the golden) n times, alternating each API fork
+    with a bare snapshot of the same subvolume so both see the same
+    background (pool flusher, btrfs cleaner), in alternating order."""
+    path = floor.golden(GOLDEN) if source is None else floor.vm(source.vm_id)
+    api: list[float] = []
+    raw: list[float] = []
+    children: list[Computer] = []
+
+    def fork() -> None:
+        children.append(fleet.fork(GOLDEN if source is None else source))
+
+    def take_api() -> None:
+        api.append(time_ms(fork))
+
+    def take_raw() -> None:
+        raw.append(floor.snapshot_ms(path))
+
+    for i in range(n):
+        for take in (take_api, take_raw) if i % 2 else (take_raw, take_api):
+            take()
+    fleet.delete(children)
+    return ForkSeries(Series(api), Series(raw))
+
+
+def vm_with_data(fleet: Fleet, size_bytes: int) -> Computer:
+    """A running VM holding `size_bytes` of incompressible data, written by a
+    run and committed by `sync` in the VM, as a user would leave it."""
+    vm = fleet.fork()
+    result = vm.run(
+        f"head -c {size_bytes} /dev/urandom > {BIG_FILE} && sync", timeout_s=WRITE_TIMEOUT_S
+    )
+    if result.type != "completed" or result.exit_code != 0:
+        raise RuntimeError(f"could not fill the big VM: {result}")
+    return vm
+
+
+def create_to_first_command(fleet: Fleet, n: int) -> Series:
+    """Fork the golden and run `true` in the new VM (which starts it)."""
+    made: list[Computer] = []
+
+    def once() -> None:
+        vm = fleet.fork()
+        made.append(vm)
+        _check_true(vm)
+
+    series = Series([time_ms(once) for _ in range(n)])
+    fleet.delete(made)
+    return series
+
+
+def run_round_trip(vm: Computer, n: int) -> Series:
+    """`true` in a VM that is already running."""
+    _check_true(vm)  # starts it, outside the timing
+    return Series([time_ms(lambda: _check_true(vm)) for _ in range(n)])
+
+
+def _check_true(vm: Computer) -> None:
+    result = vm.run("true")
+    if result.type != "completed" or result.exit_code != 0:
+        raise RuntimeError(f"`true` did not succeed in {vm.vm_id}: {result}")
+
+
+@dataclass(frozen=True)
+class Transfer:
+    size_bytes: int
+    write: Series
+    read: Series
+
+    @staticmethod
+    def mb_per_s(size_bytes: int, series: Series) -> float:
+        """Decimal megabytes per second at the median time."""
+        return size_bytes / 1e6 / (series.median_ms / 1000)
+
+
+def transfer(vm: Computer, size_bytes: int, n: int) -> Transfer:
+    """Write then read back a file of `size_bytes` random bytes, n times each;
+    every read is checked against what was written."""
+    data = os.urandom(size_bytes)
+    writes: list[float] = []
+    reads: list[float] = []
+    for _ in range(n):
+        writes.append(time_ms(lambda: vm.sync.write_file(BENCH_FILE, data)))
+        start = time.perf_counter()
+        back = vm.sync.read_file(BENCH_FILE)
+        reads.append((time.perf_counter() - start) * 1000)
+        if back != data:
+            raise RuntimeError("the file read back differs from the one written")
+    vm.run(f"rm -f {BENCH_FILE}")
+    return Transfer(size_bytes, Series(writes), Series(reads))
