@@ -201,6 +201,13 @@ def test_import_rejects_what_is_not_a_tarball(pool: Pool, tmp_path: Path) -> Non
         with pytest.raises(ArkerError) as e:
             import_tarball(pool, "junk", path)
         assert e.value.code == ErrorCode.INVALID_REQUEST
+    link_to_dir = _tar(
+        tmp_path / "linkdir.tar",
+        [_entry("d", tarfile.DIRTYPE), _entry("h", tarfile.LNKTYPE, linkname="d")],
+    )
+    with pytest.raises(ArkerError) as e:
+        import_tarball(pool, "junk", link_to_dir)
+    assert e.value.code == ErrorCode.INVALID_REQUEST and "'h'" in e.value.message
     with pytest.raises(ArkerError) as e:
         import_tarball(pool, "junk", tmp_path / "missing.tar")
     assert e.value.code == ErrorCode.NOT_FOUND

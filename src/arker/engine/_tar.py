@@ -152,6 +152,13 @@ class _Extractor:
                     raise ArkerError(
                         ErrorCode.INVALID_REQUEST, f"refusing tar member {member.name!r}: {why}"
                     ) from None
+                except OSError as exc:  # e.g. a hard link to a directory, a name too long
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                        raise
+                    raise ArkerError(
+                        ErrorCode.INVALID_REQUEST,
+                        f"cannot extract tar member {member.name!r}: {exc.strerror}",
+                    ) from exc
                 now = time.monotonic()
                 if self.progress is not None and now - last > 0.2:
                     last = now

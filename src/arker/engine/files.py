@@ -168,8 +168,8 @@ def _replace_at(dir_fd: int, name: str, data: bytes, uid: int, gid: int, norm: s
             mode = old.st_mode & 0o777
     tmp = f".arker-write-{secrets.token_hex(8)}"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
     try:
+        fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
         # hashlib releases the GIL on large buffers: hash while the write runs.
         hasher = _Sha256(data)
         try:
@@ -185,9 +185,9 @@ def _replace_at(dir_fd: int, name: str, data: bytes, uid: int, gid: int, norm: s
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=dir_fd)
-        if isinstance(exc, IsADirectoryError | NotADirectoryError):
+        if isinstance(exc, IsADirectoryError):
             raise ArkerError(ErrorCode.INVALID_PATH, f"{norm} is a directory") from exc
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise ArkerError(ErrorCode.UNAVAILABLE, "the VM's storage is full") from exc
         raise
     return digest
