@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import httpx
 import typer
@@ -31,10 +31,12 @@ from arker.cli._output import cli_errors, err_console, fail, out_console
 from arker.cli.goldens import DEFAULT_DATA_DIR, build_golden, engine_at
 
 if TYPE_CHECKING:
-    from arker import Arker, Computer
+    from arker import Arker, Computer, RunResult
     from arker.engine.base import Engine
 
 __all__ = ["embedded_server", "free_port", "register", "tell_story"]
+
+T = TypeVar("T")
 
 SERVER_START_TIMEOUT_S = 60.0
 SERVER_STOP_TIMEOUT_S = 15.0
@@ -56,15 +58,29 @@ class Story:
         self.steps: list[Step] = []
         self.vms: list[Computer] = []
 
-    def step(self, what: str, action: Callable[[], str]) -> None:
+    def step(self, what: str, action: Callable[[], tuple[T, str]]) -> T:
+        """Run `action`, which returns its value and what it showed; time it."""
         with err_console.status(what):
             start = time.perf_counter()
-            shows = action()
+            value, shows = action()
             ms = (time.perf_counter() - start) * 1000
         self.steps.append(Step(what, ms, shows))
         err_console.print(f"[green]✓[/] {escape(what)} [dim]{ms:.0f} ms[/]")
+        return value
+
+    def keep(self, vm: Computer) -> Computer:
+        self.vms.append(vm)
+        return vm
+
+    def delete_all(self) -> tuple[None, str]:
+        count = len(self.vms)
+        while self.vms:
+            self.vms[-1].delete()
+            self.vms.pop()
+        return None, f"{count} VMs deleted"
 
     def cleanup(self) -> None:
+        """After a failure: delete what is left, saying what could not be."""
         from arker import ArkerError
 
         for vm in reversed(self.vms):
@@ -85,84 +101,64 @@ def tell_story(arker: Arker, source: str) -> list[Step]:
     story = Story()
     try:
         _tell(arker, source, story)
-        story.step("delete the VMs", lambda: _delete_all(story))
+        story.step("delete the VMs", story.delete_all)
     finally:
         story.cleanup()
     return story.steps
 
 
-def _delete_all(story: Story) -> str:
-    for vm in reversed(story.vms):
-        vm.delete()
-    count = len(story.vms)
-    story.vms.clear()
-    return f"{count} VMs deleted"
-
-
-def _ok(result: Any) -> Any:
+def _ok(result: RunResult) -> str:
     if result.type != "completed" or result.exit_code != 0:
         code = getattr(result, "exit_code", None)
-        fail("demo_failed", f"a run ended {result.type} (exit {code}): {result.stderr_text}")
-    return result
+        err = getattr(result, "stderr_text", "")
+        fail("demo_failed", f"a run ended {result.type} (exit {code}): {err}")
+    return " | ".join(result.stdout_text.strip().splitlines())
 
 
 def _tell(arker: Arker, source: str, story: Story) -> None:
-    holder: dict[str, Computer] = {}
     path = "/home/user/hello.txt"
 
-    def fork_source() -> str:
-        vm = arker.vm(source).fork(name="demo")
-        story.vms.append(vm)
-        holder["vm"] = vm
-        return f"{vm.vm_id} from {source}"
+    def fork_source() -> tuple[Computer, str]:
+        vm = story.keep(arker.vm(source).fork(name="demo"))
+        return vm, f"{vm.vm_id} from {source}"
 
-    story.step(f"fork {source}", fork_source)
-    vm = holder["vm"]
+    vm = story.step(f"fork {source}", fork_source)
     cmd = "uname -a; id; cat /etc/os-release 2>/dev/null | head -1"
-    story.step(
-        "run uname; id; os-release",
-        lambda: " | ".join(_ok(vm.run(cmd)).stdout_text.strip().splitlines()),
-    )
+    story.step("run uname; id; os-release", lambda: (None, _ok(vm.run(cmd))))
 
-    def write_read() -> str:
+    def write_read() -> tuple[None, str]:
         vm.sync.write_file(path, b"hello from the parent\n")
-        return f"{path}: {_first_line(vm.sync.read_file(path))!r}"
+        return None, f"{path}: {_first_line(vm.sync.read_file(path))!r}"
 
     story.step("write and read a file", write_read)
 
-    def fork_vm() -> str:
-        child = vm.fork(name="demo-child")
-        story.vms.append(child)
-        holder["child"] = child
-        return f"{child.vm_id}, a copy-on-write child"
+    def fork_vm() -> tuple[Computer, str]:
+        child = story.keep(vm.fork(name="demo-child"))
+        return child, f"{child.vm_id}, a copy-on-write child"
 
-    story.step("fork the VM", fork_vm)
-    child = holder["child"]
+    child = story.step("fork the VM", fork_vm)
 
-    def diverge() -> str:
+    def diverge() -> tuple[None, str]:
         child.sync.write_file(path, b"hello from the child\n")
         mine, theirs = child.sync.read_file(path), vm.sync.read_file(path)
         if mine == theirs:
             fail("demo_failed", "the child's write showed in its parent")
-        return f"child {_first_line(mine)!r}, parent still {_first_line(theirs)!r}"
+        return None, f"child {_first_line(mine)!r}, parent still {_first_line(theirs)!r}"
 
     story.step("write in the child only", diverge)
 
-    def background() -> str:
+    def background() -> tuple[None, str]:
         started = vm.run("for i in 1 2 3; do echo tick $i; sleep 0.5; done", background=True)
         if started.type != "started":
             fail("demo_failed", f"a background run answered {started.type}")
-        polls = 0
-        while True:
+        polls = 1
+        while not (status := vm.run_status(started.run_id)).done:
             polls += 1
-            status = vm.run_status(started.run_id)
-            if status.done:
-                break
             time.sleep(0.2)
         if status.state != "completed":
             fail("demo_failed", f"the background run ended {status.state}")
-        ticks = status.stdout_text.split()
-        return f"{status.state} after {polls} polls: {' '.join(ticks)}"
+        ticks = " ".join(status.stdout_text.split())
+        return None, f"{status.state} after {polls} polls: {ticks}"
 
     story.step("background run, polled", background)
 
