@@ -102,6 +102,10 @@ class Runner:
             raise ArkerError(ErrorCode.UNAVAILABLE, f"cannot spawn the run helper: {exc}") from exc
         with self._lock:
             self._procs[(vm_id, run_id)] = proc
+            # Reap helpers that ended but nobody waited for (background runs
+            # never polled): a finished helper is a zombie until polled.
+            for other in self._procs.values():
+                other.poll()
 
     def wait(self, vm_id: str, run_id: str, timeout_s: float | None = None) -> RunInfo:
         proc = self._proc(vm_id, run_id)
