@@ -101,8 +101,10 @@ def cli_errors(func: Callable[P, R]) -> Callable[P, R]:
         except CliError as exc:
             print_error(exc.code, exc.message)
         except OSError as exc:
-            where = f" ({exc.filename})" if exc.filename else ""
-            print_error("os_error", f"{exc.strerror or exc}{where}")
+            # Local files: a missing one reads like the server's not_found.
+            code = "not_found" if isinstance(exc, FileNotFoundError) else "os_error"
+            where = f": {exc.filename}" if exc.filename else ""
+            print_error(code, f"{exc.strerror or exc}{where}")
         except KeyboardInterrupt:
             sys.stderr.write("interrupted\n")
             raise typer.Exit(130) from None
