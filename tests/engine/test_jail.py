@@ -123,3 +123,15 @@ def test_symlinked_mount_points_do_not_reach_the_host(tmp_path: Path) -> None:
         assert sorted(p.name for p in host_dir.iterdir()) == ["marker"]
     finally:
         cgroups.remove_all()
+
+
+@pytest.mark.parametrize("cc", ["/nonexistent/cc", "/bin/false"])  # missing; fails
+def test_helper_build_failure_is_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cc: str
+) -> None:
+    monkeypatch.setenv("CC", cc)
+    monkeypatch.setenv("PATH", "/nonexistent")  # no fallback compiler either
+    with pytest.raises(ArkerError) as err:
+        _native.helper_path(tmp_path)
+    assert err.value.code == "unavailable"
+    assert not list(tmp_path.glob("bin/*arkervm-*"))  # no half-built helper left

@@ -46,7 +46,7 @@ def helper_path(data_dir: Path) -> Path:
     with _lock:
         if target.exists():
             return target
-        cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+        cc = shutil.which(os.environ.get("CC") or "cc") or shutil.which("gcc")
         if cc is None:
             raise ArkerError(
                 ErrorCode.UNAVAILABLE,
@@ -57,7 +57,10 @@ def helper_path(data_dir: Path) -> Path:
         os.close(fd)
         try:
             cmd = [cc, *_CFLAGS, "-o", tmp, *(str(s) for s in _sources() if s.suffix == ".c")]
-            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            except OSError as exc:
+                raise ArkerError(ErrorCode.UNAVAILABLE, f"cannot run {cc}: {exc}") from exc
             if done.returncode != 0:
                 raise ArkerError(
                     ErrorCode.UNAVAILABLE,
