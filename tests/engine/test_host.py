@@ -50,6 +50,12 @@ def test_stop_fails_runs_in_flight(engine: NamespaceEngine, vm: str) -> None:  #
         engine.forget_run(vm, "long")
 
 
+def test_open_twice_keeps_vms_running(engine: NamespaceEngine, vm: str) -> None:  # noqa: F811
+    run(engine, vm, "true")
+    engine.open()
+    assert engine.power(vm) is VmPower.RUNNING
+
+
 def test_fork_a_running_vm(engine: NamespaceEngine, make_vm: Callable[..., str]) -> None:  # noqa: F811
     parent = make_vm()
     run(engine, parent, "echo one > f; sleep 300 > /dev/null 2>&1 &")

@@ -79,6 +79,8 @@ class NamespaceEngine(Engine):
 
     # -- lifecycle
     def open(self) -> None:
+        if self._runner is not None:
+            return  # already open: reconciling now would kill live VMs
         self.pool.open()
         try:
             helper = _native.helper_path(self.data_dir)
