@@ -4,50 +4,23 @@ every response is checked against the contract."""
 
 from __future__ import annotations
 
-import os
 import sys
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # contract_check
 
-from contract_check import check
 from fake_engine import FakeDisk, FakeEngine
+from harness import Server, client_for
+from pg import PG_URL, fresh_pg_database
 
 from arker.server.app import build_app
 from arker.server.auth import create_key
 from arker.server.config import Settings
-
-PG_URL = os.environ.get("ARKER_TEST_POSTGRES_URL")
-
-
-@asynccontextmanager
-async def fresh_pg_database(base_url: str) -> AsyncIterator[str]:
-    """A new empty PostgreSQL database for one test, dropped after."""
-    import asyncpg
-
-    name = "arker_t_" + uuid.uuid4().hex[:12]
-    dsn = base_url.replace("postgresql+asyncpg://", "postgresql://")
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    try:
-        yield base_url.rsplit("/", 1)[0] + "/" + name
-    finally:
-        conn = await asyncpg.connect(dsn)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -59,39 +32,6 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         pytest.skip("ARKER_TEST_POSTGRES_URL is not set")
     async with fresh_pg_database(PG_URL) as url:
         yield url
-
-
-async def _check_hook(response: httpx.Response) -> None:
-    await response.aread()
-    check(response)
-
-
-@dataclass
-class Server:
-    """One running app: its engine, service and an authenticated client per org."""
-
-    app: Any
-    engine: FakeEngine
-    settings: Settings
-    client: httpx.AsyncClient  # org "acme"
-    other: httpx.AsyncClient  # org "globex"
-    anon: httpx.AsyncClient  # no key
-    keys: dict[str, str]
-
-    @property
-    def service(self) -> Any:
-        return self.app.state.service
-
-
-def client_for(app: Any, key: str | None, prefix: str = "") -> httpx.AsyncClient:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app),
-        base_url="http://arker.test" + prefix,
-        headers=headers,
-        event_hooks={"response": [_check_hook]},
-        timeout=30,
-    )
 
 
 StartServer = Callable[..., AbstractAsyncContextManager[Server]]

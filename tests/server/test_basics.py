@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import Server
+from harness import Server
 
 
 async def test_health_needs_no_key(server: Server) -> None:

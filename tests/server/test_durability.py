@@ -8,8 +8,8 @@ import asyncio
 import base64
 from typing import Any
 
-from conftest import Server
 from fake_engine import FakeDisk
+from harness import Server
 
 LOG = "/home/user/log"
 

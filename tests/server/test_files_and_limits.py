@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from conftest import Server
+from harness import Server
 
 F = "/home/user/notes.txt"
 

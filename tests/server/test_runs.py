@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 
-from conftest import Server
+from harness import Server
 
 
 def b64(data: bytes) -> str:

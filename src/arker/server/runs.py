@@ -348,8 +348,9 @@ class Runs:
             # Put the files back as they were before the first interrupted run, so
             # the half-done attempt leaves no trace.
             await self.threads.call(self.engine.restore, vm_id, checkpoint)
-        except ArkerError as exc:
-            await self._fail(ids, f"could not restore checkpoint {checkpoint}: {exc.message}")
+        except Exception as exc:  # one broken VM must not stop the server starting
+            log.exception("could not restore vm %s to %s", vm_id, checkpoint)
+            await self._fail(ids, f"could not restore checkpoint {checkpoint}: {exc}")
             return
         for r in runs:
             now = time.time()
@@ -360,6 +361,9 @@ class Runs:
                 live.stdout, live.stderr = b"", b""
                 await s.commit()
             log.info("restarting run %s of durable vm %s from %s", r.id, vm_id, checkpoint)
+            # The engine keeps the lost attempt's spool under the same run id.
+            with contextlib.suppress(ArkerError):
+                await self.threads.call(self.engine.forget_run, vm_id, r.id)
             try:
                 await self._launch(live, forget_on_failure=False)
             except Exception:

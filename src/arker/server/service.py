@@ -51,8 +51,13 @@ class Service:
     # -- lifecycle
     async def start(self) -> None:
         await self.threads.call(self.engine.open)
-        await self._mark_lost()
-        await self.runs.recover()
+        try:
+            await self._mark_lost()
+            await self.runs.recover()
+        except BaseException:
+            # A failed start must not leave the engine's mounts and processes.
+            await self.threads.call(self.engine.close)
+            raise
 
     async def stop(self) -> None:
         await self.runs.stop()
@@ -171,7 +176,9 @@ class Service:
         vm_id = str(ULID())
         if self.settings.burst_suffix:
             vm_id = f"{vm_id}_{self.settings.burst_suffix}"
-        await self.threads.call(self.engine.fork, source, vm_id, hostname=_hostname(req.name, vm_id))
+        await self.threads.call(
+            self.engine.fork, source, vm_id, hostname=_hostname(req.name, vm_id)
+        )
         row = Vm(
             id=vm_id,
             org=org,

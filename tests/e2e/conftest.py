@@ -1,0 +1,80 @@
+"""End-to-end fixtures: a real `arker serve` on the real namespace engine, with
+the busybox golden built first, keys made by `arker keys create`, on SQLite and
+(with ARKER_TEST_POSTGRES_URL) PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "server"))  # pg
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # contract_check
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # live
+
+from live import Live, make_live, stop_live
+from pg import PG_URL, create_database_sync, drop_database_sync
+
+from arker import Arker, AsyncArker
+
+HERE = Path(__file__).resolve().parent
+
+
+def _why_not_usable() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root"
+    if shutil.which("mkfs.btrfs") is None:
+        return "needs btrfs-progs"
+    if not Path("/bin/busybox").exists():
+        return "needs busybox-static"
+    return None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    reason = _why_not_usable()
+    for item in items:
+        if HERE in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.root)
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def db_choice(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """None for SQLite in the data dir, else a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield None
+        return
+    if not PG_URL:
+        pytest.skip("ARKER_TEST_POSTGRES_URL is not set")
+    url, name = create_database_sync(PG_URL)
+    try:
+        yield url
+    finally:
+        drop_database_sync(PG_URL, name)
+
+
+@pytest.fixture(scope="session")
+def live(db_choice: str | None) -> Iterator[Live]:
+    """One server per database for the whole session (starting one builds a golden)."""
+    server = make_live(db_choice)
+    try:
+        yield server
+    finally:
+        stop_live(server)
+
+
+@pytest.fixture
+def arker(live: Live) -> Iterator[Arker]:
+    with live.client() as client:
+        yield client
+
+
+@pytest.fixture
+async def aarker(live: Live) -> AsyncIterator[AsyncArker]:
+    async with live.aclient() as client:
+        yield client
