@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -112,9 +113,10 @@ def test_fork_bomb_is_contained(engine: NamespaceEngine, make_vm: Callable[..., 
     other = make_vm()
     info = run(engine, bomb_vm, "bomb() { bomb | bomb & }; bomb; sleep 3", timeout_s=3)
     assert info.phase in (RunPhase.TIMED_OUT, RunPhase.COMPLETED)
-    pids = engine.cgroups.limit_roots["pids"] / bomb_vm / "pids.current"
-    if pids.exists():
-        assert int(pids.read_text()) <= 64
+    pids_dir = engine.cgroups.limit_roots["pids"] / bomb_vm
+    assert int((pids_dir / "pids.current").read_text()) <= 64
+    events = dict(line.split() for line in (pids_dir / "pids.events").read_text().splitlines())
+    assert int(events["max"]) > 0  # the bomb did reach the limit: it was contained, not idle
     ok = run(engine, other, "for i in 1 2 3 4 5; do sh -c 'echo $$' > /dev/null; done; echo ok")
     assert ok.stdout == b"ok\n" and ok.duration_ms < 5000
     engine.stop(bomb_vm)  # cgroup.kill ends even a bomb that is still forking
@@ -145,3 +147,72 @@ def test_server_environment_does_not_leak(
     info = run(engine, vm_id, "cat /proc/1/environ; env; ls -l /proc/1/fd", user="root")
     assert b"s3cret" not in info.stdout
     assert b"Permission denied" in info.stderr  # PID 1 is not dumpable: no /proc/1/fd
+
+
+_PROBE = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static void report(const char *name, long rc)
+{
+    printf("%s=%s\n", name, rc < 0 ? strerrorname_np(errno) : "ok");
+}
+
+static long try_clone(unsigned long flags)
+{
+    long rc = syscall(SYS_clone, flags | SIGCHLD, 0, 0, 0, 0);
+    if (rc == 0)
+        _exit(0);
+    if (rc > 0)
+        waitpid((pid_t)rc, NULL, 0);
+    return rc;
+}
+
+int main(void)
+{
+    report("clone_newuser", try_clone(CLONE_NEWUSER));
+    report("clone_newns", try_clone(CLONE_NEWNS));
+    report("clone_plain", try_clone(0));
+    report("clone3", syscall(SYS_clone3, NULL, 0));
+    report("ptrace", syscall(SYS_ptrace, 16, 1, 0, 0));
+    report("bpf", syscall(SYS_bpf, 0, NULL, 0));
+    report("keyctl", syscall(SYS_keyctl, 0, 0, 0, 0, 0));
+    report("open_tree", syscall(SYS_open_tree, -100, "/", 0));
+    report("x32_getpid", syscall(0x40000000 | SYS_getpid));
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A static binary that tries syscalls the seccomp filter must refuse."""
+    d = tmp_path_factory.mktemp("probe")
+    (d / "probe.c").write_text(_PROBE)
+    subprocess.run(["cc", "-static", "-O2", "-o", d / "probe", d / "probe.c"], check=True)
+    return (d / "probe").read_bytes()
+
+
+def test_seccomp_refuses_dangerous_syscalls(engine: NamespaceEngine, vm: str, probe: bytes) -> None:  # noqa: F811
+    engine.write_file(vm, "/home/user/probe", probe)
+    for user in ("root", "user"):
+        info = run(engine, vm, "chmod +x ./probe 2>/dev/null; ./probe", user=user)
+        got = dict(line.split("=") for line in info.stdout.decode().split())
+        assert got == {
+            "clone_newuser": "EPERM",
+            "clone_newns": "EPERM",
+            "clone_plain": "ok",  # ordinary fork still works
+            "clone3": "ENOSYS",  # libc falls back to clone, which is checked
+            "ptrace": "EPERM",
+            "bpf": "EPERM",
+            "keyctl": "EPERM",
+            "open_tree": "EPERM",
+            "x32_getpid": "EPERM",
+        }, (user, info.stderr)
