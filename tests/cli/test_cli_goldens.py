@@ -78,3 +78,7 @@ def test_errors_are_one_line(data_dir: Path, tmp_path: Path) -> None:
         "goldens", "import", "x", str(tmp_path / "none.tar"), "--data-dir", str(data_dir)
     )
     assert missing.returncode == 2  # a usage error, from the argument's check
+    nowhere = arker("goldens", "ls", "--data-dir", str(tmp_path / "nowhere"))
+    assert nowhere.returncode == 1
+    assert nowhere.stderr.startswith(b"error: not_found: no data directory at ")
+    assert not (tmp_path / "nowhere").exists()

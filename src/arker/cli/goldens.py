@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from arker.cli._output import cli_errors, err_console, out_console, print_json, step_progress
+from arker.cli._output import (
+    cli_errors,
+    err_console,
+    fail,
+    out_console,
+    print_json,
+    step_progress,
+)
 
 if TYPE_CHECKING:
     from arker.engine.base import Engine, GoldenInfo
@@ -114,6 +121,9 @@ def ls(
     ] = False,
 ) -> None:
     """List the goldens on this host."""
+    if not data_dir.is_dir():
+        # Opening an engine makes its pool: listing should not create one.
+        fail("not_found", f"no data directory at {data_dir} (pass --data-dir?)")
     with engine_at(data_dir) as engine:
         goldens = sorted(engine.goldens(), key=lambda g: g.name)
     if as_json:
