@@ -191,7 +191,9 @@ def run(
     write_stderr(result.stderr)
     _notes(result)
     if result.type == "completed":
-        raise typer.Exit(result.exit_code)
+        # A status the shell cannot hold (it keeps the low 8 bits) must not
+        # turn a failure into 0.
+        raise typer.Exit(result.exit_code if 0 <= result.exit_code <= 255 else 1)
     if result.type == "timed_out":
         err_console.print(f"arker: timed out after {result.timeout_s:g} s (run {result.run_id})")
         raise typer.Exit(EXIT_TIMED_OUT)
