@@ -221,6 +221,20 @@ async def test_read_and_write_files(arker: AsyncArker, server: FakeServer) -> No
     assert info.size == 6 and info.path == "/home/user/a.txt"
 
 
+async def test_a_large_file_goes_in_pieces_with_its_length_and_again_on_retry(
+    arker: AsyncArker, server: FakeServer
+) -> None:
+    data = bytes(range(256)) * (3 * 4096 + 1)  # a little over 3 MiB
+    server.reply(error(503, "unavailable"), ok(written("/home/user/big", len(data))))
+    await arker.vm(VM_ID).sync.write_file("/home/user/big", data)
+    first, retry = server.requests
+    for request in (first, retry):
+        assert request.content == data
+        assert request.headers["Content-Length"] == str(len(data))
+        assert "Transfer-Encoding" not in request.headers
+    assert first.headers["Upload-Id"] == retry.headers["Upload-Id"]
+
+
 @pytest.mark.parametrize("path", ["rel.txt", "/etc/passwd", "/home/user/../root", "/home/user"])
 async def test_bad_paths_fail_before_any_request(
     arker: AsyncArker, server: FakeServer, path: str

@@ -17,14 +17,14 @@ Only I/O lives here; requests are built, and answers decoded, in `_base` and `_w
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Literal
 
 import time
 import httpx
 
-from arker.client._base import ArkerBase, ComputerBase, Request, RetryArg
+from arker.client._base import UPLOAD_PIECE_BYTES, ArkerBase, ComputerBase, Request, RetryArg
 from arker.client._models import FileWritten, Golden, RunResult, RunStatus, Vm, VmPage
 from arker.client._retry import RetryPolicy
 from arker.client._wire import (
@@ -42,6 +42,19 @@ from arker.errors import ArkerError, ErrorCode
 __all__ = ["Arker", "Computer", "FileSync"]
 
 DEFAULT_RETRY = RetryPolicy()
+
+
+def _body(content: bytes | None) -> bytes | Iterator[bytes] | None:
+    """A large body goes as pieces (see UPLOAD_PIECE_BYTES); made afresh for
+    every attempt, as a retry must send it all again."""
+    if content is None or len(content) <= UPLOAD_PIECE_BYTES:
+        return content
+    return _pieces(content)
+
+
+def _pieces(content: bytes) -> Iterator[bytes]:
+    for start in range(0, len(content), UPLOAD_PIECE_BYTES):
+        yield content[start : start + UPLOAD_PIECE_BYTES]
 
 
 class Arker(ArkerBase):
@@ -80,7 +93,7 @@ class Arker(ArkerBase):
                     params=request.params,
                     headers=request.headers,
                     json=request.json,
-                    content=request.content,
+                    content=_body(request.content),
                     timeout=request.timeout_s,
                 )
             except httpx.RequestError as exc:
