@@ -168,8 +168,8 @@ def _evil_cases(host: Path) -> dict[str, list[tuple[tarfile.TarInfo, bytes]]]:
             _entry("a", tarfile.SYMTYPE, linkname=str(host)),
             _entry("h", tarfile.LNKTYPE, linkname="a/marker"),
         ],
-        "char-device": [_entry("dev/null", tarfile.CHRTYPE, devmajor=1, devminor=3)],
-        "block-device": [_entry("dev/sda", tarfile.BLKTYPE, devmajor=8, devminor=0)],
+        "char-device": [_entry("etc/null", tarfile.CHRTYPE, devmajor=1, devminor=3)],
+        "block-device": [_entry("home/sda", tarfile.BLKTYPE, devmajor=8, devminor=0)],
         "fifo": [_entry("pipe", tarfile.FIFOTYPE)],
     }
 
@@ -190,6 +190,30 @@ def test_evil_tarball_is_refused(pool: Pool, tmp_path: Path, case: str) -> None:
     assert os.listdir(host) == ["marker"]
     assert not pool.has_golden("evil")
     assert os.listdir(pool.root / "goldens") == []  # the staging subvolume is gone
+
+
+def test_import_skips_device_nodes_under_dev(pool: Pool, tmp_path: Path) -> None:
+    entries = [
+        _entry("dev", tarfile.DIRTYPE),
+        _entry("dev/null", tarfile.CHRTYPE, devmajor=1, devminor=3),
+        _entry("dev/sda", tarfile.BLKTYPE, devmajor=8, devminor=0),
+        _entry("dev/initctl", tarfile.FIFOTYPE),
+        _entry("etc/hostname", data=b"vm\n"),
+    ]
+    notes: list[str] = []
+    info = import_tarball(
+        pool,
+        "devnodes",
+        _tar(tmp_path / "dev.tar", entries),
+        progress=lambda done, total, msg: notes.append(msg),
+    )
+    root = pool.golden_path(info.name)
+    try:
+        assert (root / "etc/hostname").read_bytes() == b"vm\n"
+        assert os.listdir(root / "dev") == []  # none of the nodes was made
+        assert "skipped 3 dev/ nodes" in notes[-1]
+    finally:
+        pool.delete_golden("devnodes")
 
 
 def test_import_rejects_what_is_not_a_tarball(pool: Pool, tmp_path: Path) -> None:

@@ -9,9 +9,12 @@ they resolve inside the VM later) and never followed here.
 The whole import fails (ArkerError invalid_request naming the member) on:
 an absolute name, a `..` component, a parent that is a symlink or not a
 directory, a hard link to a name outside the archive or not yet extracted, a
-device node (character or block), a FIFO, or any other special type. Nothing
-is skipped silently. Modes (setuid included) and numeric ownership are kept;
-extended attributes are not.
+device node (character or block) or FIFO outside `dev/`, or any other special
+type. Device nodes and FIFOs under `dev/` (as mmdebstrap and docker export
+write them) are not created either, but skipped: a VM gets a fresh /dev of its
+own at start, so they would be dead weight; the count is reported as progress.
+Modes (setuid included) and numeric ownership are kept; extended attributes
+are not.
 """
 
 from __future__ import annotations
@@ -140,6 +143,7 @@ class _Extractor:
         self.total = total
         self.progress = progress
         self.dir_times: list[tuple[list[str], float]] = []
+        self.skipped_dev_nodes = 0
 
     def run(self) -> None:
         last = 0.0
@@ -169,10 +173,15 @@ class _Extractor:
         finally:
             os.close(root_fd)
         if self.progress is not None:
-            self.progress(self.total, self.total, "extracted")
+            skipped = self.skipped_dev_nodes
+            note = f" (skipped {skipped} dev/ nodes)" if skipped else ""
+            self.progress(self.total, self.total, f"extracted{note}")
 
     def _member(self, root_fd: int, m: tarfile.TarInfo) -> None:
         parts = _parts(m.name)
+        if (m.ischr() or m.isblk() or m.isfifo()) and parts[:1] == ["dev"]:
+            self.skipped_dev_nodes += 1
+            return
         if m.ischr() or m.isblk():
             raise _Refused("device nodes are not allowed")
         if m.isfifo():
