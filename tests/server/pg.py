@@ -35,37 +35,29 @@ async def fresh_pg_database(base_url: str) -> AsyncIterator[str]:
             await conn.close()
 
 
+def _admin_sync(base_url: str, sql: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(base_url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
 def create_database_sync(base_url: str) -> tuple[str, str]:
     """For sync fixtures: (url, name) of a new database; drop it with
     `drop_database_sync`. (An async context manager cannot span two
     asyncio.run calls: the first loop's shutdown finalises it.)"""
-    import asyncio
-
-    import asyncpg
-
     name = "arker_e_" + uuid.uuid4().hex[:12]
-
-    async def create() -> None:
-        conn = await asyncpg.connect(base_url.replace("postgresql+asyncpg://", "postgresql://"))
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
+    _admin_sync(base_url, f'CREATE DATABASE "{name}"')
     return base_url.rsplit("/", 1)[0] + "/" + name, name
 
 
 def drop_database_sync(base_url: str, name: str) -> None:
-    import asyncio
-
-    import asyncpg
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(base_url.replace("postgresql+asyncpg://", "postgresql://"))
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
+    _admin_sync(base_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -30,6 +30,7 @@ __all__ = ["Service"]
 log = logging.getLogger("arker.server")
 
 GOLDENS_TTL_S = 5.0
+MAX_OFFSET = 2**62
 
 
 def _hostname(name: str | None, vm_id: str) -> str:
@@ -128,6 +129,7 @@ class Service:
             raise ArkerError(ErrorCode.INVALID_REQUEST, f"limit must be 1..1000, not {limit}")
         if offset < 0:
             raise ArkerError(ErrorCode.INVALID_REQUEST, f"offset must be >= 0, not {offset}")
+        offset = min(offset, MAX_OFFSET)  # past any real total; keeps SQL integers in range
         live = (Vm.org == org) & Vm.deleted_at.is_(None)
         async with self.db.session() as s:
             total = await s.scalar(select(func.count()).select_from(Vm).where(live)) or 0
