@@ -103,8 +103,14 @@ def test_output_cap_truncates(engine: NamespaceEngine, vm: str) -> None:  # noqa
 def test_background_process_outlives_its_run(engine: NamespaceEngine, vm: str) -> None:  # noqa: F811
     first = run(engine, vm, "sleep 400 > /dev/null 2>&1 &")
     assert first.exit_code == 0 and first.duration_ms < 2000
-    second = run(engine, vm, "ps -o args | grep 'sleep 400' | grep -v grep")
+    # The run ends as soon as its shell does: the background child may not
+    # have exec'd `sleep` yet, so look again for a moment.
+    deadline = time.monotonic() + 5
+    while (second := run(engine, vm, "ps -o args | grep '^sleep 400'")).stdout == b"":
+        assert time.monotonic() < deadline, "the background process did not survive"
+        time.sleep(0.05)
     assert second.stdout.strip() == b"sleep 400"
+    assert run(engine, vm, "ps -o args | grep '^sleep 400'").stdout.strip() == b"sleep 400"
 
 
 def test_runs_share_files_and_loopback(engine: NamespaceEngine, vm: str) -> None:  # noqa: F811
