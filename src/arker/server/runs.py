@@ -60,7 +60,7 @@ class Runs:
         self.engine = engine
         self.threads = threads
         self.metrics = metrics
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks: dict[str, asyncio.Task[Run | None]] = {}
         self._vm_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._stopping = False
 
@@ -116,11 +116,12 @@ class Runs:
             if prior is None:
                 raise
             return await self._replay(prior, digest)  # a concurrent twin won the race
-        task = await self._launch(row, forget_on_failure=True)
+        # A background run answers once the engine has started it; a foreground
+        # one starts and waits in one worker-thread hop (its hot path).
+        await self._launch(row, forget_on_failure=True, wait_started=background)
         self.metrics.runs_started.inc()
         if background:
             return wire.started(row.id), 202
-        await asyncio.shield(task)
         return await self._answer(row.id)
 
     async def _insert(self, row: Run) -> None:
@@ -145,10 +146,12 @@ class Runs:
         """The foreground result, waiting for the run if it is still going."""
         while True:
             task = self._tasks.get(run_id)
-            if task is not None:
-                await asyncio.shield(task)
-            async with self.db.session() as s:
-                row = await s.get(Run, run_id)
+            # The task is shielded: a client hanging up must not stop the run
+            # being waited for and recorded.
+            row = await asyncio.shield(task) if task is not None else None
+            if row is None:
+                async with self.db.session() as s:
+                    row = await s.get(Run, run_id)
             assert row is not None
             if row.state not in IN_FLIGHT:
                 break
@@ -185,7 +188,11 @@ class Runs:
             if old != keep:
                 self.engine.delete_checkpoint(vm_id, old)
 
-    async def _launch(self, row: Run, forget_on_failure: bool) -> asyncio.Task[None]:
+    async def _launch(self, row: Run, forget_on_failure: bool, wait_started: bool) -> None:
+        """Hand the run to a task that starts it, waits for it and records the
+        end. The task, not the request, owns the run: a client hanging up
+        cannot leave it started but unwatched. With `wait_started`, return once
+        the engine has started it (raising its error if it could not)."""
         spec = json.loads(row.spec)
         run_spec = RunSpec(
             command=spec["command"],
@@ -196,41 +203,74 @@ class Runs:
             timeout_s=spec["timeout_s"],
             output_cap_bytes=self.settings.output_cap_bytes,
         )
-        try:
-            await self.threads.call(self.engine.start_run, row.vm_id, row.id, run_spec)
-        except BaseException as exc:
-            if forget_on_failure:
-                # It never ran: unrecord it so a retry starts afresh.
-                async with self.db.session() as s:
-                    await s.execute(delete(Run).where(Run.id == row.id))
-                    await s.commit()
-            else:
-                await self._fail([row.id], f"the engine could not start it again: {exc}")
-            raise
-        task = asyncio.create_task(self._drive(row.id, row.vm_id))
+        loop = asyncio.get_running_loop()
+        started: asyncio.Future[None] | None = loop.create_future() if wait_started else None
+        task = loop.create_task(self._drive(row, run_spec, forget_on_failure, started))
         self._tasks[row.id] = task
         run_id = row.id
         task.add_done_callback(lambda _task: self._tasks.pop(run_id, None))
-        return task
+        if started is not None:
+            await asyncio.shield(started)
+
+    async def _not_started(self, row: Run, forget: bool, exc: BaseException) -> None:
+        if forget:
+            # It never ran: unrecord it so a retry starts afresh.
+            async with self.db.session() as s:
+                await s.execute(delete(Run).where(Run.id == row.id))
+                await s.commit()
+        else:
+            await self._fail([row.id], f"the engine could not start it again: {exc}")
+
+    def _start_and_wait(self, vm_id: str, run_id: str, spec: RunSpec) -> RunInfo | None:
+        self.engine.start_run(vm_id, run_id, spec)
+        try:
+            return self.engine.wait_run(vm_id, run_id, WAIT_CHUNK_S)
+        except ArkerError:
+            return None  # it did start: the waiting loop meets this error again
 
     # -- finishing
-    async def _drive(self, run_id: str, vm_id: str) -> None:
+    async def _drive(
+        self, row: Run, spec: RunSpec, forget: bool, started: asyncio.Future[None] | None
+    ) -> Run | None:
+        """Start the run, wait for it and record its end; return the finished
+        row, or None when it is left for recovery (shutdown) or recorded by a
+        cancel first."""
+        run_id, vm_id = row.id, row.vm_id
+        info: RunInfo | None = None
         try:
-            while True:
+            if started is None:  # a foreground run: start and wait in one thread hop
+                info = await self.threads.wait(self._start_and_wait, vm_id, run_id, spec)
+            else:
+                await self.threads.call(self.engine.start_run, vm_id, run_id, spec)
+                started.set_result(None)
+        except Exception as exc:
+            await self._not_started(row, forget, exc)
+            if started is None:
+                raise
+            started.set_exception(exc)
+            return None
+        try:
+            while info is None or not info.done:
                 info = await self.threads.wait(self.engine.wait_run, vm_id, run_id, WAIT_CHUNK_S)
-                if info.done:
-                    break
         except ArkerError as exc:
             if not self._stopping:
                 await self._fail([run_id], f"the engine lost the run: {exc.message}")
-            return
+            return None
         if self._stopping:
-            return  # killed by the shutdown: recovery decides, not this task
-        await self._finish(run_id, info)
+            return None  # killed by the shutdown: recovery decides, not this task
+        finished = await self._finish(row, info)
+        # Dropping the spool is not on the caller's path.
+        asyncio.get_running_loop().create_task(self._forget(vm_id, run_id))
+        return finished
+
+    async def _forget(self, vm_id: str, run_id: str) -> None:
         with contextlib.suppress(ArkerError):
             await self.threads.call(self.engine.forget_run, vm_id, run_id)
 
-    async def _finish(self, run_id: str, info: RunInfo) -> None:
+    async def _finish(self, row: Run, info: RunInfo) -> Run | None:
+        """Record the end once (a cancel may race the waiter); return the row as
+        recorded, or None when the other side recorded it first."""
+        run_id = row.id
         state = info.phase.value
         values: dict[str, Any] = {
             "state": state,
@@ -250,8 +290,12 @@ class Runs:
                 update(Run).where(Run.id == run_id, Run.state.in_(IN_FLIGHT)).values(**values)
             )
             await s.commit()
-        if res.rowcount:  # type: ignore[attr-defined]
-            self.metrics.runs_finished.inc(state=state)
+        if not res.rowcount:  # type: ignore[attr-defined]
+            return None
+        self.metrics.runs_finished.inc(state=state)
+        for name, value in values.items():
+            setattr(row, name, value)
+        return row
 
     async def _fail(self, run_ids: list[str], reason: str) -> None:
         async with self.db.session() as s:
@@ -298,7 +342,7 @@ class Runs:
             except ArkerError:
                 info = None
             if info is not None and info.done:
-                await self._finish(run_id, info)
+                await self._finish(row, info)
             async with self.db.session() as s:
                 await s.execute(
                     update(Run)
@@ -365,7 +409,7 @@ class Runs:
             with contextlib.suppress(ArkerError):
                 await self.threads.call(self.engine.forget_run, vm_id, r.id)
             try:
-                await self._launch(live, forget_on_failure=False)
+                await self._launch(live, forget_on_failure=False, wait_started=True)
             except Exception:
                 log.exception("could not restart run %s", r.id)
 
