@@ -42,6 +42,7 @@ from arkerbench.server import LocalServer, local_server
 
 MB = 1000 * 1000
 MIB = 1024 * 1024
+SETTLE_S = 2.0  # after writing the big VM, for the pool flusher's next pass
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "out"
 
 
@@ -76,15 +77,14 @@ def measure(server: LocalServer, plan: Plan) -> Results:
             _say("floors: subprocess and HTTP")
             true_floor = floors.subprocess_floor(plan.floors)
             http_floor = floors.http_floor(http, server.base_url, plan.floors)
-            _say("fork: golden")
-            fork_golden = scenarios.fork_series(fleet, snap, None, plan.forks)
-            _say("fork: an empty running VM")
+            _say(f"fork: the golden, an empty VM and one holding {plan.big_bytes / MB:,.0f} MB")
             empty = fleet.fork()
             empty.run("true")
-            fork_empty = scenarios.fork_series(fleet, snap, empty, plan.forks)
-            _say(f"fork: a VM holding {plan.big_bytes / MB:,.0f} MB")
             big = scenarios.vm_with_data(fleet, plan.big_bytes)
-            fork_big = scenarios.fork_series(fleet, snap, big, plan.forks)
+            time.sleep(SETTLE_S)
+            fork_golden, fork_empty, fork_big = scenarios.fork_series(
+                fleet, snap, [None, empty, big], plan.forks
+            )
             fleet.delete()
         _say("run round trip, file transfer")
         vm = fleet.fork()

@@ -107,11 +107,11 @@ def mem_available_bytes() -> int:
 class IdleMemory:
     vms: int
     cgroup_bytes_per_vm: float  # sum of the VMs' memory cgroup usage / vms
-    host_bytes_per_vm: float  # drop of MemAvailable / vms
+    host_bytes_per_vm: float  # drop of MemAvailable / vms (other work on the host adds noise)
 
     @property
     def per_vm_bytes(self) -> float:
-        """The larger (more honest) of the two readings."""
+        """The larger (the more conservative) of the two readings."""
         return max(self.cgroup_bytes_per_vm, self.host_bytes_per_vm)
 
 
@@ -128,7 +128,7 @@ async def _idle_memory(base_url: str, api_key: str, data_dir: Path, n: int) -> I
             in_cgroups = sum(cgroups.memory_bytes(vm_id) for vm_id in made)
         finally:
             await _delete_all(arker, made)
-    return IdleMemory(n, in_cgroups / n, max(0, before - after) / n)
+    return IdleMemory(n, in_cgroups / n, (before - after) / n)
 
 
 def idle_memory(base_url: str, api_key: str, data_dir: Path, n: int) -> IdleMemory:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from arker import Arker, Computer
 from arkerbench.floors import SnapshotFloor
@@ -60,29 +62,33 @@ class ForkSeries:
     ioctl: Series  # the bare snapshot ioctl of the same source, interleaved
 
 
-def fork_series(fleet: Fleet, floor: SnapshotFloor, source: Computer | None, n: int) -> ForkSeries:
-    """Fork `source` (None: the golden) n times, alternating each API fork
-    with a bare snapshot of the same subvolume so both see the same
-    background (pool flusher, btrfs cleaner), in alternating order."""
-    path = floor.golden(GOLDEN) if source is None else floor.vm(source.vm_id)
-    api: list[float] = []
-    raw: list[float] = []
+def fork_series(
+    fleet: Fleet, floor: SnapshotFloor, sources: list[Computer | None], n: int
+) -> list[ForkSeries]:
+    """Fork each source (None: the golden) n times. Every API fork is paired
+    with a bare snapshot of the same subvolume, and the sources take turns,
+    in an order that flips each round, so that all series see the same
+    background (pool flusher, btrfs cleaner, other work on the machine)."""
+    api: list[list[float]] = [[] for _ in sources]
+    raw: list[list[float]] = [[] for _ in sources]
     children: list[Computer] = []
+    takes: list[Callable[[], None]] = []
+    for i, source in enumerate(sources):
+        path = floor.golden(GOLDEN) if source is None else floor.vm(source.vm_id)
+        handle = GOLDEN if source is None else source
 
-    def fork() -> None:
-        children.append(fleet.fork(GOLDEN if source is None else source))
+        def take_api(i: int = i, handle: str | Computer = handle) -> None:
+            api[i].append(time_ms(lambda: children.append(fleet.fork(handle))))
 
-    def take_api() -> None:
-        api.append(time_ms(fork))
+        def take_raw(i: int = i, path: Path = path) -> None:
+            raw[i].append(floor.snapshot_ms(path))
 
-    def take_raw() -> None:
-        raw.append(floor.snapshot_ms(path))
-
-    for i in range(n):
-        for take in (take_api, take_raw) if i % 2 else (take_raw, take_api):
+        takes += [take_api, take_raw]
+    for round_ in range(n):
+        for take in takes if round_ % 2 else reversed(takes):
             take()
     fleet.delete(children)
-    return ForkSeries(Series(api), Series(raw))
+    return [ForkSeries(Series(a), Series(r)) for a, r in zip(api, raw, strict=True)]
 
 
 def vm_with_data(fleet: Fleet, size_bytes: int) -> Computer:
