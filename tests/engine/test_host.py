@@ -85,6 +85,11 @@ def test_checkpoint_and_restore(engine: NamespaceEngine, vm: str) -> None:  # no
     assert run(engine, vm, "cat f; ps -o args | grep 'sleep 300' | grep -v grep").stdout == b"v1\n"
     engine.delete_checkpoint(vm, "cp1")
     assert engine.checkpoints(vm) == []
+    run(engine, vm, "true")
+    with pytest.raises(ArkerError) as err:
+        engine.restore(vm, "cp1")
+    assert err.value.code == "not_found"
+    assert engine.power(vm) is VmPower.RUNNING  # a failed restore stops nothing
 
 
 def test_delete_leaves_nothing(engine: NamespaceEngine, make_vm: Callable[..., str]) -> None:  # noqa: F811

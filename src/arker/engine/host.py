@@ -256,6 +256,8 @@ class NamespaceEngine(Engine):
 
     def restore(self, vm_id: str, checkpoint_id: str) -> None:
         self._require(vm_id)
+        if checkpoint_id not in self.pool.checkpoints(vm_id):  # before stopping anything
+            raise ArkerError(ErrorCode.NOT_FOUND, f"no checkpoint {checkpoint_id!r} of {vm_id!r}")
         with self._lock(vm_id):
             self._kill(vm_id, "the vm was restored to a checkpoint")
             self._save(vm_id, {**self._load(vm_id), "init": None})
