@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -213,3 +214,27 @@ def test_bench_quick_prints_its_figures() -> None:
         "idle memory per vm (MemAvailable delta) KiB:",
     ):
         assert figure in done.stdout, (figure, done.stdout)
+
+
+def test_close_releases_waiting_threads(tmp_path: Path) -> None:
+    eng = NamespaceEngine(tmp_path / "data", image_size_bytes=2 << 30)
+    eng.open()
+    try:
+        eng.build_golden("busybox")
+        eng.fork("busybox", "waited", hostname="waited")
+        eng.start_run("waited", "long", RunSpec(command="sleep 300"))
+        with ThreadPoolExecutor(1) as pool:
+            waiter = pool.submit(eng.wait_run, "waited", "long", None)
+            time.sleep(0.2)
+            assert not waiter.done()
+            init = eng._init("waited")
+            eng.close()
+            info = waiter.result(timeout=10)
+        assert info.phase is RunPhase.FAILED and info.failure_reason == "the vm was stopped"
+        assert init is not None and not init.alive()
+        assert Cgroups(tmp_path / "data").vm_ids() == []
+    finally:
+        eng.open()  # idempotent if close failed half-way; then remove what was made
+        for vm_id in eng.vm_ids():
+            eng.delete(vm_id)
+        eng.close()
