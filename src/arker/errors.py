@@ -12,13 +12,14 @@ server and the SDK both read it, so the two cannot disagree.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from typing import Any
 
 __all__ = ["ArkerError", "ErrorCode", "STATUS_BY_CODE"]
 
 
-class ErrorCode(str, enum.Enum):
+class ErrorCode(enum.StrEnum):
     UNAUTHORIZED = "unauthorized"
     NOT_FOUND = "not_found"
     INVALID_REQUEST = "invalid_request"
@@ -34,9 +35,6 @@ class ErrorCode(str, enum.Enum):
     CONNECTION_ERROR = "connection_error"
     TIMEOUT = "timeout"
     INVALID_RESPONSE = "invalid_response"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 # The default HTTP status of each server-side code (invalid_request is also sent
@@ -67,10 +65,8 @@ class ArkerError(Exception):
         details: dict[str, Any] | None = None,
     ) -> None:
         if isinstance(code, str) and not isinstance(code, ErrorCode):
-            try:
+            with contextlib.suppress(ValueError):  # a newer server's code stays a plain str
                 code = ErrorCode(code)
-            except ValueError:
-                pass  # a code from a newer server stays a plain string
         if status is None:
             status = STATUS_BY_CODE.get(code, 500) if isinstance(code, ErrorCode) else 500
         super().__init__(f"{code}: {message}")
@@ -80,7 +76,8 @@ class ArkerError(Exception):
         self.details = details
 
     def __repr__(self) -> str:
-        return f"ArkerError(code={str(self.code)!r}, message={self.message!r}, status={self.status})"
+        code = str(self.code)
+        return f"ArkerError(code={code!r}, message={self.message!r}, status={self.status})"
 
     def to_wire(self) -> dict[str, Any]:
         body: dict[str, Any] = {"code": str(self.code), "message": self.message}

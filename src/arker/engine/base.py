@@ -60,7 +60,7 @@ class RunSpec:
     output_cap_bytes: int = DEFAULT_OUTPUT_CAP_BYTES
 
 
-class RunPhase(str, enum.Enum):
+class RunPhase(enum.StrEnum):
     RUNNING = "running"
     COMPLETED = "completed"
     TIMED_OUT = "timed_out"
@@ -100,7 +100,7 @@ class FileInfo:
     sha256: str
 
 
-class VmPower(str, enum.Enum):
+class VmPower(enum.StrEnum):
     RUNNING = "running"
     STOPPED = "stopped"
 
@@ -130,7 +130,9 @@ class Engine(abc.ABC):
         """Build a known golden (`busybox`, `debian`) if it is not there yet."""
 
     @abc.abstractmethod
-    def import_golden(self, name: str, tarball: str, progress: Progress | None = None) -> GoldenInfo:
+    def import_golden(
+        self, name: str, tarball: str, progress: Progress | None = None
+    ) -> GoldenInfo:
         """Import a rootfs tarball (.tar, .tar.gz, .tar.zst) under `name`."""
 
     # -- VMs
