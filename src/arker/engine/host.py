@@ -247,7 +247,9 @@ class NamespaceEngine(Engine):
 
     def write_file(self, vm_id: str, path: str, data: bytes) -> FileInfo:
         self._require(vm_id)
-        return files.write_file(self.pool.vm_path(vm_id), path, data)
+        # The bytes are already in memory, bounded by the caller (the server's
+        # --max-file-bytes); a second, different cap here would only disagree with it.
+        return files.write_file(self.pool.vm_path(vm_id), path, data, max_bytes=len(data))
 
     # -- checkpoints
     def checkpoint(self, vm_id: str, checkpoint_id: str) -> None:
