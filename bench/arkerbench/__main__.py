@@ -26,6 +26,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -115,6 +116,19 @@ def measure(server: LocalServer, plan: Plan) -> Results:
     )
 
 
+def _commit() -> str | None:
+    """The checkout's commit, so a result can be traced to the code it measured."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return done.stdout.decode().strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     doc = __doc__ or ""
     ap = argparse.ArgumentParser(
@@ -151,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     goals = judge(results.figures(), plan.burst, cpus)
     meta = {
         "mode": "quick" if args.quick else "full",
+        "commit": _commit(),
         "started_at": started.isoformat(timespec="seconds"),
         "machine": {
             "cpus": cpus,
