@@ -78,3 +78,18 @@ def arker(live: Live) -> Iterator[Arker]:
 async def aarker(live: Live) -> AsyncIterator[AsyncArker]:
     async with live.aclient() as client:
         yield client
+
+
+@pytest.fixture(autouse=True)
+def no_server_errors(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test during which the shared server logged an error (a 500 is a
+    bug, even when the test did not look at that response)."""
+    if "live" not in request.fixturenames:
+        yield
+        return
+    live_server: Live = request.getfixturevalue("live")
+    before = len(live_server.server.log())
+    yield
+    new = live_server.server.log()[before:]
+    errors = [line for line in new.splitlines() if '"level": "error"' in line]
+    assert not errors, "\n".join(errors)[-4000:]

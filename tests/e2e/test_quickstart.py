@@ -167,3 +167,21 @@ def test_list_and_limits(arker: Arker, live: Live) -> None:
         assert r.status_code == 400
         assert "x-request-id" in r.headers
         assert "arker_forks_total" in httpx.get(f"{live.url}/metrics").text
+
+
+async def test_async_background_cancel_and_idempotency(aarker: AsyncArker) -> None:
+    import anyio
+
+    async with await aarker.vm("busybox").fork(durable=True) as vm:
+        started = await vm.run("echo a; sleep 30", background=True, idempotency_key="a-bg")
+        again = await vm.run("echo a; sleep 30", background=True, idempotency_key="a-bg")
+        assert started.type == again.type == "started" and started.run_id == again.run_id
+        with anyio.fail_after(10):
+            while (await vm.run_status(started.run_id)).stdout != b"a\n":
+                await anyio.sleep(0.05)
+        cancelled = await vm.cancel_run(started.run_id)
+        assert cancelled.state == "cancelled"
+        r = await vm.run("echo durable", timeout_s=10)
+        assert r.type == "completed" and r.stdout == b"durable\n"
+        status = await vm.run_status(r.run_id)
+        assert status.state == "completed" and status.retry_count == 0

@@ -65,7 +65,7 @@ def test_schemathesis_finds_nothing(live: Live, arker: Arker, tmp_path: Path) ->
                             "[[operations]]",
                             f"include-name = {_toml(op)}",
                             f"parameters = {{ vm_id = {_toml(vm.vm_id)}, "
-                        f"run_id = {_toml(run.run_id)} }}",
+                            f"run_id = {_toml(run.run_id)} }}",
                         )
                     ),
                 ]

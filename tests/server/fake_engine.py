@@ -8,6 +8,7 @@ Commands are a tiny script language, steps separated by "; ":
   sleep S            wait S seconds (cancel and timeout cut it short)
   append PATH TEXT   append TEXT and a newline to a file of the VM
   cat PATH           the file's bytes on stdout
+  refuse             (alone) start_run raises invalid_request
 Anything else prints the command back. The "disk" (goldens, VMs, files,
 checkpoints) lives in a FakeDisk that a second engine may share, to play a
 server restart; opening an engine kills every run left on it, as a real
@@ -154,8 +155,8 @@ class FakeEngine(Engine):
     def start_run(self, vm_id: str, run_id: str, spec: RunSpec) -> None:
         self.calls.append(f"start {vm_id} {run_id}")
         vm = self._vm(vm_id)
-        if not spec.cwd.startswith("/"):
-            raise ArkerError(ErrorCode.INVALID_REQUEST, "cwd must be absolute")
+        if spec.command == "refuse":
+            raise ArkerError(ErrorCode.INVALID_REQUEST, "the engine refused to start it")
         run = FakeRun(spec=spec, started_at=time.time())
         vm.runs[run_id] = run
         vm.power = VmPower.RUNNING

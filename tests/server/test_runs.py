@@ -171,3 +171,28 @@ async def test_concurrent_forks_with_one_key_make_one_vm(server: Server) -> None
     assert {r.status_code for r in results} == {201}
     assert len({r.json()["vm_id"] for r in results}) == 1
     assert len(server.engine.vm_ids()) == 1
+
+
+async def test_a_run_the_engine_refuses_is_not_recorded(server: Server) -> None:
+    vm = await _vm(server)
+    headers = {"Idempotency-Key": "k-refused"}
+    for background in (False, True, False):
+        r = await server.client.post(
+            f"/v1/vms/{vm}/runs",
+            json={"command": "refuse", "background": background},
+            headers=headers if not background else {},
+        )
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request"
+    # the retry under the same key tried again rather than replaying a failure
+    assert sum(c.startswith("start ") for c in server.engine.calls) == 3
+
+
+async def test_delete_vm_with_a_run_in_flight(server: Server) -> None:
+    vm = await _vm(server)
+    r = await server.client.post(
+        f"/v1/vms/{vm}/runs", json={"command": "sleep 30", "background": True}
+    )
+    run_id = r.json()["run_id"]
+    assert (await server.client.delete(f"/v1/vms/{vm}")).status_code == 204
+    assert (await server.client.get(f"/v1/vms/{vm}/runs/{run_id}")).status_code == 404
+    assert vm not in server.engine.vm_ids()

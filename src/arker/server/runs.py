@@ -11,10 +11,7 @@ starts its runs again (retry_count + 1). Other interrupted runs become `failed`.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
-import hashlib
 import json
 import logging
 import time
@@ -28,27 +25,20 @@ from ulid import ULID
 from arker import _types as t
 from arker.engine.base import Engine, RunInfo, RunPhase, RunSpec
 from arker.errors import ArkerError, ErrorCode
-from arker.server import wire
+from arker.server import runspec, wire
 from arker.server.config import Settings
 from arker.server.metrics import Metrics
 from arker.server.store import Database, Run, Vm
 from arker.server.threads import Threads
 
-__all__ = ["Runs", "request_hash"]
+__all__ = ["Runs"]
 
 log = logging.getLogger("arker.server")
 
 IN_FLIGHT = ("queued", "running")
 WAIT_CHUNK_S = 30.0
-MAX_STDIN_BYTES = 8 * 1024 * 1024
 
 Answer = tuple[t.CompletedRun | t.TimedOutRun | t.CancelledRun | t.StartedRun, int]
-
-
-def request_hash(payload: dict[str, Any]) -> str:
-    """A canonical hash of a request, to tell a retry from a different request."""
-    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 class Runs:
@@ -67,22 +57,15 @@ class Runs:
     # -- starting
     async def run(self, vm: Vm, req: t.RunRequest, idem_key: str | None) -> Answer:
         background = bool(req.background)
-        spec = {
-            "command": req.command,
-            "env": req.env or {},
-            "cwd": req.cwd or "/home/user",
-            "stdin": req.stdin or "",
-            "user": req.user or "user",
-            "timeout_s": req.timeout_s,
-        }
-        digest = request_hash({"vm": vm.id, "background": background, **spec})
+        spec = runspec.stored(req)
+        digest = runspec.request_hash({"vm": vm.id, "background": background, **spec})
         if idem_key is not None:
             prior = await self._by_key(vm.org, idem_key)
             if prior is not None:
                 return await self._replay(prior, digest)
         if vm.lost:
             raise ArkerError(ErrorCode.VM_LOST, f"cannot run in vm {vm.id!r} in state lost")
-        _decode_stdin(req.stdin)  # reject bad input before anything is recorded
+        runspec.decode_stdin(req.stdin)  # reject bad input before anything is recorded
         now = time.time()
         row = Run(
             id=str(ULID()),
@@ -184,25 +167,20 @@ class Runs:
         # No run of this VM is in flight, so no older checkpoint is needed: a
         # durable VM holds one between runs and two at most, never a pile.
         self.engine.checkpoint(vm_id, keep)
-        for old in self.engine.checkpoints(vm_id):
-            if old != keep:
-                self.engine.delete_checkpoint(vm_id, old)
+        try:
+            for old in self.engine.checkpoints(vm_id):
+                if old != keep:
+                    self.engine.delete_checkpoint(vm_id, old)
+        except Exception:
+            # The run is safe with its checkpoint taken; a leftover is pruned next time.
+            log.warning("could not prune checkpoints of vm %s", vm_id, exc_info=True)
 
     async def _launch(self, row: Run, forget_on_failure: bool, wait_started: bool) -> None:
         """Hand the run to a task that starts it, waits for it and records the
         end. The task, not the request, owns the run: a client hanging up
         cannot leave it started but unwatched. With `wait_started`, return once
         the engine has started it (raising its error if it could not)."""
-        spec = json.loads(row.spec)
-        run_spec = RunSpec(
-            command=spec["command"],
-            env=spec["env"],
-            cwd=spec["cwd"],
-            stdin=_decode_stdin(spec["stdin"]),
-            user=spec["user"],
-            timeout_s=spec["timeout_s"],
-            output_cap_bytes=self.settings.output_cap_bytes,
-        )
+        run_spec = runspec.for_engine(row.spec, self.settings.output_cap_bytes)
         loop = asyncio.get_running_loop()
         started: asyncio.Future[None] | None = loop.create_future() if wait_started else None
         task = loop.create_task(self._drive(row, run_spec, forget_on_failure, started))
@@ -419,15 +397,3 @@ class Runs:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _decode_stdin(stdin: str | None) -> bytes:
-    if not stdin:
-        return b""
-    try:
-        data = base64.b64decode(stdin, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ArkerError(ErrorCode.INVALID_REQUEST, "stdin must be base64") from exc
-    if len(data) > MAX_STDIN_BYTES:
-        raise ArkerError(ErrorCode.PAYLOAD_TOO_LARGE, "stdin is over 8 MiB")
-    return data

@@ -21,7 +21,8 @@ from arker.errors import ArkerError, ErrorCode
 from arker.server import wire
 from arker.server.config import Settings
 from arker.server.metrics import Metrics
-from arker.server.runs import Runs, request_hash
+from arker.server.runs import Runs
+from arker.server.runspec import request_hash
 from arker.server.store import Database, Upload, Vm
 from arker.server.threads import Threads
 

@@ -1,0 +1,61 @@
+"""A run request three ways: as the client sent it, as stored with the run
+(JSON, so a restart can run it again), and as the engine takes it."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from typing import Any
+
+from arker import _types as t
+from arker.engine.base import RunSpec
+from arker.errors import ArkerError, ErrorCode
+
+__all__ = ["decode_stdin", "for_engine", "request_hash", "stored"]
+
+MAX_STDIN_BYTES = 8 * 1024 * 1024
+
+
+def request_hash(payload: dict[str, Any]) -> str:
+    """A canonical hash of a request, to tell a retry from a different request."""
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def stored(req: t.RunRequest) -> dict[str, Any]:
+    """The request with defaults filled in, so `{}` and explicit defaults hash alike."""
+    return {
+        "command": req.command,
+        "env": req.env or {},
+        "cwd": req.cwd or "/home/user",
+        "stdin": req.stdin or "",
+        "user": req.user or "user",
+        "timeout_s": req.timeout_s,
+    }
+
+
+def for_engine(spec_json: str, output_cap_bytes: int) -> RunSpec:
+    spec = json.loads(spec_json)
+    return RunSpec(
+        command=spec["command"],
+        env=spec["env"],
+        cwd=spec["cwd"],
+        stdin=decode_stdin(spec["stdin"]),
+        user=spec["user"],
+        timeout_s=spec["timeout_s"],
+        output_cap_bytes=output_cap_bytes,
+    )
+
+
+def decode_stdin(stdin: str | None) -> bytes:
+    if not stdin:
+        return b""
+    try:
+        data = base64.b64decode(stdin, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ArkerError(ErrorCode.INVALID_REQUEST, "stdin must be base64") from exc
+    if len(data) > MAX_STDIN_BYTES:
+        raise ArkerError(ErrorCode.PAYLOAD_TOO_LARGE, "stdin is over 8 MiB")
+    return data
