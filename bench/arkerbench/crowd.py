@@ -15,12 +15,11 @@ import httpx
 
 from arker import AsyncArker
 from arker.engine._cgroups import Cgroups
+from arkerbench.scenarios import GOLDEN
 from arkerbench.stats import Series
 
 __all__ = ["Burst", "IdleMemory", "burst", "idle_memory", "mem_available_bytes"]
 
-GOLDEN = "busybox"
-MIB = 1024 * 1024
 SETTLE_S = 2.0  # let page reclaim and the pool flusher settle before reading memory
 
 

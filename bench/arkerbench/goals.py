@@ -13,8 +13,6 @@ from typing import Any
 
 __all__ = ["Goal", "judge"]
 
-MIB = 1024 * 1024
-
 
 @dataclass(frozen=True)
 class Goal:

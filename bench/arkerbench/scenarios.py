@@ -46,10 +46,6 @@ class Fleet:
         self.live[vm.vm_id] = vm
         return vm
 
-    def adopt(self, vm_id: str) -> None:
-        """Track a VM made elsewhere (by the async client)."""
-        self.live.setdefault(vm_id, self.arker.vm(vm_id))
-
     def delete(self, vms: list[Computer] | None = None) -> None:
         for vm in list(self.live.values()) if vms is None else vms:
             self.live.pop(vm.vm_id, None)
