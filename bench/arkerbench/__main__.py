@@ -158,11 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     args.out.mkdir(parents=True, exist_ok=True)
     started = dt.datetime.now(dt.UTC)
+    load_at_start = list(os.getloadavg())
     _say(f"starting arker serve ({'quick' if args.quick else 'full'} run)")
     with local_server(args.out / "server.log", args.data_dir) as server:
         results = measure(server, plan)
     cpus = os.cpu_count() or 1
     goals = judge(results.figures(), plan.burst, cpus)
+    load_at_end = list(os.getloadavg())
     meta = {
         "mode": "quick" if args.quick else "full",
         "commit": _commit(),
@@ -172,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             "kernel": platform.release(),
             "python": platform.python_version(),
             # Other work on the machine skews every figure: keep it on record.
-            "load_average_at_end": list(os.getloadavg()),
+            "load_average_at_start": load_at_start,
+            "load_average_at_end": load_at_end,
         },
         "plan": asdict(plan),
     }
@@ -180,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     title = f"Arker, {meta['mode']} run, {started:%Y-%m-%d %H:%M} UTC, {cpus} cores"
     write_png(args.out / "bench.png", results, goals, title)
     print(table(results, goals))
-    print(f"\nwrote {args.out / 'bench.json'} and {args.out / 'bench.png'}")
+    print(f"\nload average {load_at_start[0]:.2f} at start, {load_at_end[0]:.2f} at end (1 min)")
+    print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.png'}")
     return 0
 
 
