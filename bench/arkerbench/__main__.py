@@ -99,7 +99,7 @@ def measure(server: LocalServer, plan: Plan) -> Results:
         _say(f"idle memory of {plan.idle_vms} running VMs")
         memory = crowd.idle_memory(server.base_url, server.api_key, server.data_dir, plan.idle_vms)
     finally:
-        fleet.delete()
+        fleet.delete_all_quietly()
         http.close()
     return Results(
         fork_golden=fork_golden,

@@ -60,13 +60,17 @@ async def _start_many(arker: AsyncArker, n: int, at_once: int, made: list[str]) 
 
 
 async def _delete_all(arker: AsyncArker, vm_ids: list[str], at_once: int = 16) -> None:
+    """Delete every VM, trying all of them even when some fail."""
     gate = asyncio.Semaphore(at_once)
 
     async def one(vm_id: str) -> None:
         async with gate:
             await arker.vm(vm_id).delete()
 
-    await asyncio.gather(*(one(v) for v in vm_ids))
+    results = await asyncio.gather(*(one(v) for v in vm_ids), return_exceptions=True)
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        raise RuntimeError(f"could not delete {len(failed)} of {len(vm_ids)} VMs: {failed[0]!r}")
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,13 @@ does not land in the next sample."""
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from arker import Arker, Computer
+from arker import Arker, ArkerError, Computer
 from arkerbench.floors import SnapshotFloor
 from arkerbench.stats import Series, time_ms
 
@@ -50,6 +51,16 @@ class Fleet:
         for vm in list(self.live.values()) if vms is None else vms:
             self.live.pop(vm.vm_id, None)
             vm.delete()
+
+    def delete_all_quietly(self) -> None:
+        """Delete what is left after a failure, reporting (not raising) what
+        could not be deleted, so the first error is the one people see."""
+        for vm in list(self.live.values()):
+            self.live.pop(vm.vm_id, None)
+            try:
+                vm.delete()
+            except ArkerError as exc:
+                print(f"could not delete {vm.vm_id}: {exc}", file=sys.stderr)
 
 
 @dataclass(frozen=True)
