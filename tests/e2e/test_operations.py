@@ -46,8 +46,13 @@ def test_keys_ls_and_revoke(live: Live) -> None:
 def test_request_log_and_metrics(live: Live) -> None:
     r = httpx.get(f"{live.url}/healthz")
     rid = r.headers["x-request-id"]
-    lines = [json.loads(line) for line in live.server.log().splitlines() if line.startswith("{")]
-    mine = [line for line in lines if line.get("request_id") == rid]
+    deadline = time.monotonic() + 5  # the line is written just after the answer is sent
+    while True:
+        lines = [json.loads(ln) for ln in live.server.log().splitlines() if ln.startswith("{")]
+        mine = [line for line in lines if line.get("request_id") == rid]
+        if mine or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert len(mine) == 1
     assert mine[0]["route"] == "/healthz" and mine[0]["status"] == 200
     metrics = httpx.get(f"{live.url}/metrics").text
