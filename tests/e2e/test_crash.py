@@ -5,6 +5,7 @@ Checkpoints do not pile up on the real engine either."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -85,3 +86,50 @@ def test_durable_checkpoints_stay_few(db_choice: str | None) -> None:
             assert vm.sync.read_file("/home/user/n").count(b"\n") == 40
     finally:
         stop_live(live)
+
+
+def test_sigkill_during_a_foreground_durable_run_sdk_retry_gets_the_result(
+    db_choice: str | None,
+) -> None:
+    """The SDK retries the same request under its one Idempotency-Key; after the
+    restart that retry waits for the re-run and gets its result."""
+    live = make_live(db_choice)
+    patient = {"attempts": 40, "base_delay_s": 0.1, "max_delay_s": 0.5}
+    try:
+        with Arker(api_key=live.keys["acme"], base_url=live.url, retry=patient) as arker:
+            vm = arker.vm("busybox").fork(durable=True)
+            outcome: dict[str, object] = {}
+
+            def call() -> None:
+                try:
+                    outcome["result"] = vm.run(DURABLE_JOB.replace("sleep 3", "sleep 2"))
+                except Exception as exc:  # reported below
+                    outcome["error"] = exc
+
+            worker = threading.Thread(target=call)
+            worker.start()
+            deadline = time.monotonic() + 10
+            while b"try" not in _read_or_empty(vm, "/home/user/attempts"):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            live.server.kill()
+            live.server.start()
+            worker.join(60)
+            assert "error" not in outcome, outcome
+            result = outcome["result"]
+            assert result.type == "completed", result  # type: ignore[attr-defined]
+            status = vm.run_status(result.run_id)  # type: ignore[attr-defined]
+            assert status.retry_count == 1
+            assert vm.sync.read_file("/home/user/attempts") == b"try\n"
+            assert vm.sync.read_file("/home/user/log") == b"done\n"
+            vm.delete()
+    finally:
+        stop_live(live)
+
+
+def _read_or_empty(vm: object, path: str) -> bytes:
+    try:
+        data: bytes = vm.sync.read_file(path)  # type: ignore[attr-defined]
+        return data
+    except Exception:
+        return b""
