@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from live import ARKER, Live, create_key, make_live, stop_live
 
 from arker import Arker, ArkerError
@@ -78,7 +79,17 @@ def _processes_using(data_dir: Path) -> list[str]:
 
 
 def test_sigterm_leaves_no_processes_or_mounts(db_choice: str | None) -> None:
-    live = make_live(db_choice, "--api-prefix", "/api", "--burst-suffix", "uswe", "--region", "x")
+    live = make_live(
+        db_choice,
+        "--api-prefix",
+        "/api",
+        "--burst-suffix",
+        "uswe",
+        "--region",
+        "x",
+        "--max-file-bytes",
+        "1024",
+    )
     data_dir = live.server.data_dir
     try:
         with Arker(api_key=live.keys["acme"], base_url=live.url + "/api") as arker:
@@ -87,6 +98,10 @@ def test_sigterm_leaves_no_processes_or_mounts(db_choice: str | None) -> None:
             vm.run("sleep 300 &")  # a background process that outlives its run
             vm.run("sleep 300", background=True)
             assert _processes_using(data_dir)  # the VM's init and the run's helper
+            vm.sync.write_file("/home/user/small", b"x" * 1024)
+            with pytest.raises(ArkerError) as err:
+                vm.sync.write_file("/home/user/big", b"x" * 1025)
+            assert err.value.code == "payload_too_large" and err.value.status == 413
         rc = live.server.stop()
         assert rc in (0, -15)
         assert "Application shutdown complete" in live.server.log()

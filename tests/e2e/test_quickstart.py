@@ -97,6 +97,14 @@ def test_idempotency(arker: Arker) -> None:
         with pytest.raises(ArkerError) as err:
             vm.run("echo other", idempotency_key="e2e-run-1")
         assert err.value.code == "conflict" and err.value.status == 409
+        path = "/home/user/up.txt"
+        first = vm.sync.write_file(path, b"one", upload_id="e2e-up-1")
+        vm.sync.write_file(path, b"two")
+        assert vm.sync.write_file(path, b"one", upload_id="e2e-up-1") == first
+        assert vm.sync.read_file(path) == b"two"  # the retry did not write again
+        with pytest.raises(ArkerError) as err:
+            vm.sync.write_file(path, b"three", upload_id="e2e-up-1")
+        assert err.value.code == "conflict"
         f1 = arker.vm("busybox").fork(name="idem", idempotency_key="e2e-fork-1")
         f2 = arker.vm("busybox").fork(name="idem", idempotency_key="e2e-fork-1")
         try:
