@@ -32,6 +32,7 @@ log = logging.getLogger("arker.server")
 
 GOLDENS_TTL_S = 5.0
 MAX_OFFSET = 2**62
+VM_CACHE_S = 2.0
 
 
 def _hostname(name: str | None, vm_id: str) -> str:
@@ -53,6 +54,9 @@ class Service:
         self.threads = Threads(settings.engine_threads)
         self.runs = Runs(settings, db, engine, self.threads, metrics)
         self._goldens: tuple[float, dict[str, GoldenInfo]] = (0.0, {})
+        # VM rows change only when deleted (here) or marked lost (at start), so
+        # every VM call may skip its lookup for a moment; see `_vm`.
+        self._vms: dict[str, tuple[Vm, float]] = {}
 
     # -- lifecycle
     async def start(self) -> None:
@@ -81,6 +85,7 @@ class Service:
                     log.warning("vm %s is missing from the engine: marking it lost", row.id)
                     row.lost = True
             await s.commit()
+        self._vms.clear()
 
     # -- goldens
     async def goldens(self, refresh: bool = False) -> dict[str, GoldenInfo]:
@@ -99,9 +104,21 @@ class Service:
 
     # -- VMs
     async def _vm(self, org: str, vm_id: str) -> Vm:
-        """The caller's live VM, or not_found: another org's VM is not there."""
-        async with self.db.session() as s:
-            row = await s.get(Vm, vm_id)
+        """The caller's live VM, or not_found: another org's VM is not there.
+        Rows are cached for VM_CACHE_S: a delete by this server drops its entry
+        at once (another replica's delete shows within that time, and the
+        engine refuses the VM meanwhile)."""
+        now = time.monotonic()
+        hit = self._vms.get(vm_id)
+        if hit is not None and hit[1] > now:
+            row: Vm | None = hit[0]
+        else:
+            async with self.db.session() as s:
+                row = await s.get(Vm, vm_id)
+            if row is not None and row.deleted_at is None:
+                if len(self._vms) > 10_000:
+                    self._vms.clear()  # a crude bound: a miss costs one query
+                self._vms[vm_id] = (row, now + VM_CACHE_S)
         if row is None or row.org != org or row.deleted_at is not None:
             raise ArkerError(ErrorCode.NOT_FOUND, f"vm {vm_id!r} not found")
         return row
@@ -227,12 +244,14 @@ class Service:
 
     async def delete_vm(self, org: str, vm_id: str) -> None:
         row = await self._vm(org, vm_id)
+        self._vms.pop(vm_id, None)
         await self.threads.call(self.engine.delete, vm_id)
         async with self.db.session() as s:
             live = await s.get(Vm, row.id)
             if live is not None:
                 live.deleted_at = time.time()
             await s.commit()
+        self._vms.pop(vm_id, None)  # a lookup may have cached it while we deleted
         await self.runs.finish_vm_runs(vm_id, "the vm was deleted")
 
     # -- runs
