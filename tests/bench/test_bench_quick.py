@@ -8,6 +8,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,10 @@ def test_quick_bench_reports_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "out"
     data = tmp_path / "data"
     data.mkdir()
+    env = {**os.environ, "PYTHON": sys.executable}  # the interpreter running the tests
     done = subprocess.run(
         [str(ROOT / "scripts" / "bench"), "--quick", "--out", str(out), "--data-dir", str(data)],
+        env=env,
         capture_output=True,
         stdin=subprocess.DEVNULL,
         timeout=600,
