@@ -291,6 +291,38 @@ class CancelledRun(BaseModel):
     duration_ms: Annotated[int, Field(ge=0)]
 
 
+class FailedRun(BaseModel):
+    """
+    The run could not finish: the server lost it (a restart cut off a run of a non-durable VM, or its VM was stopped or deleted under it). Output is what it printed until then.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    type: Literal["failed"]
+    run_id: str
+    stdout: Annotated[
+        str,
+        Field(
+            description="base64 of the bytes written to standard output (up to the cap).",
+            json_schema_extra={"contentEncoding": "base64"},
+        ),
+    ]
+    stderr: Annotated[
+        str,
+        Field(
+            description="base64 of the bytes written to standard error (up to the cap).",
+            json_schema_extra={"contentEncoding": "base64"},
+        ),
+    ]
+    stdout_truncated: bool
+    stderr_truncated: bool
+    duration_ms: Annotated[int, Field(ge=0)]
+    failure_reason: Annotated[
+        str, Field(description="Why the run failed, for a person.")
+    ]
+
+
 class StartedRun(BaseModel):
     """
     A background run was accepted; poll it with GET /v1/vms/{vm_id}/runs/{run_id}.
@@ -303,9 +335,11 @@ class StartedRun(BaseModel):
     run_id: str
 
 
-class RunResult(RootModel[CompletedRun | TimedOutRun | CancelledRun | StartedRun]):
+class RunResult(
+    RootModel[CompletedRun | TimedOutRun | CancelledRun | FailedRun | StartedRun]
+):
     root: Annotated[
-        CompletedRun | TimedOutRun | CancelledRun | StartedRun,
+        CompletedRun | TimedOutRun | CancelledRun | FailedRun | StartedRun,
         Field(discriminator="type"),
     ]
 

@@ -169,6 +169,7 @@ def test_run_sends_every_option_and_decodes_bytes(
     [
         (ok(output("timed_out", b"partial", timeout_s=1.5)), "timed_out"),
         (ok(output("cancelled", stderr=b"bye")), "cancelled"),
+        (ok(output("failed", b"half", failure_reason="server restarted")), "failed"),
         (ok({"type": "started", "run_id": "run9"}, 202), "started"),
     ],
 )
@@ -182,6 +183,8 @@ def test_run_result_variants(
         assert result.stdout == b"partial" and result.timeout_s == 1.5
     elif result.type == "cancelled":
         assert result.stderr == b"bye"
+    elif result.type == "failed":
+        assert result.stdout == b"half" and result.failure_reason == "server restarted"
     else:
         assert isinstance(result, StartedRun) and result.run_id == "run9"
 

@@ -81,6 +81,33 @@ async def test_foreground_retry_after_crash_gets_the_result(start_server: Any) -
         assert disk.vms[vm].files[LOG] == b"x\n"
 
 
+async def test_foreground_retry_of_a_lost_run_answers_failed(start_server: Any) -> None:
+    """A non-durable foreground run cut off by a crash is a result (`failed`,
+    with its reason), not a server error: the client's retry learns what happened."""
+    disk = FakeDisk()
+    headers = {"Idempotency-Key": "fg-lost"}
+    body = {"command": "append /home/user/log x; sleep 30"}
+    async with start_server(disk=disk, crash=True) as s:
+        keys = s.keys
+        vm = (await s.client.post("/v1/vms/busybox/fork")).json()["vm_id"]
+        request = asyncio.create_task(
+            s.client.post(f"/v1/vms/{vm}/runs", json=body, headers=headers)
+        )
+
+        async def half_done() -> bool:
+            return LOG in disk.vms[vm].files
+
+        await _until(half_done)
+        request.cancel()
+    async with start_server(disk=disk, keys=keys) as s:
+        r = await s.client.post(f"/v1/vms/{vm}/runs", json=body, headers=headers)
+        assert r.status_code == 200
+        result = r.json()
+        assert result["type"] == "failed" and "not durable" in result["failure_reason"]
+        status = await _status(s, vm, result["run_id"])
+        assert status["state"] == "failed" and status["retry_count"] == 0
+
+
 async def test_non_durable_run_fails_and_vm_keeps_working(start_server: Any) -> None:
     disk = FakeDisk()
     async with start_server(disk=disk, crash=True) as s:

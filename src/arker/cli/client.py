@@ -197,6 +197,9 @@ def run(
     if result.type == "timed_out":
         err_console.print(f"arker: timed out after {result.timeout_s:g} s (run {result.run_id})")
         raise typer.Exit(EXIT_TIMED_OUT)
+    if result.type == "failed":
+        err_console.print(f"arker: run {result.run_id} failed: {result.failure_reason}")
+        raise typer.Exit(1)
     err_console.print(f"arker: run {result.run_id} was cancelled")
     raise typer.Exit(EXIT_CANCELLED)
 

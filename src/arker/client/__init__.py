@@ -6,6 +6,7 @@ from arker.client._async import AsyncArker, AsyncComputer, AsyncFileSync
 from arker.client._models import (
     CancelledRun,
     CompletedRun,
+    FailedRun,
     FileWritten,
     Golden,
     RunResult,
@@ -27,6 +28,7 @@ __all__ = [
     "AsyncFileSync",
     "BURST_GOLDENS",
     "CancelledRun",
+    "FailedRun",
     "CompletedRun",
     "Computer",
     "FileSync",

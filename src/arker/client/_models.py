@@ -5,7 +5,7 @@ built from the generated `arker._types` models after validation (see
 `_base.decode_*`), so their fields follow the contract. `Vm`, `Golden` and
 `FileWritten` carry no bytes and are the generated models themselves.
 
-    RunResult = CompletedRun | TimedOutRun | CancelledRun | StartedRun
+    RunResult = CompletedRun | TimedOutRun | CancelledRun | FailedRun | StartedRun
     (narrow with `if result.type == "completed": ...`)
 """
 
@@ -19,6 +19,7 @@ from arker._types import FileWritten, Golden, Vm
 
 __all__ = [
     "CancelledRun",
+    "FailedRun",
     "CompletedRun",
     "FileWritten",
     "Golden",
@@ -83,6 +84,15 @@ class CancelledRun(_Output):
 
 
 @dataclass(frozen=True, kw_only=True)
+class FailedRun(_Output):
+    """The server lost the run (a restart cut off a run of a non-durable VM, or
+    its VM was stopped under it); `failure_reason` says which."""
+
+    failure_reason: str
+    type: Literal["failed"] = "failed"
+
+
+@dataclass(frozen=True, kw_only=True)
 class StartedRun:
     """A background run was accepted; poll it with `Computer.run_status(run_id)`."""
 
@@ -90,7 +100,7 @@ class StartedRun:
     type: Literal["started"] = "started"
 
 
-RunResult = CompletedRun | TimedOutRun | CancelledRun | StartedRun
+RunResult = CompletedRun | TimedOutRun | CancelledRun | FailedRun | StartedRun
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -26,6 +26,7 @@ from arker import _types as wire
 from arker.client._models import (
     CancelledRun,
     CompletedRun,
+    FailedRun,
     FileWritten,
     Golden,
     RunResult,
@@ -72,12 +73,14 @@ _RUN_MODELS: dict[str, type[BaseModel]] = {
     "completed": wire.CompletedRun,
     "timed_out": wire.TimedOutRun,
     "cancelled": wire.CancelledRun,
+    "failed": wire.FailedRun,
     "started": wire.StartedRun,
 }
 _RUN_RESULTS: dict[str, Callable[..., RunResult]] = {
     "completed": CompletedRun,
     "timed_out": TimedOutRun,
     "cancelled": CancelledRun,
+    "failed": FailedRun,
     "started": StartedRun,
 }
 

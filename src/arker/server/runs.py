@@ -38,7 +38,7 @@ log = logging.getLogger("arker.server")
 IN_FLIGHT = ("queued", "running")
 WAIT_CHUNK_S = 30.0
 
-Answer = tuple[t.CompletedRun | t.TimedOutRun | t.CancelledRun | t.StartedRun, int]
+Answer = tuple[t.CompletedRun | t.TimedOutRun | t.CancelledRun | t.FailedRun | t.StartedRun, int]
 
 
 class Runs:
@@ -139,12 +139,6 @@ class Runs:
             if row.state not in IN_FLIGHT:
                 break
             await asyncio.sleep(0.1)  # being recovered, or driven by another replica
-        if row.state == "failed":
-            raise ArkerError(
-                ErrorCode.INTERNAL,
-                f"run {row.id!r} failed: {row.failure_reason}",
-                details={"run_id": row.id, "state": "failed"},
-            )
         return wire.run_result(row), 200
 
     async def _checkpoint_for(self, vm_id: str) -> str:

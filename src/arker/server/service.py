@@ -257,7 +257,7 @@ class Service:
     # -- runs
     async def run(
         self, org: str, vm_id: str, req: t.RunRequest, idem_key: str | None
-    ) -> tuple[t.CompletedRun | t.TimedOutRun | t.CancelledRun | t.StartedRun, int]:
+    ) -> tuple[t.CompletedRun | t.TimedOutRun | t.CancelledRun | t.FailedRun | t.StartedRun, int]:
         vm_row = await self._vm(org, vm_id)
         return await self.runs.run(vm_row, req, idem_key)
 

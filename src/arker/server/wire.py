@@ -48,8 +48,8 @@ def started(run_id: str) -> t.StartedRun:
     return t.StartedRun(type="started", run_id=run_id)
 
 
-def run_result(row: Run) -> t.CompletedRun | t.TimedOutRun | t.CancelledRun:
-    """The foreground answer for a run in a terminal state other than failed."""
+def run_result(row: Run) -> t.CompletedRun | t.TimedOutRun | t.CancelledRun | t.FailedRun:
+    """The foreground answer for a run in a terminal state."""
     common = {
         "run_id": row.id,
         "stdout": _b64(row.stdout),
@@ -67,6 +67,9 @@ def run_result(row: Run) -> t.CompletedRun | t.TimedOutRun | t.CancelledRun:
         )
     if row.state == "timed_out":
         return t.TimedOutRun(type="timed_out", timeout_s=row.timeout_s or 0.0, **common)
+    if row.state == "failed":
+        reason = row.failure_reason or "the run was lost"
+        return t.FailedRun(type="failed", failure_reason=reason, **common)
     return t.CancelledRun(type="cancelled", **common)
 
 
