@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from contract_check import check
 
 from arker import Arker, AsyncArker
 
@@ -168,10 +169,24 @@ class Live:
         return self.server.url
 
     def client(self, org: str = "acme") -> Arker:
-        return Arker(api_key=self.keys[org], base_url=self.url)
+        """An SDK client whose every response is checked against the contract."""
+        http = httpx.Client(event_hooks={"response": [_check_sync]})
+        return Arker(api_key=self.keys[org], base_url=self.url, http_client=http)
 
     def aclient(self, org: str = "acme") -> AsyncArker:
-        return AsyncArker(api_key=self.keys[org], base_url=self.url)
+        """An async SDK client whose every response is checked against the contract."""
+        http = httpx.AsyncClient(event_hooks={"response": [_check_async]})
+        return AsyncArker(api_key=self.keys[org], base_url=self.url, http_client=http)
+
+
+def _check_sync(response: httpx.Response) -> None:
+    response.read()
+    check(response)
+
+
+async def _check_async(response: httpx.Response) -> None:
+    await response.aread()
+    check(response)
 
 
 def make_live(database_url: str | None, *extra_args: str) -> Live:
