@@ -1,4 +1,6 @@
-"""Engine figures (not a test): run round trip, VM start, idle memory per VM.
+"""Engine figures (not a test): run round trip, VM start, idle memory per VM,
+then the fork series of bench_fork.py (10 MB and 1 GB VMs against the raw
+snapshot ioctl), so that one command prints every figure of the engine.
 
     .venv/bin/python bench/bench_engine.py [--quick] [--data-dir DIR]
 
@@ -17,6 +19,8 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+
+import bench_fork  # beside this file: the script's directory is on sys.path
 
 from arker.engine.base import RunSpec
 from arker.engine.host import NamespaceEngine
@@ -113,6 +117,7 @@ def main() -> None:
         engine.close()
         if not args.data_dir:
             shutil.rmtree(data, ignore_errors=True)
+    bench_fork.main(["--quick"] if args.quick else [])
 
 
 if __name__ == "__main__":
