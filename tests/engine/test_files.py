@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from arker.engine.files import read_file, write_file
+from arker.engine.files import FileWriter, read_file, write_file
 from arker.engine.pool import Pool
 from arker.errors import ArkerError
 
@@ -139,6 +139,35 @@ def test_write_errors(vm: Path, tmp_path: Path) -> None:
     write_file(vm, "/home/user/link", b"replaced the link")  # the link, not its target
     assert marker.read_text() == "HOST"
     assert not _in_vm(vm, "/home/user/link").is_symlink()
+
+
+def test_writer_in_pieces_is_write_file_in_one(vm: Path) -> None:
+    pieces = [os.urandom(3 * MiB), b"", b"tail"]
+    writer = FileWriter(vm, "/home/user/p/streamed.bin")
+    for piece in pieces:
+        writer.write(piece)
+    assert not _in_vm(vm, "/home/user/p/streamed.bin").exists()  # nothing seen before commit
+    info = writer.commit()
+    data = b"".join(pieces)
+    assert (info.size, info.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+    assert read_file(vm, "/home/user/p/streamed.bin", 8 * MiB) == data
+    assert _in_vm(vm, "/home/user/p/streamed.bin").stat().st_uid == 1000
+    assert os.listdir(_in_vm(vm, "/home/user/p")) == ["streamed.bin"]
+
+
+def test_writer_abort_and_limit_leave_no_trace(vm: Path) -> None:
+    write_file(vm, "/home/user/keep", b"old")
+    writer = FileWriter(vm, "/home/user/keep")
+    writer.write(b"new")
+    writer.abort()
+    writer.abort()  # twice is fine
+    assert read_file(vm, "/home/user/keep", MiB) == b"old"
+    writer = FileWriter(vm, "/home/user/keep", max_bytes=4)
+    writer.write(b"abc")
+    assert _code(lambda: writer.write(b"de")) == "payload_too_large"
+    assert _code(writer.commit) == "internal"  # the failed write ended it
+    assert read_file(vm, "/home/user/keep", MiB) == b"old"
+    assert sorted(os.listdir(_in_vm(vm, "/home/user"))) == ["keep"]
 
 
 def test_write_needs_home_user(pool: Pool, vm: Path) -> None:

@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_OUTPUT_CAP_BYTES",
     "Engine",
     "FileInfo",
+    "FileWriter",
     "GoldenInfo",
     "Limits",
     "Progress",
@@ -98,6 +99,49 @@ class FileInfo:
     path: str
     size: int
     sha256: str
+
+
+class FileWriter(abc.ABC):
+    """A file written in pieces: write() any number of times, then commit()
+    (atomic, with write_file's rules) or abort(). A failed call aborts."""
+
+    @abc.abstractmethod
+    def write(self, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    def commit(self) -> FileInfo: ...
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Throw away what was written; safe to call more than once."""
+
+
+class _GatheringWriter(FileWriter):
+    """For engines that cannot stream: the pieces, then one write_file."""
+
+    def __init__(self, engine: Engine, vm_id: str, path: str, max_bytes: int) -> None:
+        self._engine, self._vm_id, self._path, self._max_bytes = engine, vm_id, path, max_bytes
+        self._pieces: list[bytes] = []
+        self._size = 0
+
+    def write(self, data: bytes) -> None:
+        from arker.errors import ArkerError, ErrorCode
+
+        self._size += len(data)
+        if self._size > self._max_bytes:
+            self.abort()
+            raise ArkerError(
+                ErrorCode.PAYLOAD_TOO_LARGE, f"{self._path} is larger than {self._max_bytes} bytes"
+            )
+        self._pieces.append(data)
+
+    def commit(self) -> FileInfo:
+        data = b"".join(self._pieces)
+        self.abort()
+        return self._engine.write_file(self._vm_id, self._path, data)
+
+    def abort(self) -> None:
+        self._pieces.clear()
 
 
 class VmPower(enum.StrEnum):
@@ -185,6 +229,12 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def write_file(self, vm_id: str, path: str, data: bytes) -> FileInfo:
         """Atomic (temp file, then rename), owned by uid 1000."""
+
+    def open_file_writer(self, vm_id: str, path: str, max_bytes: int) -> FileWriter:
+        """write_file in pieces, so a large upload goes to disk as it arrives
+        instead of whole into memory first. By default the pieces are gathered
+        and written at commit; engines that can, stream."""
+        return _GatheringWriter(self, vm_id, path, max_bytes)
 
     # -- checkpoints (durable VMs); engines without them raise unsupported_operation
     def checkpoint(self, vm_id: str, checkpoint_id: str) -> None:

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from arker._paths import check_path
+from arker.engine import base
 from arker.engine._openat2 import (
     RESOLVE_IN_ROOT,
     RESOLVE_NO_MAGICLINKS,
@@ -32,7 +33,7 @@ from arker.engine._openat2 import (
 from arker.engine.base import FileInfo
 from arker.errors import ArkerError, ErrorCode
 
-__all__ = ["DEFAULT_MAX_FILE_BYTES", "read_file", "write_file"]
+__all__ = ["DEFAULT_MAX_FILE_BYTES", "FileWriter", "read_file", "write_file"]
 
 DEFAULT_MAX_FILE_BYTES = 512 * 1024 * 1024
 _IN_VM = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV
@@ -80,17 +81,97 @@ def write_file(
     gets 0644. If the final name is a symlink, the link itself is replaced,
     as a rename would; a directory there is invalid_path.
     """
-    norm = check_path(path)
     if len(data) > max_bytes:
-        raise _too_large(norm, max_bytes)
-    parts = norm.strip("/").split("/")
-    with _open_dir(root) as root_fd:
-        dir_fd = _parent_dir(root_fd, parts[:-1], uid, gid, norm)
+        raise _too_large(check_path(path), max_bytes)
+    writer = FileWriter(root, path, uid=uid, gid=gid, max_bytes=max_bytes)
+    writer.write(data)
+    return writer.commit()
+
+
+class FileWriter(base.FileWriter):
+    """A file written into the VM piece by piece, with write_file's rules:
+    pieces go to a temp file next to the target as they come (so an upload
+    need never be whole in memory), then commit() renames it over the name,
+    or abort() removes it. Not thread-safe: one caller at a time."""
+
+    def __init__(
+        self,
+        root: Path,
+        path: str,
+        *,
+        uid: int = 1000,
+        gid: int = 1000,
+        max_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    ) -> None:
+        self._norm = norm = check_path(path)
+        self._uid, self._gid, self._max_bytes = uid, gid, max_bytes
+        self._size = 0
+        self._hash = hashlib.sha256()
+        self._fd: int | None = None
+        parts = norm.strip("/").split("/")
+        self._name = parts[-1]
+        self._tmp = f".arker-write-{secrets.token_hex(8)}"
+        with _open_dir(root) as root_fd:
+            self._dir_fd: int | None = _parent_dir(root_fd, parts[:-1], uid, gid, norm)
+        with self._failing():
+            self._mode = _mode_for(self._dir_fd, self._name, norm)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            self._fd = os.open(self._tmp, flags, 0o600, dir_fd=self._dir_fd)
+
+    def write(self, data: bytes) -> None:
+        with self._failing():
+            if self._fd is None:
+                raise ArkerError(ErrorCode.INTERNAL, f"write to {self._norm} after its end")
+            if self._size + len(data) > self._max_bytes:
+                raise _too_large(self._norm, self._max_bytes)
+            # hashlib releases the GIL on large buffers: hash while the write runs.
+            hashing = _Update(self._hash, data)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._fd, view) :]
+            finally:
+                hashing.join()
+            self._size += len(data)
+
+    def commit(self) -> FileInfo:
+        with self._failing():
+            if self._fd is None or self._dir_fd is None:
+                raise ArkerError(ErrorCode.INTERNAL, f"commit of {self._norm} after its end")
+            os.fchown(self._fd, self._uid, self._gid)
+            os.fchmod(self._fd, self._mode)
+            fd, self._fd = self._fd, None
+            os.close(fd)
+            os.rename(self._tmp, self._name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+            self._close_dir()
+        return FileInfo(path=self._norm, size=self._size, sha256=self._hash.hexdigest())
+
+    def abort(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+            if self._dir_fd is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(self._tmp, dir_fd=self._dir_fd)
+        self._close_dir()
+
+    def _close_dir(self) -> None:
+        if self._dir_fd is not None:
+            fd, self._dir_fd = self._dir_fd, None
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def _failing(self) -> Iterator[None]:
+        """Any failure removes the temp file and maps the OS error to the contract's."""
         try:
-            digest = _replace_at(dir_fd, parts[-1], data, uid, gid, norm)
-        finally:
-            os.close(dir_fd)
-    return FileInfo(path=norm, size=len(data), sha256=digest)
+            yield
+        except BaseException as exc:
+            self.abort()
+            if isinstance(exc, IsADirectoryError):
+                raise ArkerError(ErrorCode.INVALID_PATH, f"{self._norm} is a directory") from exc
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise ArkerError(ErrorCode.UNAVAILABLE, "the VM's storage is full") from exc
+            raise
 
 
 def _read_all(fd: int, size: int, max_bytes: int, norm: str) -> bytes:
@@ -155,65 +236,35 @@ def _mkdir_owned(parent_fd: int, name: str, uid: int, gid: int) -> None:
         os.close(fd)
 
 
-def _replace_at(dir_fd: int, name: str, data: bytes, uid: int, gid: int, norm: str) -> str:
-    mode = 0o644
+def _mode_for(dir_fd: int, name: str, norm: str) -> int:
+    """The permission bits the file will get: those of a regular file already
+    there (setuid/setgid dropped), else 0644; a directory there is invalid."""
     try:
         old = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
-        pass
-    else:
-        if stat.S_ISDIR(old.st_mode):
-            raise ArkerError(ErrorCode.INVALID_PATH, f"{norm} is a directory")
-        if stat.S_ISREG(old.st_mode):
-            mode = old.st_mode & 0o777
-    tmp = f".arker-write-{secrets.token_hex(8)}"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
-        # hashlib releases the GIL on large buffers: hash while the write runs.
-        hasher = _Sha256(data)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fchown(fd, uid, gid)
-            os.fchmod(fd, mode)
-        finally:
-            os.close(fd)
-        digest = hasher.hexdigest()
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dir_fd)
-        if isinstance(exc, IsADirectoryError):
-            raise ArkerError(ErrorCode.INVALID_PATH, f"{norm} is a directory") from exc
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise ArkerError(ErrorCode.UNAVAILABLE, "the VM's storage is full") from exc
-        raise
-    return digest
+        return 0o644
+    if stat.S_ISDIR(old.st_mode):
+        raise ArkerError(ErrorCode.INVALID_PATH, f"{norm} is a directory")
+    return old.st_mode & 0o777 if stat.S_ISREG(old.st_mode) else 0o644
 
 
-class _Sha256:
-    """sha256 of `data`, computed in a thread when it is big enough to matter."""
+class _Update:
+    """hasher.update(data), in a thread when `data` is big enough to matter;
+    join() before the hasher is used again."""
 
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._digest: str | None = None
+    def __init__(self, hasher: hashlib._Hash, data: bytes) -> None:
         self._thread: threading.Thread | None = None
         if len(data) >= 1 << 20:
-            self._thread = threading.Thread(target=self._run, name="arker-sha256", daemon=True)
+            self._thread = threading.Thread(
+                target=hasher.update, args=(data,), name="arker-sha256", daemon=True
+            )
             self._thread.start()
+        else:
+            hasher.update(data)
 
-    def _run(self) -> None:
-        self._digest = hashlib.sha256(self._data).hexdigest()
-
-    def hexdigest(self) -> str:
+    def join(self) -> None:
         if self._thread is not None:
             self._thread.join()
-        if self._digest is None:
-            self._run()
-        assert self._digest is not None
-        return self._digest
 
 
 def _resolve(root_fd: int, rel: str, flags: int, norm: str) -> int:

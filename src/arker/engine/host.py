@@ -28,6 +28,7 @@ from arker.engine._cgroups import Cgroups
 from arker.engine.base import (
     Engine,
     FileInfo,
+    FileWriter,
     GoldenInfo,
     Limits,
     Progress,
@@ -250,6 +251,10 @@ class NamespaceEngine(Engine):
         # The bytes are already in memory, bounded by the caller (the server's
         # --max-file-bytes); a second, different cap here would only disagree with it.
         return files.write_file(self.pool.vm_path(vm_id), path, data, max_bytes=len(data))
+
+    def open_file_writer(self, vm_id: str, path: str, max_bytes: int) -> FileWriter:
+        self._require(vm_id)
+        return files.FileWriter(self.pool.vm_path(vm_id), path, max_bytes=max_bytes)
 
     # -- checkpoints
     def checkpoint(self, vm_id: str, checkpoint_id: str) -> None:
