@@ -3,6 +3,8 @@ in the contract's shape."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import AsyncIterator
 
 from harness import Server
@@ -55,6 +57,29 @@ async def test_upload_id_writes_once(server: Server) -> None:
         url, params={"path": "/home/user/x"}, content=b"one", headers=headers
     )
     assert r.status_code == 409
+
+
+async def test_a_large_upload_goes_in_pieces_and_replays_exactly(server: Server) -> None:
+    vm = await _vm(server)
+    url, params = f"/v1/vms/{vm}/files", {"path": F}
+    data = os.urandom(9 * 1024 * 1024 + 7)  # more than two pieces of uploads.PIECE_BYTES
+
+    async def chunks(body: bytes) -> AsyncIterator[bytes]:  # as a client streams it
+        for i in range(0, len(body), 65536):
+            yield body[i : i + 65536]
+
+    headers = {"Upload-Id": "big-1"}
+    r = await server.client.put(url, params=params, content=chunks(data), headers=headers)
+    assert r.status_code == 200
+    assert r.json()["size"] == len(data)
+    assert r.json()["sha256"] == hashlib.sha256(data).hexdigest()
+    assert (await server.client.get(url, params=params)).content == data
+    again = await server.client.put(url, params=params, content=data, headers=headers)
+    assert again.json() == r.json()
+    other = data[:-1] + b"!"
+    r = await server.client.put(url, params=params, content=chunks(other), headers=headers)
+    assert r.status_code == 409
+    assert len([c for c in server.engine.calls if c.startswith("write ")]) == 1
 
 
 async def test_file_size_limit(start_server: object) -> None:

@@ -127,6 +127,6 @@ async def read_file(vm_id: VmId, path: FilePath, org: Org, svc: Svc) -> Response
 async def write_file(
     vm_id: VmId, path: FilePath, request: Request, org: Org, svc: Svc, upload_id: UploadId = None
 ) -> Response:
-    # The body is counted against --max-file-bytes as it streams (see edge.py).
-    data = await request.body()
-    return _json(await svc.write_file(org, vm_id, path, data, upload_id))
+    # The body streams to the VM's disk in pieces, counted against
+    # --max-file-bytes as it comes (see edge.py and uploads.py).
+    return _json(await svc.write_file(org, vm_id, path, request.stream(), upload_id))

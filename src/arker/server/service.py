@@ -5,10 +5,10 @@ acts on the host. Run lifecycle rules are in `runs.py`, part of this layer."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import re
 import time
+from collections.abc import AsyncIterator
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -18,7 +18,7 @@ from arker import _types as t
 from arker._paths import check_path
 from arker.engine.base import Engine, GoldenInfo, VmPower
 from arker.errors import ArkerError, ErrorCode
-from arker.server import wire
+from arker.server import uploads, wire
 from arker.server.config import Settings
 from arker.server.metrics import Metrics
 from arker.server.runs import Runs
@@ -39,10 +39,6 @@ def _hostname(name: str | None, vm_id: str) -> str:
     """A valid hostname (RFC 1123 label) from the VM's name, else its id."""
     label = re.sub(r"[^A-Za-z0-9-]", "-", name or vm_id.lower())[:63].strip("-")
     return label or "vm"
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 class Service:
@@ -278,7 +274,12 @@ class Service:
         )
 
     async def write_file(
-        self, org: str, vm_id: str, path: str, data: bytes, upload_id: str | None
+        self,
+        org: str,
+        vm_id: str,
+        path: str,
+        body: AsyncIterator[bytes],
+        upload_id: str | None,
     ) -> t.FileWritten:
         clean = check_path(path)
         await self._usable_vm(org, vm_id, "write a file of")
@@ -287,16 +288,17 @@ class Service:
                 done = await s.get(Upload, (org, upload_id))
             if done is not None:
                 # Hashed only to tell a retry from a misuse: a fresh write gets its
-                # sha256 from the engine, which hashes as it writes. 100 MiB takes
-                # ~50 ms, so in a thread, not on the event loop.
-                sha = await self.threads.call(_sha256, data)
+                # sha256 from the engine, which hashes as it writes.
+                sha = await uploads.hash_body(self.threads, body)
                 if (done.vm_id, done.path, done.sha256) != (vm_id, clean, sha):
                     raise ArkerError(
                         ErrorCode.CONFLICT,
                         "this Upload-Id was used for a different file or content",
                     )
                 return t.FileWritten(path=done.path, size=done.size, sha256=done.sha256)
-        info = await self.threads.call(self.engine.write_file, vm_id, clean, data)
+        info = await uploads.write_body(
+            self.threads, self.engine, vm_id, clean, body, self.settings.max_file_bytes
+        )
         if upload_id is not None:
             try:
                 async with self.db.session() as s:
