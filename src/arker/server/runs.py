@@ -65,7 +65,10 @@ class Runs:
         background = bool(req.background)
         spec = runspec.stored(req)
         digest = runspec.request_hash({"vm": vm.id, "background": background, **spec})
-        if idem_key is not None:
+        if idem_key is not None and (vm.durable or vm.lost):
+            # A retry must not take a checkpoint (durable) or meet vm_lost before
+            # its replay. Other runs skip this lookup: the insert's unique key
+            # on (org, idem_key) finds a retry, and most runs are not retries.
             prior = await self._by_key(vm.org, idem_key)
             if prior is not None:
                 return await self._replay(prior, digest)
@@ -104,7 +107,7 @@ class Runs:
             prior = await self._by_key(vm.org, idem_key) if idem_key else None
             if prior is None:
                 raise
-            return await self._replay(prior, digest)  # a concurrent twin won the race
+            return await self._replay(prior, digest)  # a retry, or a concurrent twin
         # A background run answers once the engine has started it; a foreground
         # one starts and waits in one worker-thread hop (its hot path).
         await self._launch(row, forget_on_failure=True, wait_started=background)
