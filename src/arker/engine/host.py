@@ -131,10 +131,10 @@ class NamespaceEngine(Engine):
 
         if self.pool.has_golden(name):
             return next(g for g in self.pool.goldens() if g.name == name)
-        builders = {"busybox": goldens.build_busybox, "debian": goldens.build_debian}
-        if name not in builders:
+        build = goldens.KNOWN_GOLDENS.get(name)
+        if build is None:
             raise ArkerError(ErrorCode.NOT_FOUND, f"no known golden {name!r}")
-        return builders[name](self.pool, progress)
+        return build(self.pool, progress)
 
     def import_golden(
         self, name: str, tarball: str, progress: Progress | None = None
@@ -148,9 +148,7 @@ class NamespaceEngine(Engine):
         check_name(vm_id, "vm id")
         hostname = _hostname(hostname)
         with self._lock(vm_id):
-            if self.pool.vm_path(vm_id).exists():
-                raise ArkerError(ErrorCode.CONFLICT, f"vm {vm_id!r} already exists")
-            self.pool.fork(source, vm_id)
+            self.pool.fork(source, vm_id)  # conflict if vm_id exists: the snapshot says EEXIST
             limits = limits or self.default_limits
             self._save(vm_id, {"hostname": hostname, "limits": asdict(limits), "init": None})
 

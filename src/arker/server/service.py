@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import time
 from collections.abc import AsyncIterator
 
@@ -33,12 +32,6 @@ log = logging.getLogger("arker.server")
 GOLDENS_TTL_S = 5.0
 MAX_OFFSET = 2**62
 VM_CACHE_S = 2.0
-
-
-def _hostname(name: str | None, vm_id: str) -> str:
-    """A valid hostname (RFC 1123 label) from the VM's name, else its id."""
-    label = re.sub(r"[^A-Za-z0-9-]", "-", name or vm_id.lower())[:63].strip("-")
-    return label or "vm"
 
 
 class Service:
@@ -179,25 +172,30 @@ class Service:
                 ErrorCode.UNSUPPORTED_OPERATION,
                 f"cannot fork a durable vm: the {self.engine.kind} engine has no checkpoints",
             )
+        # A golden wins over a VM of the same name, as in the engine's pool.
         parent: Vm | None = None
-        async with self.db.session() as s:
-            parent = await s.get(Vm, source)
-        if parent is not None and (parent.org != org or parent.deleted_at is not None):
-            parent = None
-        if parent is not None:
-            if parent.lost:
-                raise ArkerError(ErrorCode.VM_LOST, f"cannot fork vm {source!r} in state lost")
-            base_image = parent.base_image
-        elif source in await self.goldens() or source in await self.goldens(refresh=True):
+        if source in await self.goldens():
             base_image = source
         else:
-            raise ArkerError(ErrorCode.NOT_FOUND, f"no golden or vm named {source!r}")
+            async with self.db.session() as s:
+                parent = await s.get(Vm, source)
+            if parent is not None and (parent.org != org or parent.deleted_at is not None):
+                parent = None
+            if parent is not None:
+                if parent.lost:
+                    raise ArkerError(ErrorCode.VM_LOST, f"cannot fork vm {source!r} in state lost")
+                base_image = parent.base_image
+            elif source in await self.goldens(refresh=True):
+                base_image = source
+            else:
+                raise ArkerError(ErrorCode.NOT_FOUND, f"no golden or vm named {source!r}")
 
         vm_id = str(ULID())
         if self.settings.burst_suffix:
             vm_id = f"{vm_id}_{self.settings.burst_suffix}"
         await self.threads.call(
-            self.engine.fork, source, vm_id, hostname=_hostname(req.name, vm_id)
+            # The engine makes a valid hostname of any name.
+            self.engine.fork, source, vm_id, hostname=req.name or vm_id.lower()
         )
         row = Vm(
             id=vm_id,
