@@ -29,7 +29,9 @@ UploadId = Annotated[
 ]
 
 
-def _service(request: Request) -> Service:
+async def _service(request: Request) -> Service:
+    # async, though it awaits nothing: FastAPI runs a plain function dependency
+    # in a worker thread, a hop to and back on every request.
     svc: Service = request.app.state.service
     return svc
 
