@@ -1,5 +1,5 @@
 """The namespace engine: one host's VMs as btrfs subvolumes (pool) run by a
-namespaced PID 1 each (jail), with commands spawned by a C helper (runner).
+namespaced PID 1 each (jail), which also starts their commands (runner).
 
     <data_dir>/pool...                 the storage pool (pool.py)
     <data_dir>/bin/arkervm-<hash>      the helper, built on first use
@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import re
-import subprocess
 import threading
 from dataclasses import asdict
 from pathlib import Path
@@ -75,6 +74,7 @@ class NamespaceEngine(Engine):
         self.cgroups = Cgroups(self.data_dir)
         self.state_dir = self.data_dir / "state"
         self._runner: Runner | None = None
+        self._live: dict[str, jail.InitProcess] = {}  # the inits this engine started
         self._locks: dict[str, threading.RLock] = {}
         self._locks_lock = threading.Lock()
 
@@ -184,20 +184,17 @@ class NamespaceEngine(Engine):
     def _kill(self, vm_id: str, reason: str) -> None:
         """Stop the VM's PID 1 and all its processes; runs in flight fail
         with `reason` rather than look like commands that died by SIGKILL."""
-        helpers = self.runner.end_vm(vm_id, reason)
+        self.runner.end_vm(vm_id, reason)
         jail.stop_vm(self.cgroups, vm_id, self._init(vm_id))
-        for helper in helpers:  # their commands are dead: they exit at once
-            try:
-                helper.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                helper.kill()
-                helper.wait()
+        self._live.pop(vm_id, None)
 
     def _start(self, vm_id: str) -> jail.InitProcess:
         """The VM's live PID 1, started now if the VM is stopped."""
         init = self._init(vm_id)
-        if init is not None:
+        if init is not None and init.agent is not None:
             return init
+        if init is not None:  # alive, but not ours to run in: cannot happen after
+            self._kill(vm_id, "the vm was restarted")  # open() reconciled; be safe
         state = self._load(vm_id)
         init = jail.start_vm(
             self.runner.helper,
@@ -209,6 +206,7 @@ class NamespaceEngine(Engine):
             tmp_size_bytes=self.tmp_size_bytes,
         )
         self._save(vm_id, {**state, "init": [init.pid, init.start_time]})
+        self._live[vm_id] = init
         return init
 
     def _init(self, vm_id: str) -> jail.InitProcess | None:
@@ -216,6 +214,9 @@ class NamespaceEngine(Engine):
         if not saved:
             return None
         init = jail.InitProcess(int(saved[0]), int(saved[1]))
+        live = self._live.get(vm_id)
+        if live == init:  # compares (pid, start time), not the channel
+            init = live
         return init if init.alive() else None
 
     # -- runs

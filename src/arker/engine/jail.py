@@ -4,14 +4,18 @@ whether it still runs, and end it with everything it holds.
 The work is done by `arkervm init` (native/init.c); this module decides the
 arguments and keeps the proof of identity: a pid alone can be reused after a
 crash, so a VM's init is known by (pid, start time from /proc/PID/stat).
+PID 1 also runs the VM's commands (native/agent.c); the engine reaches it
+through `InitProcess.agent`, one end of a socket pair made here, so only the
+engine that started a VM can run anything in it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from arker.engine._cgroups import Cgroups
@@ -27,6 +31,9 @@ DEFAULT_TMP_BYTES = 1024 * 1024 * 1024
 class InitProcess:
     pid: int
     start_time: int  # clock ticks since boot, field 22 of /proc/PID/stat
+    # The channel to PID 1's exec agent; None for an init this process did
+    # not start (found after a restart), which can be stopped but not run in.
+    agent: socket.socket | None = field(default=None, compare=False, repr=False)
 
     def alive(self) -> bool:
         return proc_start_time(self.pid) == self.start_time
@@ -58,8 +65,10 @@ def start_vm(
     """Start the VM's PID 1 rooted at `root`; return once its mounts are up."""
     cgroups.remove_vm(vm_id)  # whatever an earlier life of this VM left
     procs = cgroups.create_vm(vm_id, limits)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     cmd = [str(helper), "init", "--root", str(root), "--hostname", hostname]
     cmd += ["--tmp-size", str(tmp_size_bytes), "--ready-fd", "1"]
+    cmd += ["--agent-fd", str(theirs.fileno())]
     for p in procs:
         cmd += ["--cgroup-procs", p]
     try:
@@ -67,28 +76,41 @@ def start_vm(
         # reparented away from us, so it outlives this server.
         # An empty environment: the VM's root could read PID 1's, and the
         # server's may hold secrets.
-        done = subprocess.run(cmd, capture_output=True, check=False, timeout=30, env={})
+        done = subprocess.run(
+            cmd,
+            capture_output=True,
+            check=False,
+            timeout=30,
+            env={},
+            pass_fds=(theirs.fileno(),),
+        )
     except subprocess.TimeoutExpired as exc:
+        ours.close()
         cgroups.remove_vm(vm_id)
         raise ArkerError(ErrorCode.INTERNAL, f"vm {vm_id!r} did not start in 30 s") from exc
-    if done.returncode != 0:
-        cgroups.remove_vm(vm_id)
-        msg = done.stderr.decode(errors="replace").strip()
-        raise ArkerError(ErrorCode.INTERNAL, f"cannot start vm {vm_id!r}: {msg}")
-    pid = int(done.stdout)
-    start = proc_start_time(pid)
+    finally:
+        theirs.close()
+    # A run's request that PID 1 cannot take within this time (it is stuck)
+    # fails rather than hangs the engine's thread.
+    ours.settimeout(30)
+    pid = int(done.stdout) if done.returncode == 0 else 0
+    start = proc_start_time(pid) if pid else None
     if start is None:
+        ours.close()
         cgroups.remove_vm(vm_id)
-        raise ArkerError(ErrorCode.INTERNAL, f"vm {vm_id!r} died as it started")
-    return InitProcess(pid, start)
+        msg = done.stderr.decode(errors="replace").strip() or "PID 1 died as it started"
+        raise ArkerError(ErrorCode.INTERNAL, f"cannot start vm {vm_id!r}: {msg}")
+    return InitProcess(pid, start, ours)
 
 
 def stop_vm(cgroups: Cgroups, vm_id: str, init: InitProcess | None = None) -> None:
     """Kill the VM's PID 1 and every process in it, then remove its cgroups.
     Killing PID 1 tears the VM's namespaces and mounts down with it."""
-    ours = init is not None and init.alive() and _ppid(init.pid) == os.getpid()
+    our_child = init is not None and init.alive() and _ppid(init.pid) == os.getpid()
     cgroups.remove_vm(vm_id)
-    if ours and init is not None:
+    if init is not None and init.agent is not None:
+        init.agent.close()
+    if our_child and init is not None:
         # PID 1 is reparented to the nearest subreaper; when that is this
         # server (a container's PID 1, or a supervisor), nobody else reaps it.
         with contextlib.suppress(ChildProcessError):

@@ -1,17 +1,20 @@
-"""Runs: spawn `arkervm exec` for a command, follow it, cancel it.
+"""Runs: hand a command to the VM's PID 1, follow it, cancel it.
 
 Each run has a spool directory, the only place its output lives:
 
     <runs_dir>/<vm_id>/<run_id>/
-        stdin env           what the helper feeds the command
-        stdout stderr       output, each capped by the helper
-        result.json         written (atomically) by the helper when the run ends
+        meta.json           when it started
+        stdout stderr       output, each capped by PID 1
+        result.json         written (atomically) by PID 1 when the run ends
         lost                written by a restarted engine for runs it lost
-        helper.err          the helper's own complaints, if any
 
-The helper, not this process, copies output and enforces the timeout, so a
-run keeps going (and its result lands on disk) even while the server is busy
-or restarting. Popen objects are kept only to wait and to signal.
+A run is one message to the VM's PID 1 (native/agent.c) carrying the
+command and open files: the spool's, the run's leaf cgroup and its
+cgroup.kill. PID 1 forks the command straight into that cgroup, copies its
+output and enforces its timeout, so a run keeps going (and its result lands
+on disk) even while the server is busy or restarting. The engine keeps the
+run's own socket to PID 1: readable once the run has ended, the way to
+cancel it, and at EOF if the VM died under it.
 """
 
 from __future__ import annotations
@@ -23,22 +26,47 @@ import math
 import os
 import select
 import shutil
-import signal
-import subprocess
+import socket
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from arker.engine._cgroups import Cgroups
+from arker.engine._cgroups import Cgroups, RunCgroup
 from arker.engine.base import RunInfo, RunPhase, RunSpec
 from arker.engine.jail import InitProcess
 from arker.errors import ArkerError, ErrorCode
 
 __all__ = ["Runner"]
 
+_START_TIMEOUT_S = 30.0
+_CANCEL_TIMEOUT_S = 10.0
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _USERS = {"user": (1000, 1000, "/home/user"), "root": (0, 0, "/root")}
+
+
+class _Run:
+    """The engine's end of one run's socket to PID 1."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def ended(self, timeout_s: float | None = 0.0) -> bool:
+        """Whether PID 1 said "done" or went away, waiting up to `timeout_s`
+        (None: for as long as it takes). Nothing is read, so any number of
+        threads may ask."""
+        poller = select.poll()  # not select(): fds past 1024 are common in a server
+        poller.register(self.sock, select.POLLIN)
+        ms = None if timeout_s is None else max(0, math.ceil(timeout_s * 1000))
+        return bool(poller.poll(ms))
+
+    def complaint(self) -> str | None:
+        """PID 1's error about this run ("E..."), if that is what it sent."""
+        try:
+            msg = self.sock.recv(4096, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except OSError:
+            return None
+        return msg[1:].decode(errors="replace") if msg.startswith(b"E") else None
 
 
 class Runner:
@@ -48,7 +76,7 @@ class Runner:
         self.helper = helper
         self.runs_dir = runs_dir
         self.cgroups = cgroups
-        self._procs: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
+        self._runs: dict[tuple[str, str], _Run] = {}
         self._lock = threading.Lock()
 
     def spool(self, vm_id: str, run_id: str) -> Path:
@@ -56,62 +84,97 @@ class Runner:
 
     def in_flight(self, vm_id: str) -> set[str]:
         with self._lock:
-            return {r for (v, r), p in self._procs.items() if v == vm_id and p.poll() is None}
+            mine = [(r, h) for (v, r), h in self._runs.items() if v == vm_id]
+        return {r for r, h in mine if not h.ended()}
 
     def start(self, vm_id: str, run_id: str, spec: RunSpec, init: InitProcess) -> None:
-        """Spawn the helper for `spec` in the VM whose PID 1 is `init`."""
+        """Have the VM's PID 1 (`init`) start `spec`; return once it has forked
+        the command, raising if it could not."""
+        if init.agent is None:
+            raise ArkerError(
+                ErrorCode.UNAVAILABLE, f"vm {vm_id!r} was not started by this engine: restart it"
+            )
         argv, env = _command(spec)
         spool = self.spool(vm_id, run_id)
         try:
             spool.mkdir(parents=True)
         except FileExistsError:
             raise ArkerError(ErrorCode.CONFLICT, f"run {run_id!r} already exists") from None
-        uid, gid, _ = _USERS[spec.user]
-        (spool / "env").write_bytes(b"".join(f"{k}={v}".encode() + b"\0" for k, v in env.items()))
-        stdin = "/dev/null"
-        if spec.stdin:
-            (spool / "stdin").write_bytes(spec.stdin)
-            stdin = str(spool / "stdin")
-        (spool / "meta.json").write_text(json.dumps({"started_at": time.time()}))
-        cg = self.cgroups.create_run(vm_id, run_id)
-        cmd = [str(self.helper), "exec", "--pid", str(init.pid)]
-        cmd += ["--start-time", str(init.start_time)]
-        for p in cg.procs:
-            cmd += ["--cgroup-procs", p]
-        cmd += ["--kill-cgroup", cg.kill_dir, "--oom-file", cg.oom_file]
-        cmd += ["--uid", str(uid), "--gid", str(gid), "--cwd", spec.cwd]
-        cmd += ["--env-file", str(spool / "env"), "--stdin", stdin]
-        cmd += ["--stdout", str(spool / "stdout"), "--stderr", str(spool / "stderr")]
-        cmd += ["--cap-bytes", str(max(0, spec.output_cap_bytes))]
-        if spec.timeout_s is not None:
-            cmd += ["--timeout-ms", str(max(1, math.ceil(spec.timeout_s * 1000)))]
-        cmd += ["--result", str(spool / "result.json"), "--", *argv]
         try:
-            with open(spool / "helper.err", "wb") as err:
-                # Its own session: a Ctrl-C meant for the server must not
-                # reach the helper, which would take it as a cancel.
-                proc = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=err,
-                    stderr=err,
-                    start_new_session=True,
-                )
-        except OSError as exc:
+            (spool / "meta.json").write_text(json.dumps({"started_at": time.time()}))
+            cg = self.cgroups.create_run(vm_id, run_id)
+            sock = self._send(init.agent, spool, cg, spec, argv, env)
+        except BaseException:
             shutil.rmtree(spool, ignore_errors=True)
             self.cgroups.sweep_runs(vm_id, self.in_flight(vm_id))
-            raise ArkerError(ErrorCode.UNAVAILABLE, f"cannot spawn the run helper: {exc}") from exc
+            raise
         with self._lock:
-            self._procs[(vm_id, run_id)] = proc
-            # Reap helpers that ended but nobody waited for (background runs
-            # never polled): a finished helper is a zombie until polled.
-            for other in self._procs.values():
-                other.poll()
+            self._runs[(vm_id, run_id)] = _Run(sock)
+
+    def _send(
+        self,
+        agent: socket.socket,
+        spool: Path,
+        cg: RunCgroup,
+        spec: RunSpec,
+        argv: list[str],
+        env: dict[str, str],
+    ) -> socket.socket:
+        """Send the run to PID 1 and wait for its "started"; return the run's socket."""
+        uid, gid, _ = _USERS[spec.user]
+        timeout_ms = 0 if spec.timeout_s is None else max(1, math.ceil(spec.timeout_s * 1000))
+        fields = [str(uid), str(gid), str(max(0, spec.output_cap_bytes)), str(timeout_ms)]
+        fields += [spec.cwd, str(len(argv)), *argv, *(f"{k}={v}" for k, v in env.items())]
+        request = b"".join(f.encode() + b"\0" for f in fields)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        fds: list[int] = []
+        try:
+            fds.append(_memfd("arker-run", request))
+            stdin = spec.stdin
+            fds.append(_memfd("arker-stdin", stdin) if stdin else _open("/dev/null", os.O_RDONLY))
+            out_flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+            fds.append(_open(spool / "stdout", out_flags))
+            fds.append(_open(spool / "stderr", out_flags))
+            fds.append(_open(cg.kill_dir, os.O_RDONLY | os.O_DIRECTORY))
+            fds.append(_open(Path(cg.kill_dir) / "cgroup.kill", os.O_WRONLY, missing_ok=True))
+            fds.append(_open(cg.oom_file, os.O_RDONLY, missing_ok=True))
+            fds.append(_open(spool, os.O_RDONLY | os.O_DIRECTORY))
+            try:
+                socket.send_fds(agent, [b"r"], [theirs.fileno(), *fds])
+            except OSError as exc:  # EPIPE: PID 1 is gone; timeout: it is stuck
+                raise ArkerError(
+                    ErrorCode.UNAVAILABLE, f"the vm's init did not take the run: {exc}"
+                ) from exc
+            theirs.close()
+            ours.settimeout(_START_TIMEOUT_S)
+            try:
+                answer = ours.recv(4096)
+            except OSError as exc:
+                raise ArkerError(
+                    ErrorCode.UNAVAILABLE, f"the vm's init did not start the run: {exc}"
+                ) from exc
+            ours.settimeout(None)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+            for fd in fds:
+                os.close(fd)
+        if answer == b"s":
+            return ours
+        ours.close()
+        reason = answer[1:].decode(errors="replace")
+        if answer.startswith(b"P"):
+            raise ArkerError(ErrorCode.CONFLICT, f"cannot start the command: {reason}")
+        if answer.startswith(b"E"):
+            raise ArkerError(ErrorCode.INTERNAL, f"cannot start the command: {reason}")
+        raise ArkerError(ErrorCode.UNAVAILABLE, "the vm stopped as the run was starting")
 
     def wait(self, vm_id: str, run_id: str, timeout_s: float | None = None) -> RunInfo:
-        proc = self._proc(vm_id, run_id)
-        if proc is not None:
-            _wait_exit(proc, timeout_s)
+        run = self._run(vm_id, run_id)
+        if run is not None:
+            run.ended(timeout_s)
         return self.info(vm_id, run_id)
 
     def info(self, vm_id: str, run_id: str) -> RunInfo:
@@ -122,17 +185,19 @@ class Runner:
         except FileNotFoundError:
             raise ArkerError(ErrorCode.NOT_FOUND, f"no run {run_id!r} in vm {vm_id!r}") from None
         if (spool / "lost").exists():
-            # Written at restart for runs with no result yet; whatever their
-            # orphaned helper records after that describes a run we killed.
+            # Written at restart (or as the VM was stopped) for runs with no
+            # result yet; whatever PID 1 records after that describes a run
+            # we killed.
             reason = (spool / "lost").read_text() or "lost"
             return self._failed(spool, meta, reason)
-        proc = self._proc(vm_id, run_id)
+        run = self._run(vm_id, run_id)
         result = _read_json(spool / "result.json")
-        if result is None and proc is not None and proc.poll() is not None:
+        if result is None and run is not None and run.ended():
             result = _read_json(spool / "result.json")  # it may have landed just now
             if result is None:
-                return self._failed(spool, meta, _helper_error(spool, proc.returncode))
-        if result is None and proc is None:
+                reason = run.complaint() or "the vm's init ended before the run did"
+                return self._failed(spool, meta, reason)
+        if result is None and run is None:
             return self._failed(spool, meta, "no process follows this run any more")
         if result is None:
             return _info(spool, RunPhase.RUNNING, meta["started_at"], None, {})
@@ -149,22 +214,19 @@ class Runner:
         return dataclasses.replace(info, failure_reason=reason)
 
     def cancel(self, vm_id: str, run_id: str) -> RunInfo:
-        """Kill the run's tree (through the helper, which records it)."""
+        """Kill the run's tree (through PID 1, which records it)."""
         info = self.info(vm_id, run_id)
         if info.done:
             return info
-        proc = self._proc(vm_id, run_id)
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        run = self._run(vm_id, run_id)
+        if run is not None and not run.ended():
+            with contextlib.suppress(OSError):  # PID 1 let go: the run ended or the VM died
+                run.sock.send(b"c")
+            run.ended(_CANCEL_TIMEOUT_S)
         spool = self.spool(vm_id, run_id)
         if not (spool / "result.json").exists():
-            # The helper ended before it could record the cancel (it was killed
-            # as it started, or belongs to a dead server): record it here.
+            # PID 1 could not record the cancel (the VM died, or it belongs to
+            # a dead server): kill what is left and record it here.
             self.cgroups.kill_run(vm_id, run_id)
             result = {"exit_code": None, "cancelled": True, "finished_at": time.time()}
             tmp = spool / "result.json.tmp"
@@ -174,36 +236,29 @@ class Runner:
 
     def forget(self, vm_id: str, run_id: str) -> None:
         with self._lock:
-            proc = self._procs.pop((vm_id, run_id), None)
-        if proc is not None and proc.poll() is None:
-            with self._lock:  # still running: keep following it
-                self._procs[(vm_id, run_id)] = proc
-            raise ArkerError(ErrorCode.CONFLICT, f"run {run_id!r} is still running")
+            run = self._runs.get((vm_id, run_id))
+            if run is not None and not run.ended():
+                raise ArkerError(ErrorCode.CONFLICT, f"run {run_id!r} is still running")
+            self._runs.pop((vm_id, run_id), None)
+        if run is not None:
+            run.sock.close()
         shutil.rmtree(self.spool(vm_id, run_id), ignore_errors=True)
 
-    def end_vm(self, vm_id: str, reason: str) -> list[subprocess.Popen[bytes]]:
-        """Mark the VM's runs in flight as failed for `reason` (its processes
-        are about to be killed); return their helpers so the caller can reap
-        them once the kill is done."""
-        with self._lock:
-            live = [(r, p) for (v, r), p in self._procs.items() if v == vm_id and p.poll() is None]
-        for run_id, _ in live:
+    def end_vm(self, vm_id: str, reason: str) -> None:
+        """Mark the VM's runs in flight as failed for `reason`: its processes
+        are about to be killed, and a run killed so is no command's doing."""
+        for run_id in self.in_flight(vm_id):
             spool = self.spool(vm_id, run_id)
             if not (spool / "result.json").exists():
                 (spool / "lost").write_text(reason)
-        return [p for _, p in live]
 
     def forget_vm(self, vm_id: str) -> None:
         """Drop every run of a deleted VM (its processes are already dead)."""
         with self._lock:
-            procs = [p for (v, _), p in self._procs.items() if v == vm_id]
-            self._procs = {k: p for k, p in self._procs.items() if k[0] != vm_id}
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+            runs = [h for (v, _), h in self._runs.items() if v == vm_id]
+            self._runs = {k: h for k, h in self._runs.items() if k[0] != vm_id}
+        for run in runs:
+            run.sock.close()
         shutil.rmtree(self.runs_dir / vm_id, ignore_errors=True)
 
     def mark_lost(self, reason: str) -> int:
@@ -218,34 +273,33 @@ class Runner:
                     lost += 1
         return lost
 
-    def _proc(self, vm_id: str, run_id: str) -> subprocess.Popen[bytes] | None:
+    def _run(self, vm_id: str, run_id: str) -> _Run | None:
         with self._lock:
-            return self._procs.get((vm_id, run_id))
+            return self._runs.get((vm_id, run_id))
 
 
-def _wait_exit(proc: subprocess.Popen[bytes], timeout_s: float | None) -> None:
-    """Wait for the helper to exit, for at most `timeout_s`. Popen.wait with a
-    timeout polls with sleeps that double up to 50 ms, so a 4 ms run was seen
-    ended 7-15 ms late; a pidfd wakes us the moment the helper exits."""
-    if timeout_s is None:
-        proc.wait()
-        return
+def _open(path: Path | str, flags: int, missing_ok: bool = False) -> int:
+    """An fd for PID 1; with `missing_ok`, /dev/null stands in for a file this
+    kernel lacks (cgroup.kill before 5.14, an oom counter)."""
     try:
-        fd = os.pidfd_open(proc.pid)
-    except (OSError, AttributeError):  # no pidfd on this kernel: poll as before
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=timeout_s)
-        return
+        return os.open(path, flags | os.O_CLOEXEC, 0o600)
+    except FileNotFoundError:
+        if not missing_ok:
+            raise
+        return os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+
+
+def _memfd(name: str, data: bytes) -> int:
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
     try:
-        # Unreaped after the pidfd was opened means the pidfd is our helper's
-        # (its pid cannot have been reused), so waiting on it is safe.
-        if proc.poll() is None:
-            poller = select.poll()  # not select(): fds past 1024 are common in a server
-            poller.register(fd, select.POLLIN)
-            poller.poll(math.ceil(timeout_s * 1000))
-            proc.poll()
-    finally:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)  # the command reads its stdin from the start
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
 
 
 def _command(spec: RunSpec) -> tuple[list[str], dict[str, str]]:
@@ -278,11 +332,6 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except FileNotFoundError:
         return b""
-
-
-def _helper_error(spool: Path, returncode: int | None) -> str:
-    msg = _read(spool / "helper.err").decode(errors="replace").strip()
-    return msg or f"the run's helper exited with status {returncode} and no result"
 
 
 def _info(

@@ -1,7 +1,7 @@
 /* arkervm: the small static helper behind Arker's namespace engine.
  *
- *   arkervm init ...   start a VM's PID 1 (namespaces, mounts, pivot_root)
- *   arkervm exec ...   run one command inside a running VM, spool its output
+ *   arkervm init ...   start a VM's PID 1 (namespaces, mounts, pivot_root),
+ *                      which then runs the engine's commands (agent.c)
  *
  * It is static so it runs from any host path whatever the VM's libc, and it
  * is written with direct syscalls because process spawning dominates the cost
@@ -25,13 +25,13 @@ int write_str(const char *path, const char *value);
 int write_fd_str(int fd, const char *value);
 long long parse_ll(const char *flag, const char *value);
 double now_s(void);
-long long read_oom_kills(const char *path);
 
 /* init.c */
 int init_main(int argc, char **argv);
 
-/* exec.c */
-int exec_main(int argc, char **argv);
+/* agent.c */
+extern int agent_oom_shielded; /* PID 1 runs with oom_score_adj -1000 */
+void agent_loop(int chan) __attribute__((noreturn));
 
 /* seccomp.c */
 int drop_privileges(uid_t uid, gid_t gid);

@@ -1,6 +1,7 @@
 /* `arkervm init`: the launcher joins the VM's cgroups, unshares the
  * namespaces and forks the VM's PID 1, which builds the VM's mounts with
- * direct syscalls, pivots into the VM's root and then only reaps children.
+ * direct syscalls, pivots into the VM's root and then serves the engine's
+ * runs (agent.c) and reaps every orphan.
  * The launcher prints PID 1's host pid on --ready-fd and exits, so PID 1 is
  * not the server's child and outlives a server crash. */
 #include "arkervm.h"
@@ -30,6 +31,7 @@ struct init_opts {
     int ncgroups;
     long long tmp_size;
     int ready_fd;
+    int agent_fd; /* the engine's channel: see agent.c */
 };
 
 /* The child reports failures through this pipe; the launcher relays them. */
@@ -131,6 +133,11 @@ static void __attribute__((noreturn)) vm_init(const struct init_opts *o)
     char opts[64];
     setsid();
     umask(0);
+    /* The OOM killer should pick a VM's hog, never its PID 1 (which would
+     * end the whole VM); each run puts its own score back to 0. Lowering the
+     * score needs CAP_SYS_RESOURCE, which a host may withhold: then PID 1,
+     * a few hundred KiB, is merely an unlikely pick. */
+    agent_oom_shielded = write_str("/proc/self/oom_score_adj", "-1000") == 0;
     /* Nothing we mount may propagate back to the host's namespace. */
     do_mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);
     do_mount(o->root, o->root, NULL, MS_BIND | MS_REC, NULL);
@@ -164,11 +171,12 @@ static void __attribute__((noreturn)) vm_init(const struct init_opts *o)
     dup2(null, 2);
     int keep = report_fd;
     for (int fd = 3; fd < 1024; fd++)
-        if (fd != keep)
+        if (fd != keep && fd != o->agent_fd)
             close(fd);
 
-    /* PID 1 gets only the signals it handles; block all and wait for
-     * SIGCHLD, so only the engine's SIGKILL (or cgroup.kill) ends the VM. */
+    /* PID 1 gets only the signals it handles: all are blocked and SIGCHLD
+     * is read from a signalfd, so only the engine's SIGKILL (or cgroup.kill)
+     * ends the VM. */
     sigset_t all;
     sigfillset(&all);
     sigprocmask(SIG_BLOCK, &all, NULL);
@@ -178,14 +186,7 @@ static void __attribute__((noreturn)) vm_init(const struct init_opts *o)
     if (write(keep, "ok", 2) != 2)
         _exit(1);
     close(keep);
-    sigset_t chld;
-    sigemptyset(&chld);
-    sigaddset(&chld, SIGCHLD);
-    for (;;) {
-        while (waitpid(-1, NULL, WNOHANG) > 0)
-            ;
-        sigwaitinfo(&chld, NULL);
-    }
+    agent_loop(o->agent_fd);
 }
 
 static void parse(int argc, char **argv, struct init_opts *o)
@@ -194,6 +195,7 @@ static void parse(int argc, char **argv, struct init_opts *o)
     o->hostname = "vm";
     o->tmp_size = 1LL << 30;
     o->ready_fd = 1;
+    o->agent_fd = -1;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -210,6 +212,8 @@ static void parse(int argc, char **argv, struct init_opts *o)
             o->tmp_size = parse_ll(a, v);
         else if (!strcmp(a, "--ready-fd"))
             o->ready_fd = (int)parse_ll(a, v);
+        else if (!strcmp(a, "--agent-fd"))
+            o->agent_fd = (int)parse_ll(a, v);
         else if (!strcmp(a, "--cgroup-procs") && o->ncgroups < MAX_CGROUPS)
             o->cgroups[o->ncgroups++] = v;
         else {
@@ -217,8 +221,8 @@ static void parse(int argc, char **argv, struct init_opts *o)
             exit(2);
         }
     }
-    if (!o->root) {
-        fprintf(stderr, "arkervm init: --root is required\n");
+    if (!o->root || o->agent_fd < 3) {
+        fprintf(stderr, "arkervm init: --root and --agent-fd are required\n");
         exit(2);
     }
 }

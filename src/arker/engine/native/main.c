@@ -12,8 +12,6 @@ int main(int argc, char **argv)
     g_argv = argv;
     if (argc >= 2 && strcmp(argv[1], "init") == 0)
         return init_main(argc - 2, argv + 2);
-    if (argc >= 2 && strcmp(argv[1], "exec") == 0)
-        return exec_main(argc - 2, argv + 2);
-    fprintf(stderr, "usage: arkervm init|exec [options]\n");
+    fprintf(stderr, "usage: arkervm init [options]\n");
     return 2;
 }

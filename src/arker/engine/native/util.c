@@ -59,30 +59,6 @@ double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* The `oom_kill N` line of v1 memory.oom_control or v2 memory.events: the
- * count of processes the kernel killed in that cgroup. -1 when unreadable. */
-long long read_oom_kills(const char *path)
-{
-    if (!path || !*path)
-        return -1;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    char buf[1024];
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return -1;
-    buf[n] = 0;
-    for (char *line = buf; line && *line; line = strchr(line, '\n')) {
-        if (*line == '\n')
-            line++;
-        if (strncmp(line, "oom_kill ", 9) == 0)
-            return strtoll(line + 9, NULL, 10);
-    }
-    return -1;
-}
-
 /* Overwrite our argv in place so /proc/PID/cmdline (what `ps` shows inside
  * the VM) carries no host paths: argv's strings are contiguous. */
 void set_title(const char *title)

@@ -1,0 +1,539 @@
+/* The exec agent: what a VM's PID 1 does once the VM is up.
+ *
+ * The engine keeps one end of a SOCK_SEQPACKET pair (the channel); each run is
+ * one message on it carrying file descriptors, in this order:
+ *
+ *   0 reply    the run's own SOCK_SEQPACKET socket, back to the engine
+ *   1 request  a memfd: uid, gid, cap, timeout_ms, cwd, argc, argv..., env...
+ *              as NUL-terminated strings
+ *   2 stdin    3 stdout spool file    4 stderr spool file
+ *   5 cgroup   the run's leaf in the unified hierarchy (CLONE_INTO_CGROUP)
+ *   6 kill     that leaf's cgroup.kill
+ *   7 oom      the VM's oom counter file (memory.oom_control or memory.events)
+ *   8 spool    the run's spool directory, where result.json is written
+ *
+ * PID 1 forks the command straight into its leaf cgroup with clone3, so a run
+ * costs one fork and one exec: no helper process, no setns, no cgroup move.
+ * On the reply socket it answers "s" once the command is forked (or "E" and a
+ * reason), then "d" once result.json is in place; the engine may send "c" to
+ * cancel. Output is copied to the spool files up to the cap a stream, the rest
+ * read and dropped so the command never blocks on a full pipe.
+ *
+ * Everything lives in one poll loop: a VM's runs share PID 1, which also reaps
+ * every orphan of the VM. When the engine goes away (the channel reaches EOF)
+ * the runs go on and still record their results. */
+#include "arkervm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef CLONE_INTO_CGROUP
+#define CLONE_INTO_CGROUP 0x200000000ULL
+#endif
+
+enum { F_REPLY, F_REQUEST, F_STDIN, F_STDOUT, F_STDERR, F_CGROUP, F_KILL, F_OOM, F_SPOOL, NFDS };
+
+struct clone3_args {
+    uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls;
+    uint64_t set_tid, set_tid_size, cgroup;
+};
+
+struct stream {
+    int pipe, spool;
+    long long kept;
+    int truncated;
+};
+
+struct run {
+    struct run *next;
+    pid_t pid;
+    int reply, kill, oom, spool_dir;
+    struct stream out, err;
+    long long cap, oom_before;
+    double started;
+    long long deadline_ms; /* monotonic; 0 = none */
+    long long grace_ms;    /* after a kill: when to stop waiting for the pipes */
+    int exited, status, timed_out, cancelled;
+};
+
+int agent_oom_shielded;
+static struct run *runs;
+static char buf[65536];
+
+/* For results nobody can act on (the engine gone, a kill of the dead). */
+static void ignore(ssize_t result)
+{
+    (void)result;
+}
+
+static long long mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void close_fd(int *fd)
+{
+    if (*fd >= 0)
+        close(*fd);
+    *fd = -1;
+}
+
+/* A message to the engine; 0 when sent. */
+static int tell(int fd, const char *msg)
+{
+    return send(fd, msg, strlen(msg), MSG_NOSIGNAL | MSG_DONTWAIT) < 0 ? -1 : 0;
+}
+
+static void reply(struct run *r, const char *msg)
+{
+    if (r->reply >= 0 && tell(r->reply, msg) < 0)
+        close_fd(&r->reply); /* the engine is gone: the run goes on without it */
+}
+
+static long long oom_kills(int fd)
+{
+    char text[1024];
+    if (fd < 0)
+        return -1;
+    ssize_t n = pread(fd, text, sizeof text - 1, 0);
+    if (n <= 0)
+        return -1;
+    text[n] = 0;
+    for (char *line = text; line && *line; line = strchr(line, '\n')) {
+        if (*line == '\n')
+            line++;
+        if (strncmp(line, "oom_kill ", 9) == 0)
+            return strtoll(line + 9, NULL, 10);
+    }
+    return -1;
+}
+
+/* Copy what the pipe holds now (it is non-blocking), at most `reads`
+ * buffers: a command that writes without pause must not starve the VM's
+ * other runs of PID 1's attention. */
+static void pump(struct stream *s, long long cap, int reads)
+{
+    while (s->pipe >= 0 && reads-- > 0) {
+        ssize_t n = read(s->pipe, buf, sizeof buf);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN)
+            return;
+        if (n <= 0) {
+            close_fd(&s->pipe);
+            return;
+        }
+        long long room = cap - s->kept;
+        long long keep = n < room ? n : (room > 0 ? room : 0);
+        if (keep > 0 && write(s->spool, buf, (size_t)keep) != (ssize_t)keep)
+            keep = 0;
+        s->kept += keep;
+        if (keep < n)
+            s->truncated = 1;
+    }
+}
+
+static void kill_tree(struct run *r)
+{
+    /* cgroup.kill reaches the whole tree; where the kernel has none
+     * (/dev/null stands in), the main process at least is killed. */
+    if (r->kill >= 0)
+        ignore(pwrite(r->kill, "1", 1, 0));
+    if (!r->exited)
+        kill(r->pid, SIGKILL);
+    r->grace_ms = mono_ms() + 200;
+}
+
+static void write_result(struct run *r)
+{
+    char json[1024];
+    long long oom_after = oom_kills(r->oom);
+    int oom = r->oom_before >= 0 && oom_after > r->oom_before && !r->timed_out && !r->cancelled;
+    int st = r->status;
+    int code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    int len = snprintf(json, sizeof json,
+             "{\"exit_code\": %d, \"timed_out\": %s, \"cancelled\": %s, "
+             "\"stdout_truncated\": %s, \"stderr_truncated\": %s, \"oom_killed\": %s, "
+             "\"started_at\": %.6f, \"finished_at\": %.6f}\n",
+             code, r->timed_out ? "true" : "false", r->cancelled ? "true" : "false",
+             r->out.truncated ? "true" : "false", r->err.truncated ? "true" : "false",
+             oom ? "true" : "false", r->started, now_s());
+    /* No fsync: the rename makes the result all-or-nothing for a crash of the
+     * engine, and a host crash re-runs durable runs anyway. */
+    int fd = openat(r->spool_dir, "result.json.tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd >= 0) {
+        int ok = write(fd, json, (size_t)len) == len;
+        close(fd);
+        if (ok && renameat(r->spool_dir, "result.json.tmp", r->spool_dir, "result.json") == 0)
+            return;
+    }
+    reply(r, "Ecannot write the run's result");
+}
+
+/* The command has exited and its output is taken: record it, tell the
+ * engine, drop the run. */
+static void finish(struct run *r)
+{
+    pump(&r->out, r->cap, 64);
+    pump(&r->err, r->cap, 64);
+    write_result(r);
+    reply(r, "d");
+    close_fd(&r->reply);
+    close_fd(&r->out.pipe);
+    close_fd(&r->err.pipe);
+    close_fd(&r->out.spool);
+    close_fd(&r->err.spool);
+    close_fd(&r->kill);
+    close_fd(&r->oom);
+    close_fd(&r->spool_dir);
+    for (struct run **p = &runs; *p; p = &(*p)->next)
+        if (*p == r) {
+            *p = r->next;
+            break;
+        }
+    free(r);
+}
+
+/* A run is finished once its main process has exited and, after a kill,
+ * its pipes have reached EOF (the tree is dead) or the grace has passed.
+ * After a normal exit only what is already written is taken: background
+ * processes may hold the pipes open for as long as they live. */
+static void maybe_finish(struct run *r)
+{
+    if (!r->exited)
+        return;
+    int killed = r->timed_out || r->cancelled;
+    if (killed && (r->out.pipe >= 0 || r->err.pipe >= 0) && mono_ms() < r->grace_ms)
+        return;
+    finish(r);
+}
+
+struct request {
+    uid_t uid;
+    gid_t gid;
+    long long cap, timeout_ms;
+    const char *cwd;
+    char **argv, **env; /* NULL-terminated, pointing into mem */
+    char *mem;
+};
+
+static void free_request(struct request *q)
+{
+    free(q->argv);
+    free(q->env);
+    free(q->mem);
+}
+
+static int parse_request(int fd, struct request *q)
+{
+    struct stat st;
+    memset(q, 0, sizeof *q);
+    if (fstat(fd, &st) < 0 || st.st_size <= 0 || st.st_size > (64LL << 20))
+        return -1;
+    size_t len = (size_t)st.st_size;
+    q->mem = malloc(len + 1);
+    if (!q->mem || pread(fd, q->mem, len, 0) != (ssize_t)len)
+        return -1;
+    q->mem[len] = 0;
+    char *fields[6];
+    char *p = q->mem, *end = q->mem + len;
+    for (int i = 0; i < 6; i++, p += strlen(p) + 1) {
+        if (p >= end)
+            return -1;
+        fields[i] = p;
+    }
+    q->uid = (uid_t)strtoul(fields[0], NULL, 10);
+    q->gid = (gid_t)strtoul(fields[1], NULL, 10);
+    q->cap = strtoll(fields[2], NULL, 10);
+    q->timeout_ms = strtoll(fields[3], NULL, 10);
+    q->cwd = fields[4];
+    size_t argc = strtoul(fields[5], NULL, 10), envc = 0;
+    for (char *e = p; e < end; e += strlen(e) + 1)
+        envc++;
+    if (argc < 1 || argc > envc)
+        return -1;
+    envc -= argc;
+    q->argv = calloc(argc + 1, sizeof *q->argv);
+    q->env = calloc(envc + 1, sizeof *q->env);
+    if (!q->argv || !q->env)
+        return -1;
+    for (size_t i = 0; i < argc; i++, p += strlen(p) + 1)
+        q->argv[i] = p;
+    for (size_t i = 0; i < envc; i++, p += strlen(p) + 1)
+        q->env[i] = p;
+    return 0;
+}
+
+static void __attribute__((noreturn)) child_fail(const char *what)
+{
+    char msg[512];
+    int len = snprintf(msg, sizeof msg, "arkervm: %s: %s\n", what, strerror(errno));
+    if (len > 0 && write(2, msg, (size_t)len) < 0)
+        _exit(127);
+    _exit(127);
+}
+
+/* In the forked child, still PID 1's copy: become the command. Failures go
+ * to the run's stderr and end the run with 127, like a shell's. */
+static void __attribute__((noreturn)) become(const struct request *q, const int *fds, int out, int err)
+{
+    if (dup2(fds[F_STDIN], 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0)
+        _exit(127);
+    if (syscall(SYS_close_range, 3, ~0U, 0) < 0)
+        for (int fd = 3; fd < 65536; fd++)
+            close(fd);
+    setsid();
+    /* PID 1 shields itself from the OOM killer, not the run. */
+    if (agent_oom_shielded && write_str("/proc/self/oom_score_adj", "0") < 0)
+        child_fail("oom_score_adj");
+    if (chdir(q->cwd) < 0) {
+        char what[300];
+        snprintf(what, sizeof what, "cwd %s", q->cwd);
+        child_fail(what);
+    }
+    if (drop_privileges(q->uid, q->gid) < 0)
+        child_fail("drop privileges");
+    if (install_seccomp() < 0)
+        child_fail("seccomp");
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    execve(q->argv[0], q->argv, q->env);
+    char what[300];
+    snprintf(what, sizeof what, "exec %s", q->argv[0]);
+    child_fail(what);
+}
+
+static void start_run(int *fds)
+{
+    struct request q = {0};
+    char msg[300];
+    int po[2] = {-1, -1}, pe[2] = {-1, -1};
+    struct run *r = calloc(1, sizeof *r);
+    if (!r || parse_request(fds[F_REQUEST], &q) < 0) {
+        snprintf(msg, sizeof msg, "Ebad run request");
+        goto fail;
+    }
+    if (pipe2(po, O_CLOEXEC) < 0 || pipe2(pe, O_CLOEXEC) < 0) {
+        snprintf(msg, sizeof msg, "Ecannot make pipes: %s", strerror(errno));
+        goto fail;
+    }
+    r->oom_before = oom_kills(fds[F_OOM]);
+    r->started = now_s();
+    struct clone3_args args;
+    memset(&args, 0, sizeof args);
+    args.flags = CLONE_INTO_CGROUP;
+    args.exit_signal = SIGCHLD;
+    args.cgroup = (uint64_t)fds[F_CGROUP];
+    pid_t pid = (pid_t)syscall(SYS_clone3, &args, sizeof args);
+    if (pid == 0) {
+        close(po[0]);
+        close(pe[0]);
+        become(&q, fds, po[1], pe[1]);
+    }
+    if (pid < 0) {
+        if (errno == EAGAIN)
+            snprintf(msg, sizeof msg, "Pthe vm is at its process limit (pids.max)");
+        else
+            snprintf(msg, sizeof msg, "Ecannot fork the command: %s", strerror(errno));
+        goto fail;
+    }
+    free_request(&q);
+    close(po[1]);
+    close(pe[1]);
+    fcntl(po[0], F_SETFL, O_NONBLOCK);
+    fcntl(pe[0], F_SETFL, O_NONBLOCK);
+    r->pid = pid;
+    r->reply = fds[F_REPLY];
+    r->kill = fds[F_KILL];
+    r->oom = fds[F_OOM];
+    r->spool_dir = fds[F_SPOOL];
+    r->out = (struct stream){po[0], fds[F_STDOUT], 0, 0};
+    r->err = (struct stream){pe[0], fds[F_STDERR], 0, 0};
+    r->cap = q.cap;
+    r->deadline_ms = q.timeout_ms > 0 ? mono_ms() + q.timeout_ms : 0;
+    close(fds[F_REQUEST]);
+    close(fds[F_STDIN]);
+    close(fds[F_CGROUP]);
+    r->next = runs;
+    runs = r;
+    reply(r, "s");
+    return;
+fail:
+    free_request(&q);
+    free(r);
+    for (int i = 0; i < 2; i++) {
+        if (po[i] >= 0)
+            close(po[i]);
+        if (pe[i] >= 0)
+            close(pe[i]);
+    }
+    ignore(tell(fds[F_REPLY], msg)); /* if the engine is gone, nobody is left to tell */
+    for (int i = 0; i < NFDS; i++)
+        close(fds[i]);
+}
+
+/* One message from the channel: 1 handled (or dropped), 0 none waiting,
+ * -1 the engine closed it. */
+static int receive(int chan)
+{
+    char byte;
+    union {
+        char space[CMSG_SPACE(sizeof(int) * NFDS)];
+        struct cmsghdr align;
+    } ctl;
+    struct iovec iov = {&byte, 1};
+    struct msghdr m = {0};
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = ctl.space;
+    m.msg_controllen = sizeof ctl.space;
+    ssize_t n = recvmsg(chan, &m, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    if (n < 0)
+        return errno == EAGAIN || errno == EINTR ? 0 : -1;
+    if (n == 0)
+        return -1;
+    int fds[NFDS], got = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        int *in = (int *)CMSG_DATA(c);
+        for (int i = 0; i < k; i++) {
+            if (got < NFDS)
+                fds[got++] = in[i];
+            else
+                close(in[i]);
+        }
+    }
+    if (byte != 'r' || got != NFDS || (m.msg_flags & MSG_CTRUNC)) {
+        if (got > F_REPLY)
+            ignore(tell(fds[F_REPLY], "Ebad message"));
+        for (int i = 0; i < got; i++)
+            close(fds[i]);
+        return 1;
+    }
+    start_run(fds);
+    return 1;
+}
+
+static void reap(void)
+{
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+        for (struct run *r = runs; r; r = r->next)
+            if (r->pid == pid && !r->exited) {
+                r->exited = 1;
+                r->status = status;
+                break;
+            }
+}
+
+void __attribute__((noreturn)) agent_loop(int chan)
+{
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+    int cap = 64;
+    struct pollfd *p = malloc(sizeof *p * (size_t)cap);
+    struct run **who = malloc(sizeof *who * (size_t)cap);
+    if (sfd < 0 || !p || !who)
+        _exit(1); /* before "ok": the launcher reports PID 1 died */
+    fcntl(chan, F_SETFL, O_NONBLOCK);
+    for (;;) {
+        int count = 0;
+        for (struct run *r = runs; r; r = r->next)
+            count++;
+        if (3 * count + 2 > cap) {
+            cap = 3 * count + 64;
+            p = realloc(p, sizeof *p * (size_t)cap);
+            who = realloc(who, sizeof *who * (size_t)cap);
+            if (!p || !who)
+                _exit(1);
+        }
+        int n = 0;
+        long long now = mono_ms(), wake = -1;
+        p[n++] = (struct pollfd){sfd, POLLIN, 0};
+        p[n++] = (struct pollfd){chan, POLLIN, 0};
+        for (struct run *r = runs; r; r = r->next) {
+            int fds[3] = {r->out.pipe, r->err.pipe, r->exited ? -1 : r->reply};
+            for (int i = 0; i < 3; i++) {
+                who[n] = r;
+                p[n++] = (struct pollfd){fds[i], POLLIN, 0};
+            }
+            long long at = 0;
+            if (r->exited)
+                at = r->grace_ms;
+            else if (r->deadline_ms && !r->timed_out && !r->cancelled)
+                at = r->deadline_ms;
+            if (at && (wake < 0 || at < wake))
+                wake = at;
+        }
+        int wait_ms = wake < 0 ? -1 : (wake > now ? (int)(wake - now) : 0);
+        if (poll(p, (nfds_t)n, wait_ms) < 0 && errno != EINTR)
+            continue;
+        if (p[0].revents) {
+            struct signalfd_siginfo si;
+            while (read(sfd, &si, sizeof si) > 0)
+                ;
+            reap();
+        }
+        /* Pipes and cancels first: a run finished below is freed. */
+        for (int i = 2; i < n; i++) {
+            struct run *r = who[i];
+            if (!p[i].revents)
+                continue;
+            if (p[i].fd == r->out.pipe)
+                pump(&r->out, r->cap, 16);
+            else if (p[i].fd == r->err.pipe)
+                pump(&r->err, r->cap, 16);
+            else if (p[i].fd == r->reply) {
+                char c;
+                ssize_t got = recv(r->reply, &c, 1, MSG_DONTWAIT);
+                if (got == 1 && c == 'c' && !r->timed_out && !r->cancelled) {
+                    r->cancelled = 1;
+                    kill_tree(r);
+                } else if (got == 0) {
+                    close_fd(&r->reply); /* the engine let go; the run goes on */
+                }
+            }
+        }
+        now = mono_ms();
+        for (struct run *r = runs, *next; r; r = next) {
+            next = r->next;
+            if (!r->exited && r->deadline_ms && !r->timed_out && !r->cancelled &&
+                now >= r->deadline_ms) {
+                r->timed_out = 1;
+                kill_tree(r);
+            }
+            maybe_finish(r);
+        }
+        if (p[1].revents && chan >= 0) {
+            int got = 0;
+            for (int k = 0; k < 64 && (got = receive(chan)) > 0; k++)
+                ;
+            if (got < 0) {
+                close(chan);
+                chan = -1; /* the engine is gone: runs go on, none start */
+            }
+        }
+    }
+}
