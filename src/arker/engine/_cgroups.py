@@ -37,8 +37,10 @@ _CPU_PERIOD_US = 100_000
 
 @dataclass(frozen=True)
 class RunCgroup:
-    procs: list[str]  # cgroup.procs files the run's process joins
-    kill_dir: str  # the leaf whose cgroup.kill ends the run's whole tree
+    # The run's leaf in the unified hierarchy: its process is forked into it
+    # (the VM's limit cgroups it inherits from PID 1), and its cgroup.kill
+    # ends the run's whole tree.
+    leaf: str
     oom_file: str  # where the VM's oom_kill counter is read
 
 
@@ -113,11 +115,11 @@ class Cgroups:
         _write(c / "cpu.cfs_quota_us", str(quota))
 
     def create_run(self, vm_id: str, run_id: str) -> RunCgroup:
-        leaf = f"r-{run_id}"
-        (self.unified / vm_id / leaf).mkdir(exist_ok=True)
-        return RunCgroup(
-            self._join(vm_id, leaf), str(self.unified / vm_id / leaf), self._oom_file(vm_id)
-        )
+        # Strings, not Paths: this is on every run's path.
+        leaf = f"{self.unified}/{vm_id}/r-{run_id}"
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(leaf)
+        return RunCgroup(leaf, self._oom_file(vm_id))
 
     def kill_run(self, vm_id: str, run_id: str) -> None:
         _kill(self.unified / vm_id / f"r-{run_id}")

@@ -225,7 +225,6 @@ class NamespaceEngine(Engine):
         with self._lock(vm_id):
             self._require(vm_id)  # under the lock: a delete may have just won
             init = self._start(vm_id)
-            self.cgroups.sweep_runs(vm_id, self.runner.in_flight(vm_id))
             self.runner.start(vm_id, run_id, spec, init)
 
     def wait_run(self, vm_id: str, run_id: str, timeout_s: float | None = None) -> RunInfo:
@@ -239,6 +238,11 @@ class NamespaceEngine(Engine):
 
     def forget_run(self, vm_id: str, run_id: str) -> None:
         self.runner.forget(vm_id, check_name(run_id, "run id"))
+        # Off the run's path (the server forgets a run after answering it);
+        # under the VM's lock, so no leaf is swept between its mkdir and its
+        # run's fork.
+        with self._lock(vm_id):
+            self.cgroups.sweep_runs(vm_id, self.runner.in_flight(vm_id))
 
     # -- files
     def read_file(self, vm_id: str, path: str, max_bytes: int) -> bytes:

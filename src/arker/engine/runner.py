@@ -95,15 +95,21 @@ class Runner:
                 ErrorCode.UNAVAILABLE, f"vm {vm_id!r} was not started by this engine: restart it"
             )
         argv, env = _command(spec)
-        spool = self.spool(vm_id, run_id)
+        # Strings and fds relative to the spool, not Paths: this is every run's path.
+        spool = f"{self.runs_dir}/{vm_id}/{run_id}"
         try:
-            spool.mkdir(parents=True)
+            _mkdir(spool)
         except FileExistsError:
             raise ArkerError(ErrorCode.CONFLICT, f"run {run_id!r} already exists") from None
         try:
-            (spool / "meta.json").write_text(json.dumps({"started_at": time.time()}))
-            cg = self.cgroups.create_run(vm_id, run_id)
-            sock = self._send(init.agent, spool, cg, spec, argv, env)
+            spool_fd = os.open(spool, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                meta = json.dumps({"started_at": time.time()}).encode()
+                _write_at(spool_fd, "meta.json", meta)
+                cg = self.cgroups.create_run(vm_id, run_id)
+                sock = self._send(init.agent, spool_fd, cg, spec, argv, env)
+            finally:
+                os.close(spool_fd)
         except BaseException:
             shutil.rmtree(spool, ignore_errors=True)
             self.cgroups.sweep_runs(vm_id, self.in_flight(vm_id))
@@ -114,7 +120,7 @@ class Runner:
     def _send(
         self,
         agent: socket.socket,
-        spool: Path,
+        spool_fd: int,
         cg: RunCgroup,
         spec: RunSpec,
         argv: list[str],
@@ -133,12 +139,12 @@ class Runner:
             stdin = spec.stdin
             fds.append(_memfd("arker-stdin", stdin) if stdin else _open("/dev/null", os.O_RDONLY))
             out_flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-            fds.append(_open(spool / "stdout", out_flags))
-            fds.append(_open(spool / "stderr", out_flags))
-            fds.append(_open(cg.kill_dir, os.O_RDONLY | os.O_DIRECTORY))
-            fds.append(_open(Path(cg.kill_dir) / "cgroup.kill", os.O_WRONLY, missing_ok=True))
+            fds.append(_open("stdout", out_flags, dir_fd=spool_fd))
+            fds.append(_open("stderr", out_flags, dir_fd=spool_fd))
+            fds.append(_open(cg.leaf, os.O_RDONLY | os.O_DIRECTORY))
+            fds.append(_open(f"{cg.leaf}/cgroup.kill", os.O_WRONLY, missing_ok=True))
             fds.append(_open(cg.oom_file, os.O_RDONLY, missing_ok=True))
-            fds.append(_open(spool, os.O_RDONLY | os.O_DIRECTORY))
+            fds.append(os.dup(spool_fd))
             try:
                 socket.send_fds(agent, [b"r"], [theirs.fileno(), *fds])
             except OSError as exc:  # EPIPE: PID 1 is gone; timeout: it is stuck
@@ -278,11 +284,27 @@ class Runner:
             return self._runs.get((vm_id, run_id))
 
 
-def _open(path: Path | str, flags: int, missing_ok: bool = False) -> int:
+def _mkdir(path: str) -> None:
+    try:
+        os.mkdir(path, 0o700)
+    except FileNotFoundError:  # the VM's first run
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.mkdir(path, 0o700)
+
+
+def _write_at(dir_fd: int, name: str, data: bytes) -> None:
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _open(path: str, flags: int, missing_ok: bool = False, dir_fd: int | None = None) -> int:
     """An fd for PID 1; with `missing_ok`, /dev/null stands in for a file this
     kernel lacks (cgroup.kill before 5.14, an oom counter)."""
     try:
-        return os.open(path, flags | os.O_CLOEXEC, 0o600)
+        return os.open(path, flags | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
     except FileNotFoundError:
         if not missing_ok:
             raise
