@@ -8,8 +8,12 @@ import asyncio
 import base64
 from typing import Any
 
-from fake_engine import FakeDisk
+import pytest
+from fake_engine import FakeDisk, FakeEngine
 from harness import Server
+
+from arker.engine.base import RunSpec
+from arker.errors import ArkerError, ErrorCode
 
 LOG = "/home/user/log"
 
@@ -79,6 +83,29 @@ async def test_foreground_retry_after_crash_gets_the_result(start_server: Any) -
         assert r.json()["stdout"] == base64.b64encode(b"ok\n").decode()
         assert (await _status(s, vm, r.json()["run_id"]))["retry_count"] == 1
         assert disk.vms[vm].files[LOG] == b"x\n"
+
+
+async def test_a_durable_run_the_engine_cannot_restart_fails(
+    start_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disk = FakeDisk()
+    async with start_server(disk=disk, crash=True) as s:
+        keys = s.keys
+        vm = (await s.client.post("/v1/vms/busybox/fork", json={"durable": True})).json()["vm_id"]
+        r = await s.client.post(
+            f"/v1/vms/{vm}/runs", json={"command": "sleep 30", "background": True}
+        )
+        run_id = r.json()["run_id"]
+
+    def refuse(self: FakeEngine, vm_id: str, run_id: str, spec: RunSpec) -> None:
+        raise ArkerError(ErrorCode.UNAVAILABLE, "no room")
+
+    monkeypatch.setattr(FakeEngine, "start_run", refuse)
+    async with start_server(disk=disk, keys=keys) as s:
+        status = await _status(s, vm, run_id)
+        assert status["state"] == "failed" and status["retry_count"] == 1
+        reason = status["failure_reason"]
+        assert "could not start it again" in reason and "no room" in reason
 
 
 async def test_foreground_retry_of_a_lost_run_answers_failed(start_server: Any) -> None:

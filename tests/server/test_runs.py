@@ -131,6 +131,25 @@ async def test_idempotent_retry_waits_for_a_foreground_run_in_progress(server: S
     assert sum(c.startswith("start ") for c in server.engine.calls) == 1
 
 
+async def test_a_foreground_run_outlives_its_client(server: Server) -> None:
+    """The run's task, not the request, records it: a client that hangs up
+    leaves it running and recorded, and its retry gets the one result."""
+    vm = await _vm(server)
+    headers = {"Idempotency-Key": "k-gone"}
+    body = {"command": "sleep 0.2; echo late"}
+    request = asyncio.create_task(
+        server.client.post(f"/v1/vms/{vm}/runs", json=body, headers=headers)
+    )
+    while not any(c.startswith("start ") for c in server.engine.calls):
+        await asyncio.sleep(0.01)
+    request.cancel()
+    r = await server.client.post(f"/v1/vms/{vm}/runs", json=body, headers=headers)
+    assert r.status_code == 200 and r.json()["stdout"] == b64(b"late\n")
+    status = (await server.client.get(f"/v1/vms/{vm}/runs/{r.json()['run_id']}")).json()
+    assert status["state"] == "completed" and status["retry_count"] == 0
+    assert sum(c.startswith("start ") for c in server.engine.calls) == 1
+
+
 async def test_background_idempotency_returns_same_run(server: Server) -> None:
     vm = await _vm(server)
     headers = {"Idempotency-Key": "k-bg"}

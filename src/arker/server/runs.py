@@ -43,8 +43,32 @@ _INSERT = insert(Run)
 # The SET clause comes from the parameters; only runs still in flight are
 # finished, so a cancel and the waiter cannot both record an end.
 _FINISH = update(Run).where(Run.id == bindparam("finish_id"), Run.state.in_(IN_FLIGHT))
+_UNRECORD = delete(Run).where(Run.id == bindparam("unrecord_id"))
+
+_COLUMNS = tuple(c.key for c in Run.__table__.columns)
 
 Answer = tuple[t.CompletedRun | t.TimedOutRun | t.CancelledRun | t.FailedRun | t.StartedRun, int]
+
+
+def _values(row: Run) -> dict[str, Any]:
+    return {key: getattr(row, key) for key in _COLUMNS}
+
+
+def _end_values(info: RunInfo) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "state": info.phase.value,
+        "exit_code": info.exit_code,
+        "stdout": info.stdout,
+        "stderr": info.stderr,
+        "stdout_truncated": info.stdout_truncated,
+        "stderr_truncated": info.stderr_truncated,
+        "oom_killed": info.oom_killed,
+        "finished_at": info.finished_at or time.time(),
+        "duration_ms": info.duration_ms,
+    }
+    if info.phase is RunPhase.FAILED:
+        values["failure_reason"] = info.failure_reason or "the engine lost the run"
+    return values
 
 
 class Runs:
@@ -100,28 +124,18 @@ class Runs:
                 # Under the VM's lock, so the next run sees this one in flight.
                 async with self._vm_locks[vm.id]:
                     row.checkpoint_id = await self._checkpoint_for(vm.id)
-                    await self._insert(row)
-            else:
-                await self._insert(row)
+                    await self.db.write(_INSERT, _values(row))
+            # Otherwise the task records the run in its first worker-thread hop;
+            # a foreground one also starts, waits and records the end there.
+            await self._launch(row, new=True, record=not vm.durable, wait_started=background)
+            if not background:
+                return await self._answer(row.id)
         except IntegrityError:
             prior = await self._by_key(vm.org, idem_key) if idem_key else None
             if prior is None:
                 raise
             return await self._replay(prior, digest)  # a retry, or a concurrent twin
-        # A background run answers once the engine has started it; a foreground
-        # one starts and waits in one worker-thread hop (its hot path).
-        await self._launch(row, forget_on_failure=True, wait_started=background)
-        self.metrics.runs_started.inc()
-        if background:
-            return wire.started(row.id), 202
-        return await self._answer(row.id)
-
-    async def _insert(self, row: Run) -> None:
-        # A Core insert in one transaction: every run pays for this before it
-        # starts, and the ORM's unit of work costs more than the statement.
-        values = {c.key: getattr(row, c.key) for c in Run.__table__.columns}
-        async with self.db.engine.begin() as conn:
-            await conn.execute(_INSERT, values)
+        return wire.started(row.id), 202
 
     async def _by_key(self, org: str, idem_key: str) -> Run | None:
         async with self.db.session() as s:
@@ -180,68 +194,94 @@ class Runs:
             # The run is safe with its checkpoint taken; a leftover is pruned next time.
             log.warning("could not prune checkpoints of vm %s", vm_id, exc_info=True)
 
-    async def _launch(self, row: Run, forget_on_failure: bool, wait_started: bool) -> None:
-        """Hand the run to a task that starts it, waits for it and records the
-        end. The task, not the request, owns the run: a client hanging up
-        cannot leave it started but unwatched. With `wait_started`, return once
-        the engine has started it (raising its error if it could not)."""
+    async def _launch(self, row: Run, new: bool, record: bool, wait_started: bool) -> None:
+        """Hand the run to a task that records it (with `record`), starts it,
+        waits for it and records the end. The task, not the request, owns the
+        run: a client hanging up cannot leave it started but unwatched. With
+        `wait_started`, return once the engine has started it (raising its
+        error, or the record's, if it could not)."""
         run_spec = runspec.for_engine(row.spec, self.settings.output_cap_bytes)
         loop = asyncio.get_running_loop()
         started: asyncio.Future[None] | None = loop.create_future() if wait_started else None
-        task = loop.create_task(self._drive(row, run_spec, forget_on_failure, started))
+        task = loop.create_task(self._drive(row, run_spec, new, record, started))
         self._tasks[row.id] = task
         run_id = row.id
         task.add_done_callback(lambda _task: self._tasks.pop(run_id, None))
         if started is not None:
             await asyncio.shield(started)
 
-    async def _not_started(self, row: Run, forget: bool, exc: BaseException) -> None:
-        if forget:
-            # It never ran: unrecord it so a retry starts afresh.
-            async with self.db.session() as s:
-                await s.execute(delete(Run).where(Run.id == row.id))
-                await s.commit()
-        else:
-            await self._fail([row.id], f"the engine could not start it again: {exc}")
-
-    def _start_and_wait(self, vm_id: str, run_id: str, spec: RunSpec) -> RunInfo | None:
-        self.engine.start_run(vm_id, run_id, spec)
+    # -- in a worker thread
+    def _begin(
+        self, row: Run, spec: RunSpec, new: bool, record: bool, wait: bool
+    ) -> tuple[RunInfo | None, Run | None]:
+        """Record the run, start it and, with `wait`, wait for it and record
+        its end, all in one worker-thread hop (a foreground run's hot path)."""
+        if record:
+            self.db.write_blocking(_INSERT, _values(row))
         try:
-            return self.engine.wait_run(vm_id, run_id, WAIT_CHUNK_S)
+            self.engine.start_run(row.vm_id, row.id, spec)
+        except BaseException:
+            if new:  # it never ran: unrecord it so a retry starts afresh
+                self.db.write_blocking(_UNRECORD, {"unrecord_id": row.id})
+            raise
+        if new:
+            self.metrics.runs_started.inc()
+        if not wait:
+            return None, None
+        try:
+            return self._wait(row)
         except ArkerError:
-            return None  # it did start: the waiting loop meets this error again
+            return None, None  # it did start: the waiting loop meets this error again
+
+    def _wait(self, row: Run) -> tuple[RunInfo, Run | None]:
+        """Wait for the run a while; once it has ended, record the end where
+        the database writes from threads (unless the server is stopping: then
+        recovery decides) and return the row as recorded, if this side
+        recorded it."""
+        info = self.engine.wait_run(row.vm_id, row.id, WAIT_CHUNK_S)
+        if not info.done or self._stopping or not self.db.writes_in_threads:
+            return info, None
+        values = _end_values(info)
+        count = self.db.write_blocking(_FINISH, {"finish_id": row.id, **values})
+        return info, self._finished(row, values, count)
 
     # -- finishing
     async def _drive(
-        self, row: Run, spec: RunSpec, forget: bool, started: asyncio.Future[None] | None
+        self, row: Run, spec: RunSpec, new: bool, record: bool, started: asyncio.Future[None] | None
     ) -> Run | None:
-        """Start the run, wait for it and record its end; return the finished
-        row, or None when it is left for recovery (shutdown) or recorded by a
-        cancel first."""
+        """Record and start the run, wait for it and record its end; return the
+        finished row, or None when it is left for recovery (shutdown) or
+        recorded by a cancel first."""
         run_id, vm_id = row.id, row.vm_id
-        info: RunInfo | None = None
+        # SQLite writes from the worker thread, in place; asyncpg's writes stay
+        # on the loop, where its connections live.
+        on_loop = not self.db.writes_in_threads
         try:
-            if started is None:  # a foreground run: start and wait in one thread hop
-                info = await self.threads.wait(self._start_and_wait, vm_id, run_id, spec)
-            else:
-                await self.threads.call(self.engine.start_run, vm_id, run_id, spec)
-                started.set_result(None)
+            if record and on_loop:
+                await self.db.write(_INSERT, _values(row))
+            info, finished = await self.threads.wait(
+                self._begin, row, spec, new, record and not on_loop, started is None
+            )
         except Exception as exc:
-            await self._not_started(row, forget, exc)
+            if not new:  # a recovered run's only failure here is its start
+                await self._fail([run_id], f"the engine could not start it again: {exc}")
             if started is None:
                 raise
             started.set_exception(exc)
             return None
+        if started is not None:
+            started.set_result(None)
         try:
             while info is None or not info.done:
-                info = await self.threads.wait(self.engine.wait_run, vm_id, run_id, WAIT_CHUNK_S)
+                info, finished = await self.threads.wait(self._wait, row)
         except ArkerError as exc:
             if not self._stopping:
                 await self._fail([run_id], f"the engine lost the run: {exc.message}")
             return None
         if self._stopping:
             return None  # killed by the shutdown: recovery decides, not this task
-        finished = await self._finish(row, info)
+        if on_loop:
+            finished = await self._finish(row, info)
         # Dropping the spool is not on the caller's path.
         asyncio.get_running_loop().create_task(self._forget(vm_id, run_id))
         return finished
@@ -253,26 +293,14 @@ class Runs:
     async def _finish(self, row: Run, info: RunInfo) -> Run | None:
         """Record the end once (a cancel may race the waiter); return the row as
         recorded, or None when the other side recorded it first."""
-        run_id = row.id
-        state = info.phase.value
-        values: dict[str, Any] = {
-            "state": state,
-            "exit_code": info.exit_code,
-            "stdout": info.stdout,
-            "stderr": info.stderr,
-            "stdout_truncated": info.stdout_truncated,
-            "stderr_truncated": info.stderr_truncated,
-            "oom_killed": info.oom_killed,
-            "finished_at": info.finished_at or time.time(),
-            "duration_ms": info.duration_ms,
-        }
-        if info.phase is RunPhase.FAILED:
-            values["failure_reason"] = info.failure_reason or "the engine lost the run"
-        async with self.db.engine.begin() as conn:
-            res = await conn.execute(_FINISH, {"finish_id": run_id, **values})
-        if not res.rowcount:
+        values = _end_values(info)
+        count = await self.db.write(_FINISH, {"finish_id": row.id, **values})
+        return self._finished(row, values, count)
+
+    def _finished(self, row: Run, values: dict[str, Any], count: int) -> Run | None:
+        if not count:
             return None
-        self.metrics.runs_finished.inc(state=state)
+        self.metrics.runs_finished.inc(state=values["state"])
         for name, value in values.items():
             setattr(row, name, value)
         return row
@@ -389,7 +417,7 @@ class Runs:
             with contextlib.suppress(ArkerError):
                 await self.threads.call(self.engine.forget_run, vm_id, r.id)
             try:
-                await self._launch(live, forget_on_failure=False, wait_started=True)
+                await self._launch(live, new=False, record=False, wait_started=True)
             except Exception:
                 log.exception("could not restart run %s", r.id)
 

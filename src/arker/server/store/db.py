@@ -1,5 +1,6 @@
 """The async database: one SQLAlchemy engine per process, SQLite or PostgreSQL,
-migrated by Alembic on open."""
+migrated by Alembic on open; and, for a SQLite file, plain sqlite3 writes
+from worker threads for the run path (see `write_blocking`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import anyio.from_thread
+import anyio.to_thread
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
@@ -17,6 +20,9 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.sql.dml import UpdateBase
+
+from arker.server.store.blocking import SqliteWriter
 
 __all__ = ["Database", "MIGRATIONS_DIR"]
 
@@ -39,16 +45,19 @@ class Database:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         kwargs: dict[str, Any] = {}
+        self.blocking: SqliteWriter | None = None
         if self.is_sqlite:
             path = url.split(":///", 1)[1] if ":///" in url else ""
             if path and path != ":memory:":
                 os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+                self.blocking = SqliteWriter(path, lambda conn: _sqlite_pragmas(conn, None))
         else:
             kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.session = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     async def migrate(self) -> None:
         """Bring the schema to the newest revision (Alembic, programmatically)."""
@@ -58,8 +67,32 @@ class Database:
     def new_session(self) -> AsyncSession:
         return self.session()
 
+    @property
+    def writes_in_threads(self) -> bool:
+        """Whether `write_blocking` writes in place (no hop to the loop)."""
+        return self.blocking is not None
+
+    async def write(self, statement: UpdateBase, params: dict[str, Any]) -> int:
+        """Execute one write statement in a transaction of its own; return its
+        row count."""
+        if self.blocking is not None:
+            return await anyio.to_thread.run_sync(self.write_blocking, statement, params)
+        # One statement needs no BEGIN and COMMIT of its own: two round trips fewer.
+        async with self._autocommit.connect() as conn:
+            res = await conn.execute(statement, params)
+        return res.rowcount
+
+    def write_blocking(self, statement: UpdateBase, params: dict[str, Any]) -> int:
+        """`write` from a worker thread (one that anyio started): in place on
+        SQLite, through the event loop otherwise."""
+        if self.blocking is None:
+            return anyio.from_thread.run(self.write, statement, params)
+        return self.blocking.write(statement, params)
+
     async def close(self) -> None:
         await self.engine.dispose()
+        if self.blocking is not None:
+            self.blocking.close()
 
 
 def _upgrade(conn: Connection) -> None:
