@@ -150,6 +150,36 @@ async def test_a_foreground_run_outlives_its_client(server: Server) -> None:
     assert sum(c.startswith("start ") for c in server.engine.calls) == 1
 
 
+async def test_ended_runs_are_forgotten_after_their_answers(start_server: object) -> None:
+    """The engine drops an ended run's spool in a batch, after the answer;
+    a stop forgets what ended just before it."""
+    forgotten: list[str] = []
+    async with start_server() as s:  # type: ignore[operator]
+        engine = s.engine
+        forget = engine.forget_run
+
+        def recording(vm_id: str, run_id: str) -> None:
+            forgotten.append(run_id)
+            forget(vm_id, run_id)
+
+        engine.forget_run = recording
+        vm = await _vm(s)
+        ids = [
+            (await s.client.post(f"/v1/vms/{vm}/runs", json={"command": f"echo {i}"})).json()[
+                "run_id"
+            ]
+            for i in range(3)
+        ]
+        for _ in range(100):
+            if len(forgotten) == len(ids):
+                break
+            await asyncio.sleep(0.02)
+        assert sorted(forgotten) == sorted(ids) and not engine.disk.vms[vm].runs
+        r = await s.client.post(f"/v1/vms/{vm}/runs", json={"command": "echo last"})
+        last = r.json()["run_id"]
+    assert forgotten[-1] == last
+
+
 async def test_background_idempotency_returns_same_run(server: Server) -> None:
     vm = await _vm(server)
     headers = {"Idempotency-Key": "k-bg"}

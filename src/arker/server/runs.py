@@ -27,6 +27,7 @@ from arker.engine.base import Engine, RunInfo, RunPhase, RunSpec
 from arker.errors import ArkerError, ErrorCode
 from arker.server import runspec, wire
 from arker.server.config import Settings
+from arker.server.forgetting import Forgetter
 from arker.server.metrics import Metrics
 from arker.server.store import Database, Run, Vm
 from arker.server.threads import Threads
@@ -83,6 +84,7 @@ class Runs:
         self._tasks: dict[str, asyncio.Task[Run | None]] = {}
         self._vm_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._stopping = False
+        self._forgetter = Forgetter(engine, threads)
 
     # -- starting
     async def run(self, vm: Vm, req: t.RunRequest, idem_key: str | None) -> Answer:
@@ -282,13 +284,8 @@ class Runs:
             return None  # killed by the shutdown: recovery decides, not this task
         if on_loop:
             finished = await self._finish(row, info)
-        # Dropping the spool is not on the caller's path.
-        asyncio.get_running_loop().create_task(self._forget(vm_id, run_id))
+        self._forgetter.later(vm_id, run_id)  # after the answer, not on its path
         return finished
-
-    async def _forget(self, vm_id: str, run_id: str) -> None:
-        with contextlib.suppress(ArkerError):
-            await self.threads.call(self.engine.forget_run, vm_id, run_id)
 
     async def _finish(self, row: Run, info: RunInfo) -> Run | None:
         """Record the end once (a cancel may race the waiter); return the row as
@@ -427,3 +424,4 @@ class Runs:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._forgetter.flush()  # what ended is not left on the disk
