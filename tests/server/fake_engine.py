@@ -8,6 +8,7 @@ Commands are a tiny script language, steps separated by "; ":
   sleep S            wait S seconds (cancel and timeout cut it short)
   append PATH TEXT   append TEXT and a newline to a file of the VM
   cat PATH           the file's bytes on stdout
+  stdin              the run's stdin on stdout
   refuse             (alone) start_run raises invalid_request
 Anything else prints the command back. The "disk" (goldens, VMs, files,
 checkpoints) lives in a FakeDisk that a second engine may share, to play a
@@ -194,6 +195,8 @@ class FakeEngine(Engine):
                     vm.files[path] = vm.files.get(path, b"") + (text + "\n").encode()
             elif word == "cat":
                 self._emit(run, "out", vm.files.get(rest, b""))
+            elif word == "stdin":
+                self._emit(run, "out", run.spec.stdin)
             else:
                 self._emit(run, "out", step.encode())
         if run.stop.is_set():

@@ -64,7 +64,9 @@ async def test_durable_run_restarts_from_its_checkpoint(start_server: Any) -> No
 async def test_foreground_retry_after_crash_gets_the_result(start_server: Any) -> None:
     disk = FakeDisk()
     headers = {"Idempotency-Key": "fg-1"}
-    body = {"command": "append /home/user/log x; sleep 0.3; echo ok"}
+    # stdin too: the restart takes the run from its stored request
+    stdin = base64.b64encode(b"in").decode()
+    body = {"command": "append /home/user/log x; sleep 0.3; echo ok; stdin", "stdin": stdin}
     async with start_server(disk=disk, crash=True) as s:
         keys = s.keys
         vm = (await s.client.post("/v1/vms/busybox/fork", json={"durable": True})).json()["vm_id"]
@@ -80,7 +82,7 @@ async def test_foreground_retry_after_crash_gets_the_result(start_server: Any) -
     async with start_server(disk=disk, keys=keys) as s:
         r = await s.client.post(f"/v1/vms/{vm}/runs", json=body, headers=headers)
         assert r.status_code == 200
-        assert r.json()["stdout"] == base64.b64encode(b"ok\n").decode()
+        assert r.json()["stdout"] == base64.b64encode(b"ok\nin").decode()
         assert (await _status(s, vm, r.json()["run_id"]))["retry_count"] == 1
         assert disk.vms[vm].files[LOG] == b"x\n"
 

@@ -37,6 +37,13 @@ async def test_foreground_completed(server: Server) -> None:
     assert vm_now["state"] == "running"
 
 
+async def test_stdin_reaches_the_engine(server: Server) -> None:
+    vm = await _vm(server)
+    body = {"command": "stdin", "stdin": b64(b"piped\x00bytes")}
+    r = await server.client.post(f"/v1/vms/{vm}/runs", json=body)
+    assert r.json()["stdout"] == b64(b"piped\x00bytes")
+
+
 async def test_timeout_and_output_cap(start_server: object) -> None:
     async with start_server(output_cap_bytes=10) as s:  # type: ignore[operator]
         vm = await _vm(s)

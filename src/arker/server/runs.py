@@ -100,7 +100,9 @@ class Runs:
                 return await self._replay(prior, digest)
         if vm.lost:
             raise ArkerError(ErrorCode.VM_LOST, f"cannot run in vm {vm.id!r} in state lost")
-        runspec.decode_stdin(req.stdin)  # reject bad input before anything is recorded
+        stdin = runspec.decode_stdin(req.stdin)  # reject bad input before anything is recorded
+        # The engine's spec from the request, not from the row's JSON parsed again.
+        run_spec = runspec.for_engine(spec, self.settings.output_cap_bytes, stdin)
         now = time.time()
         row = Run(
             id=str(ULID()),
@@ -129,7 +131,9 @@ class Runs:
                     await self.db.write(_INSERT, _values(row))
             # Otherwise the task records the run in its first worker-thread hop;
             # a foreground one also starts, waits and records the end there.
-            await self._launch(row, new=True, record=not vm.durable, wait_started=background)
+            await self._launch(
+                row, run_spec, new=True, record=not vm.durable, wait_started=background
+            )
             if not background:
                 return await self._answer(row.id)
         except IntegrityError:
@@ -196,13 +200,14 @@ class Runs:
             # The run is safe with its checkpoint taken; a leftover is pruned next time.
             log.warning("could not prune checkpoints of vm %s", vm_id, exc_info=True)
 
-    async def _launch(self, row: Run, new: bool, record: bool, wait_started: bool) -> None:
+    async def _launch(
+        self, row: Run, run_spec: RunSpec, new: bool, record: bool, wait_started: bool
+    ) -> None:
         """Hand the run to a task that records it (with `record`), starts it,
         waits for it and records the end. The task, not the request, owns the
         run: a client hanging up cannot leave it started but unwatched. With
         `wait_started`, return once the engine has started it (raising its
         error, or the record's, if it could not)."""
-        run_spec = runspec.for_engine(row.spec, self.settings.output_cap_bytes)
         loop = asyncio.get_running_loop()
         started: asyncio.Future[None] | None = loop.create_future() if wait_started else None
         task = loop.create_task(self._drive(row, run_spec, new, record, started))
@@ -414,7 +419,8 @@ class Runs:
             with contextlib.suppress(ArkerError):
                 await self.threads.call(self.engine.forget_run, vm_id, r.id)
             try:
-                await self._launch(live, new=False, record=False, wait_started=True)
+                run_spec = runspec.for_engine(live.spec, self.settings.output_cap_bytes)
+                await self._launch(live, run_spec, new=False, record=False, wait_started=True)
             except Exception:
                 log.exception("could not restart run %s", r.id)
 

@@ -36,13 +36,19 @@ def stored(req: t.RunRequest) -> dict[str, Any]:
     }
 
 
-def for_engine(spec_json: str, output_cap_bytes: int) -> RunSpec:
-    spec = json.loads(spec_json)
+def for_engine(
+    spec: dict[str, Any] | str, output_cap_bytes: int, stdin: bytes | None = None
+) -> RunSpec:
+    """From the stored request (as JSON, or before it was written); `stdin`,
+    when given, is its stdin decoded already."""
+    if isinstance(spec, str):
+        spec = json.loads(spec)
+        assert isinstance(spec, dict)
     return RunSpec(
         command=spec["command"],
         env=spec["env"],
         cwd=spec["cwd"],
-        stdin=decode_stdin(spec["stdin"]),
+        stdin=decode_stdin(spec["stdin"]) if stdin is None else stdin,
         user=spec["user"],
         timeout_s=spec["timeout_s"],
         output_cap_bytes=output_cap_bytes,
