@@ -266,7 +266,9 @@ class Runs:
         try:
             if record and on_loop:
                 await self.db.write(_INSERT, _values(row))
-            info, finished = await self.threads.wait(
+            # A foreground run waits in this hop, so it goes with the waits.
+            hop = self.threads.wait if started is None else self.threads.call
+            info, finished = await hop(
                 self._begin, row, spec, new, record and not on_loop, started is None
             )
         except Exception as exc:
