@@ -94,3 +94,24 @@ def test_run_after_vm_restart_uses_the_new_pid1(engine: NamespaceEngine, vm: str
     second = engine._init(vm)
     assert first is not None and second is not None and first != second
     assert first.agent is not None and first.agent.fileno() == -1  # closed with its VM
+
+
+def test_pid1_holds_no_more_than_a_root_command(engine: NamespaceEngine, vm: str) -> None:  # noqa: F811
+    # PID 1 confines itself once the VM is up: Docker's default capabilities,
+    # no_new_privs and the seccomp deny list, all of which its commands inherit.
+    docker_caps = (0, 1, 3, 4, 5, 6, 7, 8, 10, 18, 29, 31)
+    want = f"{sum(1 << c for c in docker_caps):016x}"
+    status = dict(
+        line.split(":", 1)
+        for line in run(engine, vm, "cat /proc/1/status").stdout.decode().splitlines()
+    )
+    assert {k: status[k].strip() for k in ("CapEff", "CapPrm", "CapBnd")} == dict.fromkeys(
+        ("CapEff", "CapPrm", "CapBnd"), want
+    )
+    assert status["NoNewPrivs"].strip() == "1" and status["Seccomp"].strip() == "2"
+    user = dict(
+        line.split(":", 1)
+        for line in run(engine, vm, "cat /proc/self/status").stdout.decode().splitlines()
+    )
+    assert user["CapEff"].strip() == user["CapBnd"].strip() == "0" * 16
+    assert user["Seccomp_filters"].strip() == "2"  # PID 1's deny list and its own

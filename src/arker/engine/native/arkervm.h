@@ -34,6 +34,7 @@ extern int agent_oom_shielded; /* PID 1 runs with oom_score_adj -1000 */
 void agent_loop(int chan) __attribute__((noreturn));
 
 /* seccomp.c */
+int confine_pid1(void);
 int drop_privileges(uid_t uid, gid_t gid);
 int install_seccomp(void);
 

@@ -180,6 +180,8 @@ static void __attribute__((noreturn)) vm_init(const struct init_opts *o)
     sigset_t all;
     sigfillset(&all);
     sigprocmask(SIG_BLOCK, &all, NULL);
+    if (confine_pid1() < 0)
+        fail("confine PID 1");
     set_title("init"); /* last: the options point into argv */
     /* Not dumpable: even the VM's root cannot read PID 1's memory or fds. */
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);

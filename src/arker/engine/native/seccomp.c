@@ -1,10 +1,13 @@
-/* Credentials, capabilities and the seccomp filter every run gets.
+/* Credentials, capabilities and the seccomp filters of PID 1 and every run.
  *
  * uid 1000 keeps no capability at all; root keeps Docker's default set,
  * which excludes CAP_SYS_ADMIN, so mounts, namespaces and the like stay out
  * of reach even before seccomp. The filter is a deny list (the syscalls
  * that reach kernel state shared with the host) answered with EPERM, so
- * ordinary programs keep working and the dangerous ones fail cleanly. */
+ * ordinary programs keep working and the dangerous ones fail cleanly.
+ * PID 1 confines itself to the same set and installs the deny list once it
+ * has built the VM; each command inherits both and adds only what PID 1
+ * itself cannot live with (no clone3). */
 #include "arkervm.h"
 
 #include <errno.h>
@@ -30,33 +33,56 @@ static const int root_caps[] = {
     CAP_SETFCAP,
 };
 
-int drop_privileges(uid_t uid, gid_t gid)
+static unsigned long long root_mask(void)
 {
-    unsigned long long keep = 0;
-    if (uid == 0)
-        for (size_t i = 0; i < sizeof root_caps / sizeof root_caps[0]; i++)
-            keep |= 1ULL << root_caps[i];
-    if (uid == 0 ? setgroups(0, NULL) < 0 : setgroups(1, &gid) < 0)
-        return -1;
-    if (setresgid(gid, gid, gid) < 0)
-        return -1;
-    /* The bounding set caps what any later execve (setuid files included)
-     * can regain; PR_CAPBSET_DROP needs CAP_SETPCAP, so it goes first. */
+    unsigned long long mask = 0;
+    for (size_t i = 0; i < sizeof root_caps / sizeof root_caps[0]; i++)
+        mask |= 1ULL << root_caps[i];
+    return mask;
+}
+
+/* Drop from the bounding set every capability not in `keep`. It caps what
+ * any later execve (setuid files included) can regain. Each drop costs the
+ * kernel a new set of credentials, so only capabilities still there are
+ * dropped: after PID 1 has confined itself, a run drops a dozen at most. */
+static int limit_bounding_set(unsigned long long keep)
+{
     for (int cap = 0; cap <= 63; cap++) {
         if (keep & (1ULL << cap))
             continue;
-        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL)
+        int has = prctl(PR_CAPBSET_READ, cap, 0, 0, 0);
+        if (has < 0 && errno == EINVAL)
+            break; /* past the kernel's last capability */
+        if (has > 0 && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0)
             return -1;
     }
-    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
-        return -1;
-    if (setresuid(uid, uid, uid) < 0)
-        return -1;
+    return 0;
+}
+
+static int set_caps(unsigned long long keep)
+{
     struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
     struct __user_cap_data_struct data[2] = {{0, 0, 0}, {0, 0, 0}};
     data[0].effective = data[0].permitted = (__u32)keep;
     data[1].effective = data[1].permitted = (__u32)(keep >> 32);
-    if (syscall(SYS_capset, &hdr, data) < 0)
+    return (int)syscall(SYS_capset, &hdr, data);
+}
+
+int drop_privileges(uid_t uid, gid_t gid)
+{
+    unsigned long long keep = uid == 0 ? root_mask() : 0;
+    if (uid == 0 ? setgroups(0, NULL) < 0 : setgroups(1, &gid) < 0)
+        return -1;
+    if (setresgid(gid, gid, gid) < 0)
+        return -1;
+    /* PR_CAPBSET_DROP needs CAP_SETPCAP, so the bounding set goes first. */
+    if (limit_bounding_set(keep) < 0)
+        return -1;
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
+        return -1;
+    if (setresuid(uid, uid, uid) < 0)
+        return -1;
+    if (set_caps(keep) < 0)
         return -1;
     return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
 }
@@ -84,7 +110,15 @@ static const int denied[] = {
 #define STMT(code, k) ((struct sock_filter)BPF_STMT((code), (k)))
 #define JUMP(code, k, jt, jf) ((struct sock_filter)BPF_JUMP((code), (k), (jt), (jf)))
 
-int install_seccomp(void)
+static int install(struct sock_filter *f, size_t n)
+{
+    struct sock_fprog prog = {(unsigned short)n, f};
+    return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);
+}
+
+/* PID 1's own filter, which every command inherits: the deny list. It lets
+ * clone3 through, which PID 1 needs to fork a command into its cgroup. */
+static int install_pid1_filter(void)
 {
     enum { NDENIED = sizeof denied / sizeof denied[0] };
     struct sock_filter f[16 + 2 * NDENIED];
@@ -104,16 +138,38 @@ int install_seccomp(void)
         f[n++] = JUMP(BPF_JMP | BPF_JEQ | BPF_K, (__u32)denied[i], 0, 1);
         f[n++] = STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM);
     }
-    /* clone3 passes its flags in memory BPF cannot read: ENOSYS makes libc
-     * fall back to clone, whose flags we can check. */
-    f[n++] = JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone3, 0, 1);
-    f[n++] = STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS);
     f[n++] = JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone, 0, 3);
     f[n++] = STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0]));
     f[n++] = JUMP(BPF_JMP | BPF_JSET | BPF_K, ns_flags, 0, 1);
     f[n++] = STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM);
     f[n++] = STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    return install(f, n);
+}
 
-    struct sock_fprog prog = {(unsigned short)n, f};
-    return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);
+/* What PID 1 keeps once the VM is up: Docker's default capabilities (all a
+ * command can be given), no_new_privs and the deny list. Done once per VM,
+ * this is what a run no longer pays for: each bounding-set drop is a new set
+ * of credentials, and each filter is compiled when it is installed. */
+int confine_pid1(void)
+{
+    if (limit_bounding_set(root_mask()) < 0 || set_caps(root_mask()) < 0)
+        return -1;
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        return -1;
+    return install_pid1_filter();
+}
+
+/* A command's own filter, stacked on PID 1's (the kernel applies both, the
+ * stricter answer winning): clone3 passes its flags in memory BPF cannot
+ * read, so ENOSYS makes libc fall back to clone, whose flags PID 1's filter
+ * checks. */
+int install_seccomp(void)
+{
+    struct sock_filter f[] = {
+        STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone3, 0, 1),
+        STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+        STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    return install(f, sizeof f / sizeof f[0]);
 }
