@@ -30,7 +30,7 @@ def test_run_lands_in_its_own_leaf_cgroup(engine: NamespaceEngine, vm: str) -> N
 
 
 def test_command_inherits_only_its_stdio(engine: NamespaceEngine, vm: str) -> None:  # noqa: F811
-    # PID 1 holds spool files, cgroup fds and sockets of the host; none may
+    # PID 1 holds output memfds, cgroup fds and sockets of the host; none may
     # reach a command (ls itself opens one fd, for the directory it lists).
     for user in ("user", "root"):
         info = run(engine, vm, "ls /proc/self/fd", user=user)
@@ -58,6 +58,10 @@ def test_bad_request_is_refused_and_pid1_serves_on(engine: NamespaceEngine, vm: 
 def test_chatty_command_does_not_starve_others(engine: NamespaceEngine, vm: str) -> None:  # noqa: F811
     engine.start_run(vm, "chatty", RunSpec(command="yes", output_cap_bytes=1 << 20))
     try:
+        deadline = time.monotonic() + 30
+        while len(engine.run_info(vm, "chatty").stdout) < 1 << 20:  # to its cap; it goes on
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         started = time.monotonic()
         for i in range(5):
             assert run(engine, vm, f"echo {i}").stdout == f"{i}\n".encode()

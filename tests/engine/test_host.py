@@ -178,10 +178,12 @@ def test_restart_after_a_crash(tmp_path: Path) -> None:
             assert jail.proc_start_time(pid) is None, pid
         assert new.cgroups.vm_ids() == []
         assert new.power("crashy") is VmPower.STOPPED
-        lost = new.run_info("crashy", "inflight")
-        assert lost.phase is RunPhase.FAILED and lost.failure_reason
-        assert lost.stdout == b"partial\n"
-        assert new.run_info("crashy", "bg").phase is RunPhase.COMPLETED
+        # Runs live in the engine that ran them: the server recovers its runs
+        # from its own records (and a restart has killed every VM anyway).
+        for run_id in ("inflight", "bg"):
+            with pytest.raises(ArkerError) as err:
+                new.run_info("crashy", run_id)
+            assert err.value.code == "not_found"
         after = run(new, "crashy", "hostname; ps -o args | grep -c '^sleep'")
         assert after.stdout == b"crashy\n0\n"
     finally:

@@ -204,7 +204,7 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def start_run(self, vm_id: str, run_id: str, spec: RunSpec) -> None:
         """Start a command (starting the VM if it is stopped) and return at once.
-        Output is spooled to disk, capped at spec.output_cap_bytes a stream."""
+        Output is kept until forget_run, capped at spec.output_cap_bytes a stream."""
 
     @abc.abstractmethod
     def wait_run(self, vm_id: str, run_id: str, timeout_s: float | None = None) -> RunInfo:
@@ -220,7 +220,7 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def forget_run(self, vm_id: str, run_id: str) -> None:
-        """Drop the run's spooled output once the caller has stored the result."""
+        """Drop the run's output once the caller has stored the result."""
 
     # -- files (paths as the VM sees them; symlinks resolve inside its root)
     @abc.abstractmethod
