@@ -4,7 +4,9 @@ namespaced PID 1 each (jail), which also starts their commands (runner).
     <data_dir>/pool...                 the storage pool (pool.py)
     <data_dir>/bin/arkervm-<hash>      the helper, built on first use
     <data_dir>/state/<vm_id>.json      hostname, limits, PID 1 (pid, start time)
-    <data_dir>/runs/<vm_id>/<run_id>/  each run's spool (runner.py)
+
+Runs live in memory (runner.py): a restart of the engine kills every VM, and
+the server recovers runs from its own records.
 
 A VM starts on its first run and runs until stopped; `power` is read from
 the live process table, never trusted from the state file alone, so a crash
@@ -17,6 +19,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import threading
 from dataclasses import asdict
 from pathlib import Path
@@ -86,16 +89,16 @@ class NamespaceEngine(Engine):
         try:
             helper = _native.helper_path(self.data_dir)
             self.state_dir.mkdir(parents=True, exist_ok=True)
-            self._runner = Runner(helper, self.data_dir / "runs", self.cgroups)
+            self._runner = Runner(helper, self.cgroups)
             self._reconcile()
         except BaseException:
             self.pool.close()
             raise
 
     def _reconcile(self) -> None:
-        """Make what a crash left behind consistent: runs in flight are lost,
-        every VM process is killed and every VM is stopped but usable."""
-        lost = self.runner.mark_lost("the engine restarted while the run was in flight")
+        """Make what a crash left behind consistent: every VM process is
+        killed (with the runs in flight) and every VM is stopped but usable."""
+        shutil.rmtree(self.data_dir / "runs", ignore_errors=True)  # older engines' spools
         self.cgroups.remove_all()
         _detach_mounts_under(self.pool.root / "vms")
         stored = set(self.pool.vm_ids())
@@ -105,8 +108,6 @@ class NamespaceEngine(Engine):
                 state.unlink()
             else:
                 self._save(vm_id, {**self._load(vm_id), "init": None})
-        if lost:
-            log.warning("marked %d runs lost after a restart", lost)
 
     def close(self) -> None:
         if self._runner is not None:
@@ -210,13 +211,13 @@ class NamespaceEngine(Engine):
         return init
 
     def _init(self, vm_id: str) -> jail.InitProcess | None:
+        live = self._live.get(vm_id)
+        if live is not None and live.alive():
+            return live  # started by this engine: no state file to read on a run's path
         saved = self._load(vm_id).get("init")
         if not saved:
             return None
         init = jail.InitProcess(int(saved[0]), int(saved[1]))
-        live = self._live.get(vm_id)
-        if live == init:  # compares (pid, start time), not the channel
-            init = live
         return init if init.alive() else None
 
     # -- runs
