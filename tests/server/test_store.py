@@ -80,6 +80,27 @@ async def test_writes_from_the_loop_and_from_a_worker_thread(database_url: str) 
         await db.close()
 
 
+async def test_an_unsynced_write_commits_and_leaves_the_connection_synced(
+    tmp_path: Path,
+) -> None:
+    """A foreground run's record skips its own fsync; the write still commits,
+    and the connection goes back to synchronous=FULL for the next writer, also
+    after the statement failed."""
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'a.db'}")
+    try:
+        await db.migrate()
+        assert db.blocking is not None
+        assert db.blocking.write(insert(Run), _run_row("r1"), sync=False) == 1
+        with pytest.raises(IntegrityError):
+            db.blocking.write(insert(Run), _run_row("r1"), sync=False)
+        with db.blocking.connection() as raw:
+            assert raw.execute("PRAGMA synchronous").fetchone() == (2,)
+        async with db.session() as s:  # another connection sees it committed
+            assert [r.id for r in await s.scalars(select(Run))] == ["r1"]
+    finally:
+        await db.close()
+
+
 async def test_keys_are_stored_hashed(database_url: str) -> None:
     db = Database(database_url)
     try:

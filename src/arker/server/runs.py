@@ -224,7 +224,13 @@ class Runs:
         """Record the run, start it and, with `wait`, wait for it and record
         its end, all in one worker-thread hop (a foreground run's hot path)."""
         if record:
-            self.db.write_blocking(_INSERT, _values(row))
+            # A foreground run's record need not be fsynced by itself: its end
+            # is, before the answer, and that makes both durable. Until then a
+            # crash of the server keeps it (WAL); only an OS crash can take back
+            # the record of a run never answered, in a VM that is not durable
+            # (durable VMs record their runs on the loop, synced). A background
+            # run's record is a promise made in the 202: synced.
+            self.db.write_blocking(_INSERT, _values(row), sync=not wait)
         try:
             self.engine.start_run(row.vm_id, row.id, spec)
         except BaseException:

@@ -34,9 +34,14 @@ class SqliteWriter:
         self._compiled = {}
         self._idle: list[sqlite3.Connection] = []  # as many as threads ever wrote at once
 
-    def write(self, statement: UpdateBase, params: dict[str, Any]) -> int:
+    def write(self, statement: UpdateBase, params: dict[str, Any], sync: bool = True) -> int:
         """Execute `statement` in a transaction of its own; return its row
-        count. Errors are SQLAlchemy's (IntegrityError and so on)."""
+        count. Errors are SQLAlchemy's (IntegrityError and so on).
+
+        With `sync=False` the commit is not fsynced: in WAL mode it still
+        survives a crash of this process, and the next synced commit makes it
+        durable too (the log is written in order); only an OS crash or power
+        loss before then can take it back."""
         key = (statement, frozenset(params))
         found = self._compiled.get(key)
         if found is None:
@@ -48,8 +53,15 @@ class SqliteWriter:
             value, process = state.parameters[name], state.processors.get(name)
             args.append(value if process is None else process(value))
         try:
-            with self.connection() as conn, conn:  # commit, or roll back on error
-                return conn.execute(state.statement, args).rowcount
+            with self.connection() as conn:
+                if not sync:
+                    conn.execute("PRAGMA synchronous=NORMAL")
+                try:
+                    with conn:  # commit, or roll back on error
+                        return conn.execute(state.statement, args).rowcount
+                finally:
+                    if not sync:
+                        conn.execute("PRAGMA synchronous=FULL")
         except sqlite3.Error as exc:
             raise DBAPIError.instance(state.statement, args, exc, sqlite3.Error) from exc
 

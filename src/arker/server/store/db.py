@@ -82,12 +82,15 @@ class Database:
             res = await conn.execute(statement, params)
         return res.rowcount
 
-    def write_blocking(self, statement: UpdateBase, params: dict[str, Any]) -> int:
+    def write_blocking(
+        self, statement: UpdateBase, params: dict[str, Any], sync: bool = True
+    ) -> int:
         """`write` from a worker thread (one that anyio started): in place on
-        SQLite, through the event loop otherwise."""
+        SQLite, through the event loop otherwise. `sync=False` lets SQLite skip
+        this commit's fsync (see SqliteWriter.write); PostgreSQL commits as usual."""
         if self.blocking is None:
             return anyio.from_thread.run(self.write, statement, params)
-        return self.blocking.write(statement, params)
+        return self.blocking.write(statement, params, sync)
 
     async def close(self) -> None:
         await self.engine.dispose()
