@@ -1,4 +1,4 @@
-"""Dropping ended runs' spools in the engine: in batches, a little after the
+"""Dropping ended runs' output in the engine: in batches, a little after the
 runs have been answered. One thread hop serves the whole batch, and none sits
 on a run's path (the engine's forget takes the VM's lock, which the next
 run's start needs)."""
@@ -57,5 +57,5 @@ class Forgetter:
                 self.engine.forget_run(vm_id, run_id)
             except ArkerError:
                 pass  # its VM was deleted meanwhile
-            except Exception:  # one stuck spool must not keep the others
+            except Exception:  # one run that cannot be dropped must not keep the others
                 log.warning("could not forget run %s of vm %s", run_id, vm_id, exc_info=True)

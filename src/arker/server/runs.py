@@ -423,7 +423,7 @@ class Runs:
                 live.stdout, live.stderr = b"", b""
                 await s.commit()
             log.info("restarting run %s of durable vm %s from %s", r.id, vm_id, checkpoint)
-            # The engine keeps the lost attempt's spool under the same run id.
+            # The engine may still hold the lost attempt under the same run id.
             with contextlib.suppress(ArkerError):
                 await self.threads.call(self.engine.forget_run, vm_id, r.id)
             try:
