@@ -79,7 +79,7 @@ def bare_vm(tmp_path: Path) -> Iterator[BareVm]:
         init = jail.start_vm(
             helper, cgroups, vm_id, root, hostname="bare", limits=Limits(memory_bytes=256 << 20)
         )
-        yield BareVm(vm_id, root, cgroups, Runner(helper, cgroups), init)
+        yield BareVm(vm_id, root, cgroups, Runner(cgroups), init)
     finally:
         cgroups.remove_all()
 

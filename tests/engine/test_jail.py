@@ -116,7 +116,7 @@ def test_symlinked_mount_points_do_not_reach_the_host(tmp_path: Path) -> None:
     helper = _native.helper_path(data)
     try:
         init = jail.start_vm(helper, cgroups, "v1", root, hostname="h", limits=Limits())
-        vm = BareVm("v1", root, cgroups, Runner(helper, cgroups), init)
+        vm = BareVm("v1", root, cgroups, Runner(cgroups), init)
         info = vm.run("ls /tmp; touch /tmp/new; ls /dev/null; cat /proc/1/cmdline", user="root")
         assert info.exit_code == 0, info.stderr
         assert b"marker" not in info.stdout

@@ -77,6 +77,7 @@ class NamespaceEngine(Engine):
         self.cgroups = Cgroups(self.data_dir)
         self.state_dir = self.data_dir / "state"
         self._runner: Runner | None = None
+        self._helper: Path  # the arkervm binary VMs' PID 1 runs; set by open()
         self._live: dict[str, jail.InitProcess] = {}  # the inits this engine started
         self._locks: dict[str, threading.RLock] = {}
         self._locks_lock = threading.Lock()
@@ -87,9 +88,9 @@ class NamespaceEngine(Engine):
             return  # already open: reconciling now would kill live VMs
         self.pool.open()
         try:
-            helper = _native.helper_path(self.data_dir)
+            self._helper = _native.helper_path(self.data_dir)
             self.state_dir.mkdir(parents=True, exist_ok=True)
-            self._runner = Runner(helper, self.cgroups)
+            self._runner = Runner(self.cgroups)
             self._reconcile()
         except BaseException:
             self.pool.close()
@@ -198,7 +199,7 @@ class NamespaceEngine(Engine):
             self._kill(vm_id, "the vm was restarted")  # open() reconciled; be safe
         state = self._load(vm_id)
         init = jail.start_vm(
-            self.runner.helper,
+            self._helper,
             self.cgroups,
             vm_id,
             self.pool.vm_path(vm_id),

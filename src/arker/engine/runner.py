@@ -25,7 +25,6 @@ import select
 import socket
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from arker.engine._cgroups import Cgroups, RunCgroup
@@ -92,8 +91,7 @@ class _Run:
 class Runner:
     """Start and follow runs; thread-safe."""
 
-    def __init__(self, helper: Path, cgroups: Cgroups) -> None:
-        self.helper = helper  # the arkervm binary, which the VMs' PID 1 runs
+    def __init__(self, cgroups: Cgroups) -> None:
         self.cgroups = cgroups
         self._runs: dict[tuple[str, str], _Run] = {}
         self._lock = threading.Lock()
