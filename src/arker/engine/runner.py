@@ -77,6 +77,11 @@ class _Run:
                     self.result = json.loads(msg[1:])
             return self.result
 
+    def record(self, result: dict[str, Any]) -> None:
+        """Set the result where PID 1 could not give one."""
+        with self._lock:
+            self.result = result
+
     def output(self) -> tuple[bytes, bytes]:
         return _read_all(self.stdout), _read_all(self.stderr)
 
@@ -226,8 +231,7 @@ class Runner:
             # PID 1 could not record the cancel (the VM died, or it is stuck):
             # kill what is left and record it here.
             self.cgroups.kill_run(vm_id, run_id)
-            with run._lock:
-                run.result = {"exit_code": None, "cancelled": True, "finished_at": time.time()}
+            run.record({"exit_code": None, "cancelled": True, "finished_at": time.time()})
         return self.info(vm_id, run_id)
 
     def forget(self, vm_id: str, run_id: str) -> None:

@@ -438,4 +438,4 @@ class Runs:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self._forgetter.flush()  # what ended is not left on the disk
+        await self._forgetter.flush()  # what ended is not left held in the engine
