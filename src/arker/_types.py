@@ -31,9 +31,11 @@ class ErrorBody(BaseModel):
             "rate_limited",
             "unavailable",
             "internal",
+            "insufficient_storage",
+            "quota_exceeded",
         ],
         Field(
-            description="What callers branch on. Clients must keep codes they do not know as plain strings.\n\n- `unauthorized` (401): No API key, or a key that is unknown or revoked.\n- `not_found` (404): No such golden, VM, run, file or path; also a VM, run or file of another org.\n- `invalid_request` (400, 405, 422): Malformed JSON (400), a method the path does not accept (405), or a body, query or header that breaks the schema (422).\n- `invalid_path` (400): A file path that is not absolute, not under /home/user, or has a `..` component.\n- `conflict` (409): An Idempotency-Key or Upload-Id reused for a different request, or an operation the resource's state forbids.\n- `payload_too_large` (413): A request body over the server's limit.\n- `unsupported_operation` (400): A feature this deployment's engine does not have (for example `durable: true` without checkpoints).\n- `vm_lost` (410): The VM's host is gone and the VM was not durable.\n- `rate_limited` (429): Too many requests; retry after `Retry-After` seconds.\n- `unavailable` (503): The server or its engine cannot serve now; retry.\n- `internal` (500): A bug or an unexpected failure of the server."
+            description="What callers branch on. Clients must keep codes they do not know as plain strings.\n\n- `unauthorized` (401): No API key, or a key that is unknown or revoked.\n- `not_found` (404): No such golden, VM, run, file or path; also a VM, run or file of another org.\n- `invalid_request` (400, 405, 422): Malformed JSON (400), a method the path does not accept (405), or a body, query or header that breaks the schema (422).\n- `invalid_path` (400): A file path that is not absolute, not under /home/user, or has a `..` component.\n- `conflict` (409): An Idempotency-Key or Upload-Id reused for a different request, or an operation the resource's state forbids.\n- `payload_too_large` (413): A request body over the server's limit.\n- `unsupported_operation` (400): A feature this deployment's engine does not have (for example `durable: true` without checkpoints).\n- `vm_lost` (410): The VM's host is gone and the VM was not durable.\n- `quota_exceeded` (429): The fork would pass the host's memory commitment or the org's quota (VMs or memory); `details` holds the numbers. Not retried by the SDK.\n- `insufficient_storage` (507): The storage pool's free space is below its reserve; forks and runs are refused until space is freed.\n- `rate_limited` (429): Too many requests; retry after `Retry-After` seconds.\n- `unavailable` (503): The server or its engine cannot serve now; retry.\n- `internal` (500): A bug or an unexpected failure of the server."
         ),
     ]
     message: Annotated[str, Field(description="One sentence for a person.")]
@@ -64,62 +66,6 @@ class GoldenList(BaseModel):
         extra="forbid",
     )
     items: list[Golden]
-
-
-class Vm(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-    )
-    vm_id: Annotated[
-        str,
-        Field(
-            description="A ULID; burst deployments append `_<suffix>`.",
-            examples=["01KQH2ADR3DCAJF06N4R453WPJ", "01KQH2ADR3DCAJF06N4R453WPJ_uswe"],
-        ),
-    ]
-    name: str | None
-    base_image: Annotated[
-        str, Field(description="The golden at the root of this VM's lineage.")
-    ]
-    region: str
-    created_at: AwareDatetime
-    parent_id: Annotated[
-        str | None,
-        Field(
-            description="The VM this one was forked from; null when forked from a golden."
-        ),
-    ]
-    durable: bool
-    state: Annotated[
-        Literal["running", "stopped", "lost"],
-        Field(
-            description="`running`: its init holds the namespaces. `stopped`: no processes; files kept, started again on the next run. `lost`: its host is gone and it was not durable."
-        ),
-    ]
-
-
-class VmList(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-    )
-    items: list[Vm]
-    total: Annotated[int, Field(ge=0)]
-
-
-class ForkRequest(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-    )
-    name: Annotated[
-        str | None,
-        Field(
-            description="Also the VM's hostname.",
-            max_length=63,
-            min_length=1,
-            pattern="^[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?$",
-        ),
-    ] = None
-    durable: bool | None = False
 
 
 EnvAdditionalProperty = TypeAliasType(
@@ -195,6 +141,145 @@ class Output(BaseModel):
     duration_ms: Annotated[int, Field(ge=0)]
 
 
+class StartedRun(BaseModel):
+    """
+    A background run was accepted; poll it with GET /v1/vms/{vm_id}/runs/{run_id}.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    type: Literal["started"]
+    run_id: str
+
+
+class FileWritten(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    path: str
+    size: Annotated[int, Field(ge=0)]
+    sha256: Annotated[str, Field(pattern="^[0-9a-f]{64}$")]
+
+
+class Health(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    status: Literal["ok"]
+    version: str
+
+
+class Resources(BaseModel):
+    """
+    What a VM may use. Omitted fields take the server's defaults.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    disk_mib: Annotated[
+        int | None,
+        Field(
+            description="The VM's disk quota in MiB: what it writes beyond its source's blocks. Up to the server's maximum (`--vm-disk-max-mib`).",
+            ge=1,
+        ),
+    ] = None
+
+
+class VmResources(BaseModel):
+    """
+    The limits in force for a VM.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    disk_mib: Annotated[
+        int | None,
+        Field(
+            description="The VM's disk quota in MiB; null when the engine enforces none.",
+            ge=1,
+        ),
+    ] = None
+
+
+class RunWarning(BaseModel):
+    """
+    Something an agent should know about a run that is not an error. Clients keep codes they do not know.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    code: Annotated[
+        str,
+        Field(
+            description="`pids_exhausted`: processes left behind keep the VM at its process limit; `restart` the VM to recover.",
+            examples=["pids_exhausted"],
+        ),
+    ]
+    message: str
+
+
+class Vm(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    vm_id: Annotated[
+        str,
+        Field(
+            description="A ULID; burst deployments append `_<suffix>`.",
+            examples=["01KQH2ADR3DCAJF06N4R453WPJ", "01KQH2ADR3DCAJF06N4R453WPJ_uswe"],
+        ),
+    ]
+    name: str | None
+    base_image: Annotated[
+        str, Field(description="The golden at the root of this VM's lineage.")
+    ]
+    region: str
+    created_at: AwareDatetime
+    parent_id: Annotated[
+        str | None,
+        Field(
+            description="The VM this one was forked from; null when forked from a golden."
+        ),
+    ]
+    durable: bool
+    state: Annotated[
+        Literal["running", "stopped", "lost"],
+        Field(
+            description="`running`: its init holds the namespaces. `stopped`: no processes; files kept, started again on the next run. `lost`: its host is gone and it was not durable."
+        ),
+    ]
+    resources: VmResources | None = None
+
+
+class VmList(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    items: list[Vm]
+    total: Annotated[int, Field(ge=0)]
+
+
+class ForkRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    name: Annotated[
+        str | None,
+        Field(
+            description="Also the VM's hostname.",
+            max_length=63,
+            min_length=1,
+            pattern="^[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?$",
+        ),
+    ] = None
+    durable: bool | None = False
+    resources: Resources | None = None
+
+
 class CompletedRun(BaseModel):
     """
     The command ended by itself. A non-zero exit is a result, not an error.
@@ -230,6 +315,12 @@ class CompletedRun(BaseModel):
         bool,
         Field(description="The VM's memory limit killed the command (exit code 137)."),
     ]
+    warnings: Annotated[
+        list[RunWarning] | None,
+        Field(
+            description="Empty when there is nothing to say; older servers leave it out."
+        ),
+    ] = None
 
 
 class TimedOutRun(BaseModel):
@@ -260,6 +351,12 @@ class TimedOutRun(BaseModel):
     stderr_truncated: bool
     duration_ms: Annotated[int, Field(ge=0)]
     timeout_s: float
+    warnings: Annotated[
+        list[RunWarning] | None,
+        Field(
+            description="Empty when there is nothing to say; older servers leave it out."
+        ),
+    ] = None
 
 
 class CancelledRun(BaseModel):
@@ -289,6 +386,12 @@ class CancelledRun(BaseModel):
     stdout_truncated: bool
     stderr_truncated: bool
     duration_ms: Annotated[int, Field(ge=0)]
+    warnings: Annotated[
+        list[RunWarning] | None,
+        Field(
+            description="Empty when there is nothing to say; older servers leave it out."
+        ),
+    ] = None
 
 
 class FailedRun(BaseModel):
@@ -321,18 +424,12 @@ class FailedRun(BaseModel):
     failure_reason: Annotated[
         str, Field(description="Why the run failed, for a person.")
     ]
-
-
-class StartedRun(BaseModel):
-    """
-    A background run was accepted; poll it with GET /v1/vms/{vm_id}/runs/{run_id}.
-    """
-
-    model_config = ConfigDict(
-        extra="forbid",
-    )
-    type: Literal["started"]
-    run_id: str
+    warnings: Annotated[
+        list[RunWarning] | None,
+        Field(
+            description="Empty when there is nothing to say; older servers leave it out."
+        ),
+    ] = None
 
 
 class RunResult(
@@ -384,20 +481,9 @@ class RunStatus(BaseModel):
     started_at: AwareDatetime | None
     finished_at: AwareDatetime | None
     duration_ms: Annotated[int | None, Field(ge=0)]
-
-
-class FileWritten(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-    )
-    path: str
-    size: Annotated[int, Field(ge=0)]
-    sha256: Annotated[str, Field(pattern="^[0-9a-f]{64}$")]
-
-
-class Health(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-    )
-    status: Literal["ok"]
-    version: str
+    warnings: Annotated[
+        list[RunWarning] | None,
+        Field(
+            description="Empty when there is nothing to say; older servers leave it out."
+        ),
+    ] = None

@@ -29,6 +29,8 @@ class ErrorCode(enum.StrEnum):
     UNSUPPORTED_OPERATION = "unsupported_operation"
     VM_LOST = "vm_lost"
     RATE_LIMITED = "rate_limited"
+    QUOTA_EXCEEDED = "quota_exceeded"
+    INSUFFICIENT_STORAGE = "insufficient_storage"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
     # Client-side only: no response arrived, or it could not be understood.
@@ -49,6 +51,8 @@ STATUS_BY_CODE: dict[ErrorCode, int] = {
     ErrorCode.UNSUPPORTED_OPERATION: 400,
     ErrorCode.VM_LOST: 410,
     ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.QUOTA_EXCEEDED: 429,
+    ErrorCode.INSUFFICIENT_STORAGE: 507,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.INTERNAL: 500,
 }

@@ -143,10 +143,10 @@ async def test_every_error_code_is_rebuilt(
 
 
 async def test_unknown_code_stays_a_string(arker: AsyncArker, server: FakeServer) -> None:
-    server.reply(error(402, "quota_exceeded", "pay up"))
+    server.reply(error(402, "payment_required", "pay up"))
     with pytest.raises(ArkerError) as caught:
         await arker.get(VM_ID)
-    assert caught.value.code == "quota_exceeded" and not isinstance(caught.value.code, ErrorCode)
+    assert caught.value.code == "payment_required" and not isinstance(caught.value.code, ErrorCode)
     assert caught.value.status == 402
 
 

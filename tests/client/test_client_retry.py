@@ -98,3 +98,15 @@ def test_retry_after_beats_backoff_but_not_the_attempt_limit() -> None:
     assert policy.delay_after(1, response(429, "7"), now=NOW) == 7.0
     assert policy.delay_after(2, response(429, "7"), now=NOW) is None
     assert policy.delay_after(1, response(404, "7"), now=NOW) is None
+
+
+def test_quota_exceeded_is_not_retried() -> None:
+    import httpx
+
+    from arker.client._retry import RetryPolicy
+
+    policy = RetryPolicy(attempts=4)
+    quota = httpx.Response(429, json={"error": {"code": "quota_exceeded", "message": "full"}})
+    busy = httpx.Response(429, json={"error": {"code": "rate_limited", "message": "slow down"}})
+    assert policy.delay_after(1, quota) is None
+    assert policy.delay_after(1, busy) is not None

@@ -146,10 +146,10 @@ def test_every_error_code_is_rebuilt(
 
 
 def test_unknown_code_stays_a_string(arker: Arker, server: FakeServer) -> None:
-    server.reply(error(402, "quota_exceeded", "pay up"))
+    server.reply(error(402, "payment_required", "pay up"))
     with pytest.raises(ArkerError) as caught:
         arker.get(VM_ID)
-    assert caught.value.code == "quota_exceeded" and not isinstance(caught.value.code, ErrorCode)
+    assert caught.value.code == "payment_required" and not isinstance(caught.value.code, ErrorCode)
     assert caught.value.status == 402
 
 

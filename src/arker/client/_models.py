@@ -11,11 +11,11 @@ built from the generated `arker._types` models after validation (see
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from arker._types import FileWritten, Golden, Vm
+from arker._types import FileWritten, Golden, RunWarning, Vm
 
 __all__ = [
     "CancelledRun",
@@ -26,6 +26,7 @@ __all__ = [
     "RunResult",
     "RunState",
     "RunStatus",
+    "RunWarning",
     "StartedRun",
     "TimedOutRun",
     "Vm",
@@ -47,6 +48,9 @@ class _Output:
     stdout_truncated: bool
     stderr_truncated: bool
     duration_ms: int
+    # Things an agent should know that are not errors (e.g. `pids_exhausted`);
+    # empty from servers that send none.
+    warnings: list[RunWarning] = field(default_factory=list)
 
     @property
     def stdout_text(self) -> str:
@@ -123,6 +127,7 @@ class RunStatus:
     started_at: datetime | None
     finished_at: datetime | None
     duration_ms: int | None
+    warnings: list[RunWarning] = field(default_factory=list)
 
     @property
     def done(self) -> bool:

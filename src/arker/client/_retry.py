@@ -1,7 +1,8 @@
 """When to try a request again, and how long to wait first.
 
 Retried: connection errors, timeouts, and the statuses 408, 429, 502, 503 and
-504. Nothing else: a 400, 404, 409 or 500 is raised at once. Every mutating call
+504 (but not a 429 `quota_exceeded`, a limit that waiting does not lift).
+Nothing else: a 400, 404, 409 or 500 is raised at once. Every mutating call
 carries one Idempotency-Key (and a file write one Upload-Id) reused by all its
 attempts, so a retry never does the work twice.
 
@@ -92,7 +93,7 @@ class RetryPolicy:
         if attempt >= self.attempts:
             return None
         if isinstance(outcome, httpx.Response):
-            if outcome.status_code not in RETRYABLE_STATUSES:
+            if outcome.status_code not in RETRYABLE_STATUSES or _is_quota(outcome):
                 return None
             hinted = retry_after_s(outcome.headers.get("Retry-After"), now=now)
             if hinted is not None:
@@ -100,6 +101,19 @@ class RetryPolicy:
         elif not isinstance(outcome, _RETRYABLE_ERRORS):
             return None
         return self.backoff_s(attempt, rand())
+
+
+def _is_quota(response: httpx.Response) -> bool:
+    """A 429 `quota_exceeded` is a limit, not a moment's load: retrying it
+    would only wait for the same answer."""
+    if response.status_code != 429:
+        return False
+    try:
+        body = response.json()
+    except (httpx.ResponseNotRead, ValueError):
+        return False
+    error = body.get("error") if isinstance(body, dict) else None
+    return isinstance(error, dict) and error.get("code") == "quota_exceeded"
 
 
 def retry_after_s(value: str | None, *, now: datetime | None = None) -> float | None:

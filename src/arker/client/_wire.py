@@ -164,6 +164,8 @@ def _fields_with_bytes(model: BaseModel, response: httpx.Response) -> dict[str, 
     for stream in ("stdout", "stderr"):
         if stream in fields:
             fields[stream] = _b64(fields[stream], response)
+    if "warnings" in fields:  # models of results that carry output
+        fields["warnings"] = list(getattr(model, "warnings", None) or [])
     return fields
 
 

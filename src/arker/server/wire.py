@@ -41,6 +41,7 @@ def vm(row: Vm, region: str, power: VmPower | None) -> t.Vm:
         parent_id=row.parent_id,
         durable=row.durable,
         state=state,
+        resources=t.VmResources(disk_mib=None),
     )
 
 
@@ -57,6 +58,7 @@ def run_result(row: Run) -> t.CompletedRun | t.TimedOutRun | t.CancelledRun | t.
         "stdout_truncated": row.stdout_truncated,
         "stderr_truncated": row.stderr_truncated,
         "duration_ms": row.duration_ms or 0,
+        "warnings": [],
     }
     if row.state == "completed":
         return t.CompletedRun(
@@ -99,4 +101,5 @@ def run_status(row: Run, live: RunInfo | None = None) -> t.RunStatus:
         started_at=_opt_ts(row.started_at),
         finished_at=_opt_ts(row.finished_at),
         duration_ms=duration,
+        warnings=[],
     )
