@@ -33,6 +33,7 @@ class ApiKey(Base):
     name: Mapped[str | None] = mapped_column(String(255), default=None)  # a label for people
     created_at: Mapped[float] = mapped_column(Float)
     revoked_at: Mapped[float | None] = mapped_column(Float, default=None)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)  # may read /metrics
 
 
 class Vm(Base):
@@ -53,6 +54,7 @@ class Vm(Base):
     deleted_at: Mapped[float | None] = mapped_column(Float, default=None)
     idem_key: Mapped[str | None] = mapped_column(String(255), default=None)
     idem_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    disk_mib: Mapped[int | None] = mapped_column(Integer, default=None)  # None: no quota
 
 
 class Run(Base):
@@ -61,6 +63,7 @@ class Run(Base):
         UniqueConstraint("org", "idem_key", name="uq_runs_org_idem_key"),
         Index("ix_runs_state", "state"),
         Index("ix_runs_vm", "vm_id"),
+        Index("ix_runs_finished", "finished_at"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -86,6 +89,7 @@ class Run(Base):
     started_at: Mapped[float | None] = mapped_column(Float, default=None)
     finished_at: Mapped[float | None] = mapped_column(Float, default=None)
     duration_ms: Mapped[int | None] = mapped_column(Integer, default=None)
+    warnings: Mapped[str | None] = mapped_column(Text, default=None)  # JSON [{code, message}]
 
 
 class Upload(Base):
