@@ -152,6 +152,13 @@ class FakeEngine(Engine):
             run.stop.set()
         vm.power = VmPower.STOPPED
 
+    def restart(self, vm_id: str) -> None:
+        self.calls.append(f"restart {vm_id}")
+        vm = self._vm(vm_id)
+        for run in vm.runs.values():
+            self._end(run, RunPhase.FAILED, None, "the vm was restarted")
+        vm.power = VmPower.RUNNING
+
     # -- runs
     def start_run(self, vm_id: str, run_id: str, spec: RunSpec) -> None:
         self.calls.append(f"start {vm_id} {run_id}")

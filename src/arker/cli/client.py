@@ -301,6 +301,22 @@ def get(
     out_console.print(table)
 
 
+def restart(
+    vm: VmId,
+    as_json: Json = False,
+    api_key: ApiKey = None,
+    region: Region = None,
+    base_url: BaseUrl = None,
+) -> None:
+    """Kill every process of a VM (a fork bomb too) and start it again; its files stay."""
+    with _client(api_key, region, base_url) as arker:
+        doc = _vm_doc(arker.vm(vm).restart())
+    if as_json:
+        print_json(doc)
+        return
+    print(f"{doc['vm_id']} {doc['state']}")
+
+
 def rm(
     vms: Annotated[list[str], typer.Argument(metavar="VM...", help="The VM ids.")],
     api_key: ApiKey = None,
@@ -407,7 +423,7 @@ def cat(
         write_stdout(arker.vm(remote[0]).sync.read_file(remote[1]))
 
 
-_COMMANDS = (fork, run, status, cancel, ls, get, rm, cp, cat)
+_COMMANDS = (fork, run, status, cancel, ls, get, restart, rm, cp, cat)
 
 
 def register(app: typer.Typer) -> None:

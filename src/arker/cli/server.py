@@ -45,6 +45,23 @@ def serve(
         str | None, typer.Option(help="Mint VM ids as <ULID>_<suffix>.")
     ] = None,
     max_file_bytes: Annotated[int, typer.Option(help="Largest file PUT.")] = 1024 * 1024 * 1024,
+    overcommit: Annotated[
+        float,
+        typer.Option(
+            help="Refuse a fork (429 quota_exceeded) once the VMs' memory limits "
+            "would pass this many times the host's memory.",
+            min=0.01,
+        ),
+    ] = 10.0,
+    org_max_vms: Annotated[
+        int | None, typer.Option(help="Most live VMs one org may hold (default: no limit).", min=0)
+    ] = None,
+    org_max_memory_mib: Annotated[
+        int | None,
+        typer.Option(
+            help="Most VM memory (MiB of limits) one org may hold (default: no limit).", min=0
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Serve the Arker API over this host's engine."""
@@ -58,6 +75,9 @@ def serve(
         api_prefix=api_prefix,
         burst_suffix=burst_suffix,
         max_file_bytes=max_file_bytes,
+        overcommit=overcommit,
+        org_max_vms=org_max_vms,
+        org_max_memory_mib=org_max_memory_mib,
     )
     run_server(settings, host=host, port=port, log_level=log_level)
 

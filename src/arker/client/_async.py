@@ -198,6 +198,12 @@ class AsyncComputer(ComputerBase[AsyncArker]):
         """Kill a run's process tree; a finished run is returned as it is."""
         return decode_run_status(await self._send(self._cancel_run_request(run_id)))
 
+    async def restart(self) -> Vm:
+        """Kill every process of the VM (a fork bomb too) and start it again;
+        its files stay, runs in flight end `failed`."""
+        self.info = decode_vm(await self._send(self._restart_request()))
+        return self.info
+
     async def delete(self) -> None:
         """Kill the VM's processes and free its storage."""
         await self._send(self._delete_request())

@@ -245,6 +245,9 @@ class ComputerBase(Generic[ArkerT]):
     def _cancel_run_request(self, run_id: str) -> Request:
         return self._call("POST", f"/runs/{_segment(run_id, 'run_id')}/cancel")
 
+    def _restart_request(self) -> Request:
+        return self._call("POST", "/restart")
+
     def _delete_request(self) -> Request:
         return self._call("DELETE")
 

@@ -201,6 +201,12 @@ class Computer(ComputerBase[Arker]):
         """Kill a run's process tree; a finished run is returned as it is."""
         return decode_run_status(self._send(self._cancel_run_request(run_id)))
 
+    def restart(self) -> Vm:
+        """Kill every process of the VM (a fork bomb too) and start it again;
+        its files stay, runs in flight end `failed`."""
+        self.info = decode_vm(self._send(self._restart_request()))
+        return self.info
+
     def delete(self) -> None:
         """Kill the VM's processes and free its storage."""
         self._send(self._delete_request())

@@ -138,6 +138,24 @@ class Cgroups:
         name = "memory.current" if self.v2 else "memory.usage_in_bytes"
         return int((self.limit_roots["memory"] / vm_id / name).read_text())
 
+    def pids(self, vm_id: str) -> tuple[int, int, int] | None:
+        """(pids.current, pids.max, times a fork failed at the max) of the
+        VM, or None when it has no pids cgroup (stopped) or no limit."""
+        d = f"{self.limit_roots['pids']}/{vm_id}"
+        try:
+            with open(f"{d}/pids.current") as f:
+                current = int(f.read())
+            with open(f"{d}/pids.max") as f:
+                limit = f.read().strip()
+            with open(f"{d}/pids.events") as f:
+                events = f.read().split()
+        except (FileNotFoundError, ValueError):
+            return None
+        if limit == "max":
+            return None
+        hits = int(events[events.index("max") + 1]) if "max" in events else 0
+        return current, int(limit), hits
+
     def vm_ids(self) -> list[str]:
         """VMs that have a cgroup in any hierarchy of this engine."""
         found: set[str] = set()

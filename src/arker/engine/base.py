@@ -81,6 +81,9 @@ class RunInfo:
     started_at: float  # unix seconds
     finished_at: float | None
     failure_reason: str | None = None
+    # (code, message) pairs, e.g. ("pids_exhausted", "..."): the run ended
+    # but left the VM unable to start another.
+    warnings: tuple[tuple[str, str], ...] = ()
 
     @property
     def done(self) -> bool:
@@ -199,6 +202,12 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def stop(self, vm_id: str) -> None:
         """Kill every process of the VM; its files stay."""
+
+    def restart(self, vm_id: str) -> None:
+        """Kill every process of the VM (runs in flight fail) and start its
+        PID 1 again; its files stay. By default a stop: an engine that starts
+        VMs on their next run need do no more."""
+        self.stop(vm_id)
 
     # -- runs
     @abc.abstractmethod

@@ -68,7 +68,7 @@ class NamespaceEngine(Engine):
         *,
         image_size_bytes: int = 64 * 2**30,
         default_limits: Limits = Limits(),  # noqa: B008 - frozen, so sharing is safe
-        tmp_size_bytes: int = jail.DEFAULT_TMP_BYTES,
+        tmp_size_bytes: int | None = None,  # None: a quarter of each VM's memory limit
     ) -> None:
         self.data_dir = Path(data_dir)
         self.default_limits = default_limits
@@ -176,6 +176,13 @@ class NamespaceEngine(Engine):
         with self._lock(vm_id):
             self._kill(vm_id, "the vm was stopped")
             self._save(vm_id, {**self._load(vm_id), "init": None})
+
+    def restart(self, vm_id: str) -> None:
+        self._require(vm_id)
+        with self._lock(vm_id):
+            self._kill(vm_id, "the vm was restarted")
+            self._save(vm_id, {**self._load(vm_id), "init": None})
+            self._start(vm_id)
 
     def start(self, vm_id: str) -> None:
         """Start the VM now rather than on its first run (no-op if running)."""

@@ -22,9 +22,20 @@ from arker.engine._cgroups import Cgroups
 from arker.engine.base import Limits
 from arker.errors import ArkerError, ErrorCode
 
-__all__ = ["InitProcess", "proc_start_time", "start_vm", "stop_vm"]
+__all__ = ["InitProcess", "proc_start_time", "start_vm", "stop_vm", "tmp_bytes_for"]
 
-DEFAULT_TMP_BYTES = 1024 * 1024 * 1024
+# /tmp is a tmpfs charged to the VM's memory cgroup: were it as large as the
+# limit, filling it would leave nothing for PID 1 and the VM's processes (the
+# OOM killer would take them). So it gets a share of the limit by default.
+TMP_SHARE_OF_MEMORY = 4
+
+
+def tmp_bytes_for(limits: Limits, tmp_size_bytes: int | None = None) -> int:
+    """The size of a VM's /tmp: `tmp_size_bytes` if set, else a quarter of
+    its memory limit (never more than the limit)."""
+    if tmp_size_bytes is not None:
+        return max(1, min(tmp_size_bytes, limits.memory_bytes))
+    return max(1 << 20, limits.memory_bytes // TMP_SHARE_OF_MEMORY)
 
 
 @dataclass(frozen=True)
@@ -60,14 +71,14 @@ def start_vm(
     *,
     hostname: str,
     limits: Limits,
-    tmp_size_bytes: int = DEFAULT_TMP_BYTES,
+    tmp_size_bytes: int | None = None,
 ) -> InitProcess:
     """Start the VM's PID 1 rooted at `root`; return once its mounts are up."""
     cgroups.remove_vm(vm_id)  # whatever an earlier life of this VM left
     procs = cgroups.create_vm(vm_id, limits)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     cmd = [str(helper), "init", "--root", str(root), "--hostname", hostname]
-    cmd += ["--tmp-size", str(tmp_size_bytes), "--ready-fd", "1"]
+    cmd += ["--tmp-size", str(tmp_bytes_for(limits, tmp_size_bytes)), "--ready-fd", "1"]
     cmd += ["--agent-fd", str(theirs.fileno())]
     for p in procs:
         cmd += ["--cgroup-procs", p]

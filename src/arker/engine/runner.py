@@ -37,6 +37,8 @@ __all__ = ["Runner"]
 _START_TIMEOUT_S = 30.0
 _CANCEL_TIMEOUT_S = 10.0
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# A VM this close to its pids.max as a run ends is full: its next fork fails.
+PIDS_NEAR_MAX = 8
 _USERS = {"user": (1000, 1000, "/home/user"), "root": (0, 0, "/root")}
 
 
@@ -50,6 +52,8 @@ class _Run:
         self.started_at = started_at
         self.result: dict[str, Any] | None = None  # PID 1's "d" message, once read
         self.lost: str | None = None  # why the run ended with its VM
+        self.pids_hits = 0  # the VM's count of forks refused at pids.max, at the start
+        self.warnings: tuple[tuple[str, str], ...] | None = None  # decided once, at the end
         self._lock = threading.Lock()
 
     def ended(self, timeout_s: float | None = 0.0) -> bool:
@@ -118,6 +122,7 @@ class Runner:
             if (vm_id, run_id) in self._runs:
                 raise ArkerError(ErrorCode.CONFLICT, f"run {run_id!r} already exists")
         started_at = time.time()
+        pids = self.cgroups.pids(vm_id)
         cg = self.cgroups.create_run(vm_id, run_id)
         out = err = -1
         try:
@@ -130,8 +135,10 @@ class Runner:
                     os.close(fd)
             self.cgroups.sweep_runs(vm_id, self.in_flight(vm_id))
             raise
+        run = _Run(sock, out, err, started_at)
+        run.pids_hits = pids[2] if pids is not None else 0
         with self._lock:
-            self._runs[(vm_id, run_id)] = _Run(sock, out, err, started_at)
+            self._runs[(vm_id, run_id)] = run
 
     def _send(
         self,
@@ -216,7 +223,33 @@ class Runner:
             phase = RunPhase.CANCELLED
         else:
             phase = RunPhase.COMPLETED
+        if run.warnings is None:
+            run.warnings = self._pids_warnings(vm_id, run)
         return _info(run, phase, result["finished_at"], result)
+
+    def _pids_warnings(self, vm_id: str, run: _Run) -> tuple[tuple[str, str], ...]:
+        """`pids_exhausted` when the run ends with the VM's process table
+        (nearly) full, or when a fork in the VM was refused at the limit while
+        the run went on (pids.events counts the whole VM, so a run alongside a
+        fork bomb is warned too: it may have been the one refused)."""
+        pids = self.cgroups.pids(vm_id)
+        if pids is None:
+            return ()
+        current, limit, hits = pids
+        if current >= limit - PIDS_NEAR_MAX:
+            msg = (
+                f"the vm holds {current} of its {limit} processes after this run: "
+                "processes it left behind keep the limit full, so new runs cannot start; "
+                "kill them or restart the vm"
+            )
+            return (("pids_exhausted", msg),)
+        if hits > run.pids_hits:
+            msg = (
+                f"{hits - run.pids_hits} fork(s) in the vm failed during this run: "
+                f"it reached its limit of {limit} processes"
+            )
+            return (("pids_exhausted", msg),)
+        return ()
 
     def cancel(self, vm_id: str, run_id: str) -> RunInfo:
         """Kill the run's tree (through PID 1, which records it)."""
@@ -337,4 +370,5 @@ def _info(
         started_at=run.started_at,
         finished_at=finished,
         failure_reason=failure,
+        warnings=run.warnings or (),
     )

@@ -22,6 +22,12 @@ class Settings:
     output_cap_bytes: int = 8 * MIB
     auth_cache_s: float = 2.0  # how long a revoked key may still pass
     engine_threads: int = 32  # blocking engine calls at once (waits excluded)
+    # Admission: the memory limits of the host's live VMs may add up to this
+    # many times its memory (idle VMs use a few MiB of their 1 GiB limit).
+    overcommit: float = 10.0
+    host_memory_bytes: int | None = None  # None: MemTotal of /proc/meminfo
+    org_max_vms: int | None = None  # None: no quota
+    org_max_memory_mib: int | None = None
 
     @property
     def db_url(self) -> str:

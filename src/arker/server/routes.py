@@ -101,6 +101,12 @@ async def fork_vm(
     return _json(vm, 201)
 
 
+@router.post("/v1/vms/{vm_id}/restart")
+async def restart_vm(vm_id: VmId, org: Org, svc: Svc, idempotency_key: IdemKey = None) -> Response:
+    # A replayed restart restarts again: harmless, the VM ends up freshly started.
+    return _json(await svc.restart_vm(org, vm_id))
+
+
 @router.post("/v1/vms/{vm_id}/runs")
 async def run_command(
     vm_id: VmId, body: t.RunRequest, org: Org, svc: Svc, idempotency_key: IdemKey = None

@@ -66,6 +66,11 @@ def _end_values(info: RunInfo) -> dict[str, Any]:
         "oom_killed": info.oom_killed,
         "finished_at": info.finished_at or time.time(),
         "duration_ms": info.duration_ms,
+        "warnings": (
+            json.dumps([{"code": c, "message": m} for c, m in info.warnings])
+            if info.warnings
+            else None
+        ),
     }
     if info.phase is RunPhase.FAILED:
         values["failure_reason"] = info.failure_reason or "the engine lost the run"

@@ -4,18 +4,19 @@ acts on the host. Run lifecycle rules are in `runs.py`, part of this layer."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.exc import IntegrityError
 from ulid import ULID
 
 from arker import _types as t
 from arker._paths import check_path
-from arker.engine.base import Engine, GoldenInfo, VmPower
+from arker.engine.base import Engine, GoldenInfo, Limits, VmPower
 from arker.errors import ArkerError, ErrorCode
 from arker.server import uploads, wire
 from arker.server.config import Settings
@@ -32,6 +33,21 @@ log = logging.getLogger("arker.server")
 GOLDENS_TTL_S = 5.0
 MAX_OFFSET = 2**62
 VM_CACHE_S = 2.0
+MIB = 1024 * 1024
+
+
+def vm_memory_bytes(row: Vm | None = None) -> int:
+    """The memory limit a VM holds (or a new one will): what admission counts.
+    Every VM has the engine's default limit for now."""
+    return Limits().memory_bytes
+
+
+def host_memory_bytes() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    raise ArkerError(ErrorCode.INTERNAL, "no MemTotal in /proc/meminfo")
 
 
 class Service:
@@ -46,6 +62,12 @@ class Service:
         # VM rows change only when deleted (here) or marked lost (at start), so
         # every VM call may skip its lookup for a moment; see `_vm`.
         self._vms: dict[str, tuple[Vm, float]] = {}
+        # Admission: forks admitted but not yet in the database, by org; the
+        # lock makes each check-and-reserve one step, so concurrent forks
+        # cannot all pass on the same count.
+        self._admit_lock = asyncio.Lock()
+        self._pending: dict[str, int] = {}
+        self._host_memory = settings.host_memory_bytes or host_memory_bytes()
 
     # -- lifecycle
     async def start(self) -> None:
@@ -190,12 +212,29 @@ class Service:
             else:
                 raise ArkerError(ErrorCode.NOT_FOUND, f"no golden or vm named {source!r}")
 
+        async with self._admitted(org):
+            return await self._fork(org, source, req, idem_key, digest, durable, base_image, parent)
+
+    async def _fork(
+        self,
+        org: str,
+        source: str,
+        req: t.ForkRequest,
+        idem_key: str | None,
+        digest: str,
+        durable: bool,
+        base_image: str,
+        parent: Vm | None,
+    ) -> t.Vm:
         vm_id = str(ULID())
         if self.settings.burst_suffix:
             vm_id = f"{vm_id}_{self.settings.burst_suffix}"
         await self.threads.call(
             # The engine makes a valid hostname of any name.
-            self.engine.fork, source, vm_id, hostname=req.name or vm_id.lower()
+            self.engine.fork,
+            source,
+            vm_id,
+            hostname=req.name or vm_id.lower(),
         )
         row = Vm(
             id=vm_id,
@@ -224,6 +263,71 @@ class Service:
         self.metrics.forks.inc()
         return wire.vm(row, self.settings.region, VmPower.STOPPED)
 
+    @contextlib.asynccontextmanager
+    async def _admitted(self, org: str) -> AsyncIterator[None]:
+        """Reserve room for one more VM of `org`, or raise quota_exceeded; the
+        reservation lasts until the fork is recorded (or failed)."""
+        async with self._admit_lock:
+            await self._check_admission(org, vm_memory_bytes())
+            self._pending[org] = self._pending.get(org, 0) + 1
+        try:
+            yield
+        finally:
+            self._pending[org] -= 1
+            if not self._pending[org]:
+                del self._pending[org]
+
+    async def _check_admission(self, org: str, requested: int) -> None:
+        """The host never promises more memory than `overcommit` times its own,
+        and an org stays within its quotas. Live VMs are all the VMs neither
+        deleted nor lost: a stopped one starts again on its next run."""
+        live = Vm.deleted_at.is_(None) & Vm.lost.is_(False)
+        async with self.db.session() as s:
+            counts = (
+                await s.execute(
+                    select(
+                        func.count(), func.coalesce(func.sum(case((Vm.org == org, 1), else_=0)), 0)
+                    )
+                    .select_from(Vm)
+                    .where(live)
+                )
+            ).one()
+        host_vms = int(counts[0]) + sum(self._pending.values())
+        org_vms = int(counts[1]) + self._pending.get(org, 0)
+        # Every VM holds the same limit for now (vm_memory_bytes): a count is the sum.
+        per_vm = vm_memory_bytes()
+        limits = self.settings
+        if limits.org_max_vms is not None and org_vms + 1 > limits.org_max_vms:
+            raise _quota(
+                f"org {org!r} has {org_vms} vms, its quota is {limits.org_max_vms}",
+                limit="org_max_vms",
+                max=limits.org_max_vms,
+                current=org_vms,
+                requested=1,
+            )
+        if limits.org_max_memory_mib is not None:
+            current_mib = org_vms * per_vm // MIB
+            if current_mib + requested // MIB > limits.org_max_memory_mib:
+                raise _quota(
+                    f"org {org!r} holds {current_mib} MiB of vm memory, "
+                    f"its quota is {limits.org_max_memory_mib} MiB",
+                    limit="org_max_memory_mib",
+                    max=limits.org_max_memory_mib,
+                    current=current_mib,
+                    requested=requested // MIB,
+                )
+        host_max_mib = int(limits.overcommit * self._host_memory) // MIB
+        host_mib = host_vms * per_vm // MIB
+        if host_mib + requested // MIB > host_max_mib:
+            raise _quota(
+                f"this host has promised {host_mib} MiB of vm memory, "
+                f"{limits.overcommit:g} times its memory is {host_max_mib} MiB",
+                limit="host_memory_mib",
+                max=host_max_mib,
+                current=host_mib,
+                requested=requested // MIB,
+            )
+
     async def _fork_replay(self, org: str, idem_key: str, digest: str) -> t.Vm | None:
         async with self.db.session() as s:
             row = await s.scalar(select(Vm).where(Vm.org == org, Vm.idem_key == idem_key))
@@ -247,6 +351,14 @@ class Service:
             await s.commit()
         self._vms.pop(vm_id, None)  # a lookup may have cached it while we deleted
         await self.runs.finish_vm_runs(vm_id, "the vm was deleted")
+
+    async def restart_vm(self, org: str, vm_id: str) -> t.Vm:
+        """Kill every process of the VM and start its PID 1 again; runs in
+        flight end failed. Its files stay."""
+        row = await self._usable_vm(org, vm_id, "restart")
+        await self.threads.call(self.engine.restart, vm_id)
+        await self.runs.finish_vm_runs(vm_id, "the vm was restarted")
+        return wire.vm(row, self.settings.region, await self._power(vm_id))
 
     # -- runs
     async def run(
@@ -321,3 +433,7 @@ class Service:
         ids = await self.threads.call(self.engine.vm_ids)
         powers = await self.threads.call(self._powers, ids)
         return sum(1 for p in powers.values() if p is VmPower.RUNNING)
+
+
+def _quota(message: str, **details: object) -> ArkerError:
+    return ArkerError(ErrorCode.QUOTA_EXCEEDED, message, details=details)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from datetime import UTC, datetime
 
 from arker import _types as t
@@ -24,6 +25,12 @@ def _opt_ts(unix_s: float | None) -> datetime | None:
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+def _warnings(row: Run) -> list[t.RunWarning]:
+    if not row.warnings:
+        return []
+    return [t.RunWarning(code=w["code"], message=w["message"]) for w in json.loads(row.warnings)]
 
 
 def golden(info: GoldenInfo) -> t.Golden:
@@ -58,7 +65,7 @@ def run_result(row: Run) -> t.CompletedRun | t.TimedOutRun | t.CancelledRun | t.
         "stdout_truncated": row.stdout_truncated,
         "stderr_truncated": row.stderr_truncated,
         "duration_ms": row.duration_ms or 0,
-        "warnings": [],
+        "warnings": _warnings(row),
     }
     if row.state == "completed":
         return t.CompletedRun(
@@ -101,5 +108,5 @@ def run_status(row: Run, live: RunInfo | None = None) -> t.RunStatus:
         started_at=_opt_ts(row.started_at),
         finished_at=_opt_ts(row.finished_at),
         duration_ms=duration,
-        warnings=[],
+        warnings=_warnings(row),
     )
