@@ -239,8 +239,8 @@ class Runner:
         if current >= limit - PIDS_NEAR_MAX:
             msg = (
                 f"the vm holds {current} of its {limit} processes after this run: "
-                "processes it left behind keep the limit full, so new runs cannot start; "
-                "kill them or restart the vm"
+                "processes left behind keep the limit (nearly) full, so new runs and "
+                "forks may fail; kill them or restart the vm"
             )
             return (("pids_exhausted", msg),)
         if hits > run.pids_hits:

@@ -37,6 +37,9 @@ CODE_BY_STATUS = {
 }
 
 
+QUOTA_RETRY_AFTER_S = 60
+
+
 def _error(
     status: int, code: ErrorCode | str, message: str, details: dict[str, Any] | None = None
 ) -> Response:
@@ -50,7 +53,13 @@ async def _arker_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, ArkerError)
     if exc.status >= 500:
         log.error("request failed: %s", exc)
-    return _error(exc.status, exc.code, exc.message, exc.details)
+    response = _error(exc.status, exc.code, exc.message, exc.details)
+    if exc.code == ErrorCode.QUOTA_EXCEEDED:
+        # The contract's 429 carries Retry-After. A quota frees only when VMs
+        # are deleted, so this is a hint for a human, not a schedule (the SDK
+        # does not retry quota_exceeded).
+        response.headers["Retry-After"] = str(QUOTA_RETRY_AFTER_S)
+    return response
 
 
 async def _validation_error(_: Request, exc: Exception) -> Response:
