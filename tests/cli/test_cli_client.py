@@ -203,3 +203,18 @@ def test_cat_into_a_closed_pipe_stops_quietly(server: LocalServer, vm: str) -> N
     stderr = proc.stderr.read()
     assert proc.wait(30) == 141
     assert stderr == b""
+
+
+def test_restart_kills_what_runs_and_keeps_files(server: LocalServer, vm: str) -> None:
+    assert arker("run", vm, "--", "echo kept > /home/user/f", env=server.env()).returncode == 0
+    bg = invoke(server, "run", vm, "--background", "--", "sleep 1000")
+    assert bg.exit_code == 0, bg.output
+    run_id = bg.stdout.strip()
+    proc = arker("restart", vm, env=server.env())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"{vm} running\n".encode()
+    status = json.loads(invoke(server, "status", vm, run_id, "--json").stdout)
+    assert status["state"] == "failed" and status["failure_reason"] == "the vm was restarted"
+    assert arker("run", vm, "--", "cat /home/user/f", env=server.env()).stdout == b"kept\n"
+    doc = json.loads(invoke(server, "restart", vm, "--json").stdout)
+    assert doc["vm_id"] == vm and doc["state"] == "running"

@@ -212,6 +212,16 @@ async def test_delete_and_refresh(arker: AsyncArker, server: FakeServer) -> None
     assert "Idempotency-Key" in server.last.headers
 
 
+async def test_restart(arker: AsyncArker, server: FakeServer) -> None:
+    server.reply(ok(vm(name="again")))
+    computer = arker.vm(VM_ID)
+    got = await computer.restart()
+    assert server.last.method == "POST"
+    assert str(server.last.url) == f"{NORMAL}/v1/vms/{VM_ID}/restart"
+    assert "Idempotency-Key" in server.last.headers
+    assert got.name == "again" and computer.info == got
+
+
 async def test_read_and_write_files(arker: AsyncArker, server: FakeServer) -> None:
     server.reply(httpx.Response(200, content=b"\x00\x01data"), ok(written("/home/user/a.txt", 6)))
     files = arker.vm(VM_ID).sync

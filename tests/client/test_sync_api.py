@@ -215,6 +215,16 @@ def test_delete_and_refresh(arker: Arker, server: FakeServer) -> None:
     assert "Idempotency-Key" in server.last.headers
 
 
+def test_restart(arker: Arker, server: FakeServer) -> None:
+    server.reply(ok(vm(name="again")))
+    computer = arker.vm(VM_ID)
+    got = computer.restart()
+    assert server.last.method == "POST"
+    assert str(server.last.url) == f"{NORMAL}/v1/vms/{VM_ID}/restart"
+    assert "Idempotency-Key" in server.last.headers
+    assert got.name == "again" and computer.info == got
+
+
 def test_read_and_write_files(arker: Arker, server: FakeServer) -> None:
     server.reply(httpx.Response(200, content=b"\x00\x01data"), ok(written("/home/user/a.txt", 6)))
     files = arker.vm(VM_ID).sync

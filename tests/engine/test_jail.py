@@ -135,3 +135,14 @@ def test_helper_build_failure_is_unavailable(
         _native.helper_path(tmp_path)
     assert err.value.code == "unavailable"
     assert not list(tmp_path.glob("bin/*arkervm-*"))  # no half-built helper left
+
+
+def test_tmp_is_a_share_of_the_memory_limit() -> None:
+    from arker.engine.base import Limits
+    from arker.engine.jail import tmp_bytes_for
+
+    gib = Limits(memory_bytes=1 << 30)
+    assert tmp_bytes_for(gib) == 256 << 20  # filling it leaves 3/4 for the VM's processes
+    assert tmp_bytes_for(Limits(memory_bytes=4 << 30)) == 1 << 30
+    assert tmp_bytes_for(gib, 64 << 20) == 64 << 20  # set by the engine's tmp_size_bytes
+    assert tmp_bytes_for(gib, 8 << 30) == 1 << 30  # never past the memory limit
