@@ -138,6 +138,16 @@ class Cgroups:
         name = "memory.current" if self.v2 else "memory.usage_in_bytes"
         return int((self.limit_roots["memory"] / vm_id / name).read_text())
 
+    def pids_hits(self, vm_id: str) -> int:
+        """How many forks the VM's pids limit has refused (one read: it is on
+        every run's start)."""
+        try:
+            with open(f"{self.limit_roots['pids']}/{vm_id}/pids.events") as f:
+                events = f.read().split()
+        except FileNotFoundError:
+            return 0
+        return int(events[events.index("max") + 1]) if "max" in events else 0
+
     def pids(self, vm_id: str) -> tuple[int, int, int] | None:
         """(pids.current, pids.max, times a fork failed at the max) of the
         VM, or None when it has no pids cgroup (stopped) or no limit."""

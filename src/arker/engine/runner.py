@@ -122,7 +122,7 @@ class Runner:
             if (vm_id, run_id) in self._runs:
                 raise ArkerError(ErrorCode.CONFLICT, f"run {run_id!r} already exists")
         started_at = time.time()
-        pids = self.cgroups.pids(vm_id)
+        pids_hits = self.cgroups.pids_hits(vm_id)
         cg = self.cgroups.create_run(vm_id, run_id)
         out = err = -1
         try:
@@ -136,7 +136,7 @@ class Runner:
             self.cgroups.sweep_runs(vm_id, self.in_flight(vm_id))
             raise
         run = _Run(sock, out, err, started_at)
-        run.pids_hits = pids[2] if pids is not None else 0
+        run.pids_hits = pids_hits
         with self._lock:
             self._runs[(vm_id, run_id)] = run
 
