@@ -434,7 +434,7 @@ def _snapshot(src_fd: int, parent_fd: int, name: str, *, readonly: bool, what: s
         raise ArkerError(ErrorCode.CONFLICT, f"{what} already exists") from None
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            raise ArkerError(ErrorCode.UNAVAILABLE, "the storage pool is full") from exc
+            raise ArkerError(ErrorCode.INSUFFICIENT_STORAGE, "the storage pool is full") from exc
         raise
 
 

@@ -22,6 +22,12 @@ class Settings:
     output_cap_bytes: int = 8 * MIB
     auth_cache_s: float = 2.0  # how long a revoked key may still pass
     engine_threads: int = 32  # blocking engine calls at once (waits excluded)
+    vm_disk_mib: int | None = 10240  # a new VM's disk quota; None: no quota
+    vm_disk_max_mib: int = 102400  # the largest quota a fork may ask for
+    # Forks and runs get insufficient_storage below this much free pool space:
+    # a fixed amount rather than a percentage, since what btrfs needs to keep
+    # working (metadata for a commit, deletes) does not grow with the disk.
+    pool_reserve_mib: int = 2048
 
     @property
     def db_url(self) -> str:
