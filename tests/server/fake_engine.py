@@ -83,6 +83,8 @@ class FakeEngine(Engine):
         self.supports_checkpoints = supports_checkpoints
         self.opened = self.closed = False
         self.calls: list[str] = []
+        self.storage_full = False  # check_storage raises insufficient_storage
+        self.limits: dict[str, Limits | None] = {}
 
     # -- lifecycle
     def open(self) -> None:
@@ -125,12 +127,17 @@ class FakeEngine(Engine):
 
     def fork(self, source: str, vm_id: str, *, hostname: str, limits: Limits | None = None) -> None:
         self.calls.append(f"fork {source} {vm_id}")
+        self.limits[vm_id] = limits
         with self.disk.lock:
             if source in self.disk.goldens:
                 files: dict[str, bytes] = {}
             else:
                 files = dict(self._vm(source).files)
             self.disk.vms[vm_id] = FakeVm(files=files)
+
+    def check_storage(self) -> None:
+        if self.storage_full:
+            raise ArkerError(ErrorCode.INSUFFICIENT_STORAGE, "the fake pool is below its reserve")
 
     def delete(self, vm_id: str) -> None:
         with self.disk.lock:

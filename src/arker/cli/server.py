@@ -63,6 +63,15 @@ def serve(
         ),
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+    vm_disk_mib: Annotated[
+        int, typer.Option(help="A new VM's disk quota in MiB (0: no quota).")
+    ] = 10240,
+    vm_disk_max_mib: Annotated[
+        int, typer.Option(help="The largest disk quota a fork may ask for, in MiB.")
+    ] = 102400,
+    pool_reserve_mib: Annotated[
+        int, typer.Option(help="Refuse forks and runs below this much free pool space (MiB).")
+    ] = 2048,
 ) -> None:
     """Serve the Arker API over this host's engine."""
     from arker.server.config import Settings
@@ -78,6 +87,9 @@ def serve(
         overcommit=overcommit,
         org_max_vms=org_max_vms,
         org_max_memory_mib=org_max_memory_mib,
+        vm_disk_mib=vm_disk_mib or None,
+        vm_disk_max_mib=vm_disk_max_mib,
+        pool_reserve_mib=pool_reserve_mib,
     )
     run_server(settings, host=host, port=port, log_level=log_level)
 

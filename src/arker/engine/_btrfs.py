@@ -32,6 +32,10 @@ __all__ = [
     "create_subvolume",
     "destroy_subvolume",
     "destroy_tree",
+    "enable_simple_quota",
+    "fsid",
+    "remove_qgroup",
+    "set_qgroup_limit",
     "fs_type",
     "is_readonly",
     "rename_exchange",
@@ -67,6 +71,13 @@ _IOC_INO_LOOKUP = _ioc(_IOC_READ | _IOC_WRITE, 18, _ARGS_SIZE)
 _IOC_SNAP_CREATE_V2 = _ioc(_IOC_WRITE, 23, _ARGS_SIZE)
 _IOC_SUBVOL_GETFLAGS = _ioc(_IOC_READ, 25, 8)
 _IOC_SUBVOL_SETFLAGS = _ioc(_IOC_WRITE, 26, 8)
+_IOC_QUOTA_CTL = _ioc(_IOC_READ | _IOC_WRITE, 40, 16)
+_IOC_QGROUP_CREATE = _ioc(_IOC_WRITE, 42, 16)
+_IOC_QGROUP_LIMIT = _ioc(_IOC_READ, 43, 48)
+_IOC_FS_INFO = _ioc(_IOC_READ, 31, 1024)
+
+_QUOTA_CTL_ENABLE_SIMPLE = 4  # squota: extents charged to the subvolume that wrote them
+_QGROUP_LIMIT_MAX_RFER = 1 << 0
 
 _RENAME_NOREPLACE = 1 << 0
 _RENAME_EXCHANGE = 1 << 1
@@ -150,6 +161,51 @@ def _destroy_nested(path: Path) -> None:
                     destroy_tree(parent, Path(dirpath) / d)
         finally:
             os.close(parent)
+
+
+def enable_simple_quota(fd: int) -> None:
+    """Turn on simple quotas for the filesystem holding `fd` (idempotent:
+    the kernel answers 0 when they are on already).
+
+    struct btrfs_ioctl_quota_ctl_args { __u64 cmd; __u64 status; }
+    """
+    fcntl.ioctl(
+        fd, _IOC_QUOTA_CTL, bytearray(struct.pack("=QQ", _QUOTA_CTL_ENABLE_SIMPLE, 0)), True
+    )
+
+
+def set_qgroup_limit(fd: int, subvol_id: int, max_bytes: int | None) -> None:
+    """Limit what the level-0 qgroup of `subvol_id` may reference (None: no limit).
+
+    struct btrfs_ioctl_qgroup_limit_args { __u64 qgroupid; struct btrfs_qgroup_limit
+    { __u64 flags, max_rfer, max_excl, rsv_rfer, rsv_excl; } lim; }
+    """
+    flags = _QGROUP_LIMIT_MAX_RFER
+    limit = (1 << 64) - 1 if max_bytes is None else max_bytes  # the kernel's "none"
+    buf = bytearray(struct.pack("=QQQQQQ", subvol_id, flags, limit, 0, 0, 0))
+    fcntl.ioctl(fd, _IOC_QGROUP_LIMIT, buf, True)
+
+
+def remove_qgroup(fd: int, subvol_id: int) -> None:
+    """Remove the level-0 qgroup of a deleted subvolume. EBUSY while the
+    cleaner still holds some of its extents; ENOENT if the kernel already
+    dropped it.
+
+    struct btrfs_ioctl_qgroup_create_args { __u64 create; __u64 qgroupid; }
+    """
+    fcntl.ioctl(fd, _IOC_QGROUP_CREATE, bytearray(struct.pack("=QQ", 0, subvol_id)), True)
+
+
+def fsid(fd: int) -> str:
+    """The filesystem's UUID as sysfs names it (/sys/fs/btrfs/<fsid>).
+
+    struct btrfs_ioctl_fs_info_args { __u64 max_id; __u64 num_devices;
+    __u8 fsid[16]; ... } 1024 bytes
+    """
+    buf = bytearray(1024)
+    fcntl.ioctl(fd, _IOC_FS_INFO, buf, True)
+    raw = bytes(buf[16:32]).hex()
+    return f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"
 
 
 def is_readonly(fd: int) -> bool:

@@ -41,6 +41,7 @@ class Limits:
     memory_bytes: int = 1024 * 1024 * 1024
     pids_max: int = 512
     cpu_cores: float = 1.0
+    disk_bytes: int | None = None  # what the VM may write of its own; None: no limit
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,21 @@ class Engine(abc.ABC):
     def fork(self, source: str, vm_id: str, *, hostname: str, limits: Limits | None = None) -> None:
         """Make `vm_id` a copy-on-write copy of `source` (a golden name or a VM
         id), in constant time. The new VM is stopped; it starts on first run."""
+
+    def check_storage(self) -> None:
+        """Raise ArkerError(insufficient_storage) if the host's storage is
+        below its reserve; cheap enough for every fork and run. Default: no
+        reserve."""
+        return None
+
+    def disk_usage(self, vm_id: str) -> tuple[int, str] | None:
+        """(limit in bytes, a file holding the bytes the VM has written) for a
+        VM with a disk quota, else None."""
+        return None
+
+    def storage_delete_pending(self) -> int:
+        """How many deletes could not finish yet and wait to be retried."""
+        return 0
 
     @abc.abstractmethod
     def delete(self, vm_id: str) -> None:

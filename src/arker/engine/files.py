@@ -169,8 +169,15 @@ class FileWriter(base.FileWriter):
             self.abort()
             if isinstance(exc, IsADirectoryError):
                 raise ArkerError(ErrorCode.INVALID_PATH, f"{self._norm} is a directory") from exc
-            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise ArkerError(ErrorCode.UNAVAILABLE, "the VM's storage is full") from exc
+            if isinstance(exc, OSError) and exc.errno == errno.EDQUOT:
+                raise ArkerError(
+                    ErrorCode.INSUFFICIENT_STORAGE,
+                    f"{self._norm}: the VM's disk quota is full (resources.disk_mib)",
+                ) from exc
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                raise ArkerError(
+                    ErrorCode.INSUFFICIENT_STORAGE, "the host's storage pool is full"
+                ) from exc
             raise
 
 

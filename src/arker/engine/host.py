@@ -69,11 +69,14 @@ class NamespaceEngine(Engine):
         image_size_bytes: int = 64 * 2**30,
         default_limits: Limits = Limits(),  # noqa: B008 - frozen, so sharing is safe
         tmp_size_bytes: int | None = None,  # None: a quarter of each VM's memory limit
+        pool_reserve_bytes: int = 0,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.default_limits = default_limits
         self.tmp_size_bytes = tmp_size_bytes
-        self.pool = Pool(self.data_dir, image_size_bytes=image_size_bytes)
+        self.pool = Pool(
+            self.data_dir, image_size_bytes=image_size_bytes, reserve_bytes=pool_reserve_bytes
+        )
         self.cgroups = Cgroups(self.data_dir)
         self.state_dir = self.data_dir / "state"
         self._runner: Runner | None = None
@@ -150,9 +153,21 @@ class NamespaceEngine(Engine):
         check_name(vm_id, "vm id")
         hostname = _hostname(hostname)
         with self._lock(vm_id):
-            self.pool.fork(source, vm_id)  # conflict if vm_id exists: the snapshot says EEXIST
             limits = limits or self.default_limits
+            # conflict if vm_id exists: the snapshot says EEXIST
+            self.pool.fork(source, vm_id, disk_bytes=limits.disk_bytes)
             self._save(vm_id, {"hostname": hostname, "limits": asdict(limits), "init": None})
+
+    def check_storage(self) -> None:
+        self.pool.check_storage()
+
+    def disk_usage(self, vm_id: str) -> tuple[int, str] | None:
+        self._require(vm_id)
+        limit = self._load(vm_id)["limits"].get("disk_bytes")
+        usage = self.pool.vm_disk_usage_file(vm_id)
+        if limit is None or usage is None:
+            return None
+        return int(limit), str(usage)
 
     def delete(self, vm_id: str) -> None:
         check_name(vm_id, "vm id")

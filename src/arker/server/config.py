@@ -28,6 +28,12 @@ class Settings:
     host_memory_bytes: int | None = None  # None: MemTotal of /proc/meminfo
     org_max_vms: int | None = None  # None: no quota
     org_max_memory_mib: int | None = None
+    vm_disk_mib: int | None = 10240  # a new VM's disk quota; None: no quota
+    vm_disk_max_mib: int = 102400  # the largest quota a fork may ask for
+    # Forks and runs get insufficient_storage below this much free pool space:
+    # a fixed amount rather than a percentage, since what btrfs needs to keep
+    # working (metadata for a commit, deletes) does not grow with the disk.
+    pool_reserve_mib: int = 2048
 
     @property
     def db_url(self) -> str:

@@ -19,14 +19,14 @@ __all__ = ["load_engine", "serve"]
 GRACEFUL_SHUTDOWN_S = 5
 
 
-def load_engine(data_dir: str, spec: str | None = None) -> Engine:
+def load_engine(data_dir: str, spec: str | None = None, *, pool_reserve_mib: int = 0) -> Engine:
     """The namespace engine by default; `module:Class` (env ARKER_ENGINE) picks
     another kind, called with the data directory."""
     spec = spec or os.environ.get("ARKER_ENGINE")
     if not spec:
         from arker.engine.host import NamespaceEngine
 
-        return NamespaceEngine(data_dir)
+        return NamespaceEngine(data_dir, pool_reserve_bytes=pool_reserve_mib * 2**20)
     module_name, _, cls_name = spec.partition(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
     engine: Engine = cls(data_dir)
@@ -44,7 +44,10 @@ def serve(
     """Serve until SIGTERM/SIGINT; the lifespan shutdown closes the engine."""
     setup_logging(log_level)
     os.makedirs(settings.data_dir, exist_ok=True)
-    app = build_app(settings, engine or load_engine(settings.data_dir))
+    app = build_app(
+        settings,
+        engine or load_engine(settings.data_dir, pool_reserve_mib=settings.pool_reserve_mib),
+    )
     config = uvicorn.Config(
         app,
         host=host,

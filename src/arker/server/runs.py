@@ -105,6 +105,8 @@ class Runs:
                 return await self._replay(prior, digest)
         if vm.lost:
             raise ArkerError(ErrorCode.VM_LOST, f"cannot run in vm {vm.id!r} in state lost")
+        # A pool below its reserve takes no new work: statvfs, cached for a second.
+        self.engine.check_storage()
         stdin = runspec.decode_stdin(req.stdin)  # reject bad input before anything is recorded
         # The engine's spec from the request, not from the row's JSON parsed again.
         run_spec = runspec.for_engine(spec, self.settings.output_cap_bytes, stdin)

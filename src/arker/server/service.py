@@ -9,6 +9,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -186,7 +187,17 @@ class Service:
 
     async def fork(self, org: str, source: str, req: t.ForkRequest, idem_key: str | None) -> t.Vm:
         durable = bool(req.durable)
-        digest = request_hash({"source": source, "name": req.name, "durable": durable})
+        asked_mib = req.resources.disk_mib if req.resources is not None else None
+        fields: dict[str, object] = {"source": source, "name": req.name, "durable": durable}
+        if asked_mib is not None:  # only when set: keys made before resources stay valid
+            fields["resources"] = {"disk_mib": asked_mib}
+        digest = request_hash(fields)
+        if asked_mib is not None and asked_mib > self.settings.vm_disk_max_mib:
+            raise ArkerError(
+                ErrorCode.INVALID_REQUEST,
+                f"resources.disk_mib {asked_mib} is above this server's maximum of "
+                f"{self.settings.vm_disk_max_mib}",
+            )
         if idem_key is not None:
             found = await self._fork_replay(org, idem_key, digest)
             if found is not None:
@@ -214,8 +225,21 @@ class Service:
             else:
                 raise ArkerError(ErrorCode.NOT_FOUND, f"no golden or vm named {source!r}")
 
+        # A fork of a VM inherits its parent's quota unless the request says otherwise.
+        if asked_mib is not None:
+            disk_mib: int | None = asked_mib
+        elif parent is not None:
+            disk_mib = parent.disk_mib
+        else:
+            disk_mib = self.settings.vm_disk_mib
+        limits = replace(
+            self.engine_default_limits(), disk_bytes=None if disk_mib is None else disk_mib * 2**20
+        )
+        await self.threads.call(self.engine.check_storage)
         async with self._admitted(org):
-            return await self._fork(org, source, req, idem_key, digest, durable, base_image, parent)
+            return await self._fork(
+                org, source, req, idem_key, digest, durable, base_image, parent, limits
+            )
 
     async def _fork(
         self,
@@ -227,7 +251,9 @@ class Service:
         durable: bool,
         base_image: str,
         parent: Vm | None,
+        limits: Limits,
     ) -> t.Vm:
+        disk_mib = None if limits.disk_bytes is None else limits.disk_bytes // 2**20
         vm_id = str(ULID())
         if self.settings.burst_suffix:
             vm_id = f"{vm_id}_{self.settings.burst_suffix}"
@@ -237,6 +263,7 @@ class Service:
             source,
             vm_id,
             hostname=req.name or vm_id.lower(),
+            limits=limits,
         )
         row = Vm(
             id=vm_id,
@@ -249,6 +276,7 @@ class Service:
             created_at=time.time(),
             idem_key=idem_key,
             idem_hash=digest if idem_key else None,
+            disk_mib=disk_mib,
         )
         try:
             async with self.db.session() as s:
@@ -328,6 +356,9 @@ class Service:
                 current=host_mib,
                 requested=requested // MIB,
             )
+
+    def engine_default_limits(self) -> Limits:
+        return getattr(self.engine, "default_limits", None) or Limits()
 
     async def _fork_replay(self, org: str, idem_key: str, digest: str) -> t.Vm | None:
         async with self.db.session() as s:

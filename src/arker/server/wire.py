@@ -48,7 +48,7 @@ def vm(row: Vm, region: str, power: VmPower | None) -> t.Vm:
         parent_id=row.parent_id,
         durable=row.durable,
         state=state,
-        resources=t.VmResources(disk_mib=None),
+        resources=t.VmResources(disk_mib=row.disk_mib),
     )
 
 
