@@ -48,6 +48,18 @@ def arker(server: FakeServer, sleeps: list[float]) -> AsyncArker:
 # Routing
 
 
+async def test_fork_sends_resources_only_when_set(arker: AsyncArker, server: FakeServer) -> None:
+    from arker._types import Resources
+
+    server.reply(ok(vm(), 201), ok(vm(), 201), ok(vm(), 201))
+    await arker.vm("debian").fork(resources={"disk_mib": 512})
+    assert body(server.last) == {"durable": False, "resources": {"disk_mib": 512}}
+    await arker.vm("debian").fork(resources=Resources(disk_mib=64))
+    assert body(server.last) == {"durable": False, "resources": {"disk_mib": 64}}
+    await arker.vm("debian").fork()
+    assert "resources" not in body(server.last)
+
+
 async def test_normal_golden_forks_on_the_region_host(
     arker: AsyncArker, server: FakeServer
 ) -> None:

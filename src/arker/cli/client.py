@@ -98,13 +98,18 @@ def fork(
     source: Annotated[str, typer.Argument(help="A golden name or a VM id.")],
     name: Annotated[str | None, typer.Option("--name", help="Name (and hostname).")] = None,
     durable: Annotated[bool, typer.Option("--durable", help="Survive host crashes.")] = False,
+    disk_mib: Annotated[
+        int | None,
+        typer.Option("--disk-mib", help="Disk quota in MiB; default: the parent's or server's."),
+    ] = None,
     api_key: ApiKey = None,
     region: Region = None,
     base_url: BaseUrl = None,
 ) -> None:
     """Fork a golden or a VM; print the new VM's id."""
+    resources = {"disk_mib": disk_mib} if disk_mib is not None else None
     with _client(api_key, region, base_url) as arker:
-        child = arker.vm(source).fork(name=name, durable=durable)
+        child = arker.vm(source).fork(name=name, durable=durable, resources=resources)
         print(child.vm_id)
 
 

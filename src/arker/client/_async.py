@@ -16,10 +16,11 @@ from __future__ import annotations
 import builtins
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 import httpx
+from pydantic import BaseModel
 
 from arker.client._base import UPLOAD_PIECE_BYTES, ArkerBase, ComputerBase, Request, RetryArg
 from arker.client._models import FileWritten, Golden, RunResult, RunStatus, Vm, VmPage
@@ -157,10 +158,13 @@ class AsyncComputer(ComputerBase[AsyncArker]):
         *,
         name: str | None = None,
         durable: bool = False,
+        resources: Mapping[str, Any] | BaseModel | None = None,
         idempotency_key: str | None = None,
     ) -> AsyncComputer:
-        """A copy-on-write copy of this golden or VM, pinned to the same endpoint."""
-        response = await self._send(self._fork_request(name, durable, idempotency_key))
+        """A copy-on-write copy of this golden or VM, pinned to the same endpoint.
+        `resources`, e.g. {"disk_mib": 2048} (or arker.Resources), overrides what
+        the fork would inherit; omitted, the server's default or the parent's."""
+        response = await self._send(self._fork_request(name, durable, idempotency_key, resources))
         vm = decode_vm(response)
         return AsyncComputer(self._arker, vm.vm_id, self.endpoint, vm)
 

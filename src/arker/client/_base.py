@@ -199,8 +199,21 @@ class ComputerBase(Generic[ArkerT]):
     def _call(self, method: str, path: str = "", **kwargs: Any) -> Request:
         return self._arker._request(method, self.endpoint, self._path + path, **kwargs)
 
-    def _fork_request(self, name: str | None, durable: bool, key: str | None) -> Request:
-        body = _body(wire.ForkRequest, name=name, durable=durable)
+    def _fork_request(
+        self,
+        name: str | None,
+        durable: bool,
+        key: str | None,
+        resources: Mapping[str, Any] | BaseModel | None = None,
+    ) -> Request:
+        if isinstance(resources, BaseModel):
+            resources = resources.model_dump(exclude_none=True)
+        body = _body(
+            wire.ForkRequest,
+            name=name,
+            durable=durable,
+            resources=dict(resources) if resources else None,  # sent only when set
+        )
         return self._call("POST", "/fork", json=body, idempotency_key=key)
 
     def _run_request(
