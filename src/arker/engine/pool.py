@@ -73,6 +73,10 @@ class Pool:
         self.quotas = False
         self._fsid: str | None = None
         self._free_cache: tuple[float, int] = (0.0, 0)
+        # Qgroups of deleted subvolumes the kernel has not dropped itself:
+        # removed once the cleaner freed their extents (the flusher retries).
+        self._stale_qgroups: set[int] = set()
+        self._stale_lock = threading.Lock()
 
     # -- lifecycle
     def open(self) -> None:
@@ -217,8 +221,24 @@ class Pool:
         while not self._stop_flush.wait(interval_s):
             try:
                 self.sync()
+                self.drop_stale_qgroups()
             except (OSError, ArkerError) as exc:  # keep flushing; a failure here is not fatal
                 log.warning("pool flush failed: %s", exc)
+
+    def drop_stale_qgroups(self) -> int:
+        """Remove the qgroups of deleted subvolumes whose extents the cleaner
+        has freed; return how many still wait."""
+        with self._stale_lock:
+            for sid in sorted(self._stale_qgroups):
+                try:
+                    _btrfs.remove_qgroup(self._fd(), sid)
+                except OSError as exc:
+                    if exc.errno == errno.EBUSY:  # still charged: the cleaner is not done
+                        continue
+                    if exc.errno != errno.ENOENT:
+                        log.warning("cannot remove qgroup 0/%d: %s", sid, exc)
+                self._stale_qgroups.discard(sid)
+            return len(self._stale_qgroups)
 
     # -- paths
     def golden_path(self, name: str) -> Path:
@@ -416,15 +436,20 @@ class Pool:
 
     def _destroy(self, parent: Path, name: str) -> None:
         """Delete subvolume parent/name, nested subvolumes first; missing is fine."""
+        destroyed: list[int] = []
         try:
             with _dir_fd(parent) as pfd:
-                _btrfs.destroy_tree(pfd, parent / name)
+                _btrfs.destroy_tree(pfd, parent / name, destroyed)
         except FileNotFoundError:
             return
         except OSError as exc:
             if exc.errno == errno.EBUSY:
                 raise ArkerError(ErrorCode.CONFLICT, f"{name} is busy (mounted or in use)") from exc
             raise
+        finally:
+            if self.quotas and destroyed:
+                with self._stale_lock:
+                    self._stale_qgroups.update(destroyed)
 
 
 def _snapshot(src_fd: int, parent_fd: int, name: str, *, readonly: bool, what: str) -> None:
