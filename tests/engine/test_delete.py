@@ -123,3 +123,26 @@ def test_delete_frees_every_nasty_shape(pool: Pool, busybox_golden: str) -> None
     assert _used(pool) < before + 4 * MiB  # waits for the cleaner
     assert pool.drop_stale_qgroups() == 0
     assert _qgroups(pool) == before_qgroups  # none lingers
+
+
+def test_a_delete_that_fails_is_pending_and_retried(
+    pool: Pool, busybox_golden: str, monkeypatch: object
+) -> None:
+    import pytest
+
+    mp: pytest.MonkeyPatch = monkeypatch  # type: ignore[assignment]
+    pool.fork(busybox_golden, "stuck")
+    real = _btrfs.destroy_subvolume
+
+    def refuse(parent_fd: int, name: str) -> None:
+        raise OSError(5, "injected I/O error")
+
+    mp.setattr(_btrfs, "destroy_subvolume", refuse)
+    pool.delete_vm("stuck")
+    # Gone for everyone at once (the id is free), its storage still pending.
+    assert "stuck" not in pool.vm_ids() and not pool.vm_path("stuck").exists()
+    assert pool.delete_pending() == 1
+    assert pool.retry_deletes() == 1
+    mp.setattr(_btrfs, "destroy_subvolume", real)
+    assert pool.retry_deletes() == 0
+    assert not any(n.startswith(".deleted-") for n in os.listdir(pool.root / "vms"))
