@@ -165,3 +165,4 @@ async def test_metrics_and_request_ids(server: Server) -> None:
     assert 'arker_runs_finished_total{state="completed"} 1' in text
     assert "arker_http_request_duration_seconds_bucket" in text
     assert "arker_vms_running 1" in text
+    assert "arker_storage_delete_pending 0" in text

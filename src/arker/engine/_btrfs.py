@@ -15,6 +15,7 @@ Every function raises OSError with the kernel's errno; the pool translates.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -23,6 +24,7 @@ import os
 import struct
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = [
@@ -123,19 +125,36 @@ def destroy_subvolume(parent_fd: int, name: str) -> None:
     fcntl.ioctl(parent_fd, _IOC_SNAP_DESTROY, _vol_args(name), True)
 
 
-def destroy_tree(parent_fd: int, path: Path) -> None:
+def destroy_tree(parent_fd: int, path: Path, destroyed: list[int] | None = None) -> None:
     """Delete the subvolume `path` (whose directory is open as `parent_fd`),
-    nested subvolumes first. Missing is fine. EBUSY, after about a second of
-    retries, means something still has it mounted."""
+    nested subvolumes first, whatever shape a VM gave it: subvolumes at any
+    depth, directories nested past PATH_MAX, read-only snapshots, immutable or
+    append-only directories. Works by fd (openat one component at a time),
+    never by a full path. Missing is fine. EBUSY, after about a second of
+    retries, means something still has it mounted. The ids of the subvolumes
+    deleted are appended to `destroyed` (their qgroups may outlive them)."""
+    name = path.name
+    sid: int | None = None
     for attempt in range(20):
         try:
-            destroy_subvolume(parent_fd, path.name)
+            if destroyed is not None and sid is None:
+                with contextlib.suppress(OSError):
+                    fd = os.open(name, _O_DIR, dir_fd=parent_fd)
+                    try:
+                        sid = subvolume_id(fd)
+                    finally:
+                        os.close(fd)
+            destroy_subvolume(parent_fd, name)
+            if destroyed is not None and sid is not None:
+                destroyed.append(sid)
             return
         except OSError as exc:
             if exc.errno == errno.ENOENT:
                 return
-            if exc.errno == errno.ENOTEMPTY:
-                _destroy_nested(path)
+            if exc.errno in (errno.ENOTEMPTY, errno.EPERM):
+                _unblock(parent_fd, name, destroyed)
+                if exc.errno == errno.EPERM and attempt >= 2:
+                    raise
             elif exc.errno == errno.EBUSY and attempt < 19:
                 # Mounts in our namespace (a killed build's /proc) go now; one
                 # that another namespace held may still be going away.
@@ -145,22 +164,76 @@ def destroy_tree(parent_fd: int, path: Path) -> None:
                 raise
 
 
-def _destroy_nested(path: Path) -> None:
-    """A VM may make subvolumes inside its own; the kernel refuses to delete a
-    subvolume that still holds any, so remove those bottom-up."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _unblock(parent_fd: int, name: str, destroyed: list[int] | None) -> None:
+    """Make subvolume `name` in `parent_fd` deletable: writable, no immutable
+    or append-only flag on it or its parent, and no nested subvolume left in
+    it (those are deleted, depth first)."""
+    clear_inode_flags(parent_fd)
+    fd = os.open(name, _O_DIR, dir_fd=parent_fd)
     try:
         set_readonly(fd, False)  # entries of a read-only subvolume cannot be removed
+        clear_inode_flags(fd)
+        _destroy_nested(fd, destroyed)
     finally:
         os.close(fd)
-    for dirpath, dirnames, _ in os.walk(path, topdown=False):
-        parent = os.open(dirpath, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            for d in dirnames:
-                if os.stat(d, dir_fd=parent, follow_symlinks=False).st_ino == FIRST_FREE_OBJECTID:
-                    destroy_tree(parent, Path(dirpath) / d)
-        finally:
-            os.close(parent)
+
+
+def _destroy_nested(subvol_fd: int, destroyed: list[int] | None) -> None:
+    """Delete every subvolume nested in the one open at `subvol_fd`. Walks
+    directories holding only one fd at a time (down by openat, up by ".."),
+    so neither PATH_MAX nor the fd limit bounds the depth; a nested subvolume
+    is deleted by destroy_tree on its parent directory's fd."""
+    fd = os.dup(subvol_fd)
+    stack = [_subdirs(fd)]
+    try:
+        while stack:
+            name = next(stack[-1], None)
+            if name is None:
+                stack.pop()
+                if stack:
+                    up = os.open("..", _O_DIR, dir_fd=fd)
+                    os.close(fd)
+                    fd = up
+                continue
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if st.st_ino == FIRST_FREE_OBJECTID:  # a subvolume's root: delete it whole
+                destroy_tree(fd, Path(name), destroyed)
+                continue
+            child = os.open(name, _O_DIR, dir_fd=fd)
+            os.close(fd)
+            fd = child
+            stack.append(_subdirs(fd))
+    finally:
+        os.close(fd)
+
+
+def _subdirs(fd: int) -> Iterator[str]:
+    with os.scandir(fd) as it:
+        names = [e.name for e in it if e.is_dir(follow_symlinks=False)]
+    return iter(names)
+
+
+_FS_IOC_GETFLAGS = (2 << 30) | (8 << 16) | (ord("f") << 8) | 1
+_FS_IOC_SETFLAGS = (1 << 30) | (8 << 16) | (ord("f") << 8) | 2
+_FS_IMMUTABLE_FL = 0x10
+_FS_APPEND_FL = 0x20
+
+
+def clear_inode_flags(fd: int) -> None:
+    """Clear the immutable and append-only flags (chattr -ia) of the inode
+    open at `fd`; they forbid removing entries of a directory."""
+    buf = bytearray(8)
+    fcntl.ioctl(fd, _FS_IOC_GETFLAGS, buf, True)
+    flags = struct.unpack("=q", buf)[0]
+    if flags & (_FS_IMMUTABLE_FL | _FS_APPEND_FL):
+        flags &= ~(_FS_IMMUTABLE_FL | _FS_APPEND_FL)
+        fcntl.ioctl(fd, _FS_IOC_SETFLAGS, bytearray(struct.pack("=q", flags)), True)
 
 
 def enable_simple_quota(fd: int) -> None:

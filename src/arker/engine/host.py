@@ -161,6 +161,9 @@ class NamespaceEngine(Engine):
     def check_storage(self) -> None:
         self.pool.check_storage()
 
+    def storage_delete_pending(self) -> int:
+        return self.pool.delete_pending()
+
     def disk_usage(self, vm_id: str) -> tuple[int, str] | None:
         self._require(vm_id)
         limit = self._load(vm_id)["limits"].get("disk_bytes")

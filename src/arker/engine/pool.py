@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _STAGING = ".staging-"
 _RESTORE = ".restore-"
+_DELETED = ".deleted-"  # a VM whose delete failed, waiting for a retry
 
 
 def check_name(value: str, what: str) -> str:
@@ -73,6 +74,13 @@ class Pool:
         self.quotas = False
         self._fsid: str | None = None
         self._free_cache: tuple[float, int] = (0.0, 0)
+        # Qgroups of deleted subvolumes the kernel has not dropped itself:
+        # removed once the cleaner freed their extents (the flusher retries).
+        self._stale_qgroups: set[int] = set()
+        self._stale_lock = threading.Lock()
+        # (parent, name) of subvolumes a delete could not finish: logged, and
+        # retried by the flusher, never silently leaked.
+        self._pending: set[tuple[Path, str]] = set()
 
     # -- lifecycle
     def open(self) -> None:
@@ -217,8 +225,44 @@ class Pool:
         while not self._stop_flush.wait(interval_s):
             try:
                 self.sync()
+                self.drop_stale_qgroups()
+                self.retry_deletes()
             except (OSError, ArkerError) as exc:  # keep flushing; a failure here is not fatal
                 log.warning("pool flush failed: %s", exc)
+
+    def delete_pending(self) -> int:
+        """How many deletes failed and wait to be retried."""
+        with self._stale_lock:
+            return len(self._pending)
+
+    def retry_deletes(self) -> int:
+        """Try the failed deletes again; return how many still fail."""
+        with self._stale_lock:
+            pending = sorted(self._pending)
+        for parent, name in pending:
+            try:
+                self._destroy(parent, name)
+            except (OSError, ArkerError) as exc:
+                log.warning("delete of %s/%s still fails: %s", parent.name, name, exc)
+                continue
+            with self._stale_lock:
+                self._pending.discard((parent, name))
+        return self.delete_pending()
+
+    def drop_stale_qgroups(self) -> int:
+        """Remove the qgroups of deleted subvolumes whose extents the cleaner
+        has freed; return how many still wait."""
+        with self._stale_lock:
+            for sid in sorted(self._stale_qgroups):
+                try:
+                    _btrfs.remove_qgroup(self._fd(), sid)
+                except OSError as exc:
+                    if exc.errno == errno.EBUSY:  # still charged: the cleaner is not done
+                        continue
+                    if exc.errno != errno.ENOENT:
+                        log.warning("cannot remove qgroup 0/%d: %s", sid, exc)
+                self._stale_qgroups.discard(sid)
+            return len(self._stale_qgroups)
 
     # -- paths
     def golden_path(self, name: str) -> Path:
@@ -332,7 +376,21 @@ class Pool:
             self._destroy(cp_dir, cp)
         with contextlib.suppress(FileNotFoundError):
             cp_dir.rmdir()
-        self._destroy(self.root / "vms", check_name(vm_id, "vm id"))
+        vms = self.root / "vms"
+        try:
+            self._destroy(vms, check_name(vm_id, "vm id"))
+        except OSError as exc:
+            # Out of the way first, so the id is free and the VM gone for
+            # everyone; the flusher retries freeing its storage.
+            log.error("cannot delete vm %s yet, will retry: %s", vm_id, exc)
+            trash = f"{_DELETED}{vm_id}-{secrets.token_hex(4)}"
+            try:
+                with _dir_fd(vms) as parent:
+                    _btrfs.rename_noreplace(parent, vm_id, trash)
+            except OSError:
+                trash = vm_id
+            with self._stale_lock:
+                self._pending.add((vms, trash))
         # The kernel drops a deleted subvolume's squota qgroup itself once the
         # cleaner has freed its extents; nothing lingers to remove here.
 
@@ -408,23 +466,32 @@ class Pool:
 
     def _sweep(self) -> None:
         """Remove what an interrupted build or restore left behind."""
-        for sub, prefix in (("goldens", _STAGING), ("vms", _RESTORE)):
+        for sub, prefix in (("goldens", _STAGING), ("vms", _RESTORE), ("vms", _DELETED)):
             for name in os.listdir(self.root / sub):
                 if name.startswith(prefix):
                     log.info("removing leftover %s/%s", sub, name)
-                    self._destroy(self.root / sub, name)
+                    try:
+                        self._destroy(self.root / sub, name)
+                    except (OSError, ArkerError) as exc:
+                        log.error("cannot remove %s/%s yet, will retry: %s", sub, name, exc)
+                        self._pending.add((self.root / sub, name))
 
     def _destroy(self, parent: Path, name: str) -> None:
         """Delete subvolume parent/name, nested subvolumes first; missing is fine."""
+        destroyed: list[int] = []
         try:
             with _dir_fd(parent) as pfd:
-                _btrfs.destroy_tree(pfd, parent / name)
+                _btrfs.destroy_tree(pfd, parent / name, destroyed)
         except FileNotFoundError:
             return
         except OSError as exc:
             if exc.errno == errno.EBUSY:
                 raise ArkerError(ErrorCode.CONFLICT, f"{name} is busy (mounted or in use)") from exc
             raise
+        finally:
+            if self.quotas and destroyed:
+                with self._stale_lock:
+                    self._stale_qgroups.update(destroyed)
 
 
 def _snapshot(src_fd: int, parent_fd: int, name: str, *, readonly: bool, what: str) -> None:

@@ -51,7 +51,9 @@ def _error(
 
 async def _arker_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, ArkerError)
-    if exc.status >= 500:
+    if exc.code is ErrorCode.INSUFFICIENT_STORAGE:
+        log.warning("request refused: %s", exc)  # a full quota or pool, not a server bug
+    elif exc.status >= 500:
         log.error("request failed: %s", exc)
     response = _error(exc.status, exc.code, exc.message, exc.details)
     if exc.code == ErrorCode.QUOTA_EXCEEDED:

@@ -103,7 +103,7 @@ class Metrics:
         self.runs_started = Counter("arker_runs_started_total", "Runs started.")
         self.runs_finished = Counter("arker_runs_finished_total", "Runs finished, by final state.")
 
-    def render(self, vms_running: int | None) -> str:
+    def render(self, vms_running: int | None, *, delete_pending: int | None = None) -> str:
         lines: list[str] = []
         for metric in (
             self.requests,
@@ -118,5 +118,11 @@ class Metrics:
                 "# HELP arker_vms_running VMs whose init holds their namespaces.",
                 "# TYPE arker_vms_running gauge",
                 f"arker_vms_running {vms_running}",
+            ]
+        if delete_pending is not None:
+            lines += [
+                "# HELP arker_storage_delete_pending Deletes that failed and wait to be retried.",
+                "# TYPE arker_storage_delete_pending gauge",
+                f"arker_storage_delete_pending {delete_pending}",
             ]
         return "\n".join(lines) + "\n"

@@ -62,7 +62,11 @@ async def metrics(request: Request, svc: Svc) -> Response:
         running: int | None = await svc.vms_running()
     except Exception:
         running = None  # metrics must answer even when the engine cannot
-    text = svc.metrics.render(running)
+    try:
+        pending: int | None = svc.engine.storage_delete_pending()
+    except Exception:
+        pending = None
+    text = svc.metrics.render(running, delete_pending=pending)
     return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
