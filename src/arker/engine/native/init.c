@@ -6,6 +6,7 @@
  * not the server's child and outlives a server crash. */
 #include "arkervm.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <net/if.h>
@@ -96,20 +97,56 @@ static void make_dev(void)
     do_mount("shm", "dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=64m");
 }
 
+/* What of /proc a VM must not write. These are host-wide surfaces no
+ * namespace confines; runc and Docker mask or make read-only the same. Masked
+ * (files: a read-only /dev/null; directories: an empty read-only tmpfs): */
+static const char *proc_masked[] = {
+    "kcore", "keys", "timer_list", "timer_stats", "sched_debug", "latency_stats",
+    "sysrq-trigger", "acpi", "asound", "scsi", "mtrr", "kmsg",
+};
+/* ... and everything else at the top of /proc (sys, irq, bus, fs, pressure,
+ * ...) is a read-only bind of itself. Only the per-process entries, which the
+ * VM's pid namespace confines, stay writable. */
+
+static void read_only(const char *path)
+{
+    do_mount(NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+             NULL);
+}
+
+static int is_masked(const char *name)
+{
+    for (size_t i = 0; i < sizeof proc_masked / sizeof proc_masked[0]; i++)
+        if (!strcmp(name, proc_masked[i]))
+            return 1;
+    return 0;
+}
+
 static void make_proc(void)
 {
-    static const char *masked[] = {
-        "proc/kcore", "proc/keys", "proc/timer_list", "proc/sysrq-trigger",
-    };
+    char path[300];
     ensure_dir("proc", 0555);
     do_mount("proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
-    /* /dev/null is still the host's here: pivot_root comes later. */
-    for (size_t i = 0; i < sizeof masked / sizeof masked[0]; i++)
-        if (mount("/dev/null", masked[i], NULL, MS_BIND, NULL) < 0 && errno != ENOENT)
-            fail(masked[i]);
-    do_mount("proc/sys", "proc/sys", NULL, MS_BIND | MS_REC, NULL);
-    do_mount(NULL, "proc/sys", NULL,
-             MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    DIR *dir = opendir("proc");
+    if (!dir)
+        fail("opendir proc");
+    struct dirent *e;
+    while ((e = readdir(dir)) != NULL) {
+        const char *name = e->d_name;
+        if (name[0] == '.' || (name[0] >= '0' && name[0] <= '9') || !strcmp(name, "self") ||
+            !strcmp(name, "thread-self") || e->d_type == DT_LNK)
+            continue;
+        snprintf(path, sizeof path, "proc/%s", name);
+        if (is_masked(name) && e->d_type == DT_DIR) {
+            do_mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                     "size=0,mode=555");
+            continue;
+        }
+        /* /dev/null is still the host's here: pivot_root comes later. */
+        do_mount(is_masked(name) ? "/dev/null" : path, path, NULL, MS_BIND | MS_REC, NULL);
+        read_only(path);
+    }
+    closedir(dir);
 }
 
 static void loopback_up(void)
