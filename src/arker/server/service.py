@@ -62,7 +62,7 @@ class Service:
         self._goldens: tuple[float, dict[str, GoldenInfo]] = (0.0, {})
         # VM rows change only when deleted (here) or marked lost (at start), so
         # every VM call may skip its lookup for a moment; see `_vm`.
-        self._vms: dict[str, tuple[Vm, float]] = {}
+        self._vms: dict[tuple[str, str], tuple[Vm, float]] = {}
         # Admission: forks admitted but not yet in the database, by org; the
         # lock makes each check-and-reserve one step, so concurrent forks
         # cannot all pass on the same count.
@@ -119,21 +119,25 @@ class Service:
     # -- VMs
     async def _vm(self, org: str, vm_id: str) -> Vm:
         """The caller's live VM, or not_found: another org's VM is not there.
-        Rows are cached for VM_CACHE_S: a delete by this server drops its entry
-        at once (another replica's delete shows within that time, and the
-        engine refuses the VM meanwhile)."""
+        Rows are cached for VM_CACHE_S under (org, vm_id), and a miss asks for
+        the id *and* the org in one query, so another org's VM and one that
+        never existed take the same path and the same time (an existence
+        oracle otherwise). A delete by this server drops its entry at once
+        (another replica's delete shows within that time, and the engine
+        refuses the VM meanwhile)."""
         now = time.monotonic()
-        hit = self._vms.get(vm_id)
+        key = (org, vm_id)
+        hit = self._vms.get(key)
         if hit is not None and hit[1] > now:
             row: Vm | None = hit[0]
         else:
             async with self.db.session() as s:
-                row = await s.get(Vm, vm_id)
+                row = await s.scalar(select(Vm).where(Vm.id == vm_id, Vm.org == org))
             if row is not None and row.deleted_at is None:
                 if len(self._vms) > 10_000:
                     self._vms.clear()  # a crude bound: a miss costs one query
-                self._vms[vm_id] = (row, now + VM_CACHE_S)
-        if row is None or row.org != org or row.deleted_at is not None:
+                self._vms[key] = (row, now + VM_CACHE_S)
+        if row is None or row.deleted_at is not None:
             raise ArkerError(ErrorCode.NOT_FOUND, f"vm {vm_id!r} not found")
         return row
 
@@ -212,9 +216,9 @@ class Service:
         if source in await self.goldens():
             base_image = source
         else:
-            async with self.db.session() as s:
-                parent = await s.get(Vm, source)
-            if parent is not None and (parent.org != org or parent.deleted_at is not None):
+            async with self.db.session() as s:  # by id and org, as in _vm
+                parent = await s.scalar(select(Vm).where(Vm.id == source, Vm.org == org))
+            if parent is not None and parent.deleted_at is not None:
                 parent = None
             if parent is not None:
                 if parent.lost:
@@ -374,7 +378,7 @@ class Service:
 
     async def delete_vm(self, org: str, vm_id: str) -> None:
         row = await self._vm(org, vm_id)
-        self._vms.pop(vm_id, None)
+        self._vms.pop((org, vm_id), None)
         self._recorded.pop(vm_id, None)
         await self.threads.call(self.engine.delete, vm_id)
         async with self.db.session() as s:
@@ -382,7 +386,7 @@ class Service:
             if live is not None:
                 live.deleted_at = time.time()
             await s.commit()
-        self._vms.pop(vm_id, None)  # a lookup may have cached it while we deleted
+        self._vms.pop((org, vm_id), None)  # a lookup may have cached it while we deleted
         await self.runs.finish_vm_runs(vm_id, "the vm was deleted")
 
     async def restart_vm(self, org: str, vm_id: str) -> t.Vm:
