@@ -197,3 +197,56 @@ def test_100_mib_both_ways_is_fast(vm: Path) -> None:
     # Loose floor against a pathological path (e.g. byte-wise copies); the
     # measured figures (printed) are well above it.
     assert wrote < 5 and read < 5
+
+
+def test_a_directory_swapped_for_a_symlink_in_a_loop_never_escapes_the_contract(
+    vm: Path,
+) -> None:
+    """The review's race: the VM swaps a directory and a symlink while the files
+    API opens a path through them. openat2 then answers EAGAIN (or the walk
+    lands on either side); every outcome must be one of the contract's codes."""
+    import sys
+
+    home = vm / "home" / "user"
+    for d in ("d", "e"):
+        (home / d).mkdir()
+        (home / d / "f").write_bytes(b"inside")
+    # Through "..": the kernel checks renames only while it walks "..".
+    (home / "l").symlink_to("../user/e")
+    # Another process, so the swaps run beside the opens, not between them.
+    swapper = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import ctypes, os, sys\n"
+            "libc = ctypes.CDLL(None)\n"
+            "fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)\n"
+            "print('go', flush=True)\n"
+            "while True: libc.renameat2(fd, b'd', fd, b'l', 2)  # RENAME_EXCHANGE\n",
+            str(home),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert swapper.stdout is not None and swapper.stdout.readline() == b"go\n"
+    outcomes: dict[str, int] = {}
+    try:
+        for i in range(1500):
+            try:
+                if i % 2:
+                    data = read_file(vm, "/home/user/d/f", 1024)
+                    assert data == b"inside"
+                else:
+                    write_file(vm, "/home/user/d/f", b"inside", max_bytes=1024)
+                key = "ok"
+            except ArkerError as exc:
+                key = str(exc.code)
+            outcomes[key] = outcomes.get(key, 0) + 1
+    finally:
+        swapper.kill()
+        swapper.wait()
+    assert set(outcomes) <= {"ok", "not_found", "conflict", "invalid_path"}, outcomes
+    assert outcomes.get("ok", 0) > 0, outcomes
+    # Nothing was written outside the VM's root, and the file is whole.
+    assert (home / "e" / "f").read_bytes() == b"inside"
+    real = [home / n for n in ("d", "l") if not (home / n).is_symlink()]
+    assert len(real) == 1 and (real[0] / "f").read_bytes() == b"inside"

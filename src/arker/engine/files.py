@@ -19,8 +19,10 @@ import os
 import secrets
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 from arker._paths import check_path
 from arker.engine import base
@@ -274,19 +276,42 @@ class _Update:
             self._thread.join()
 
 
+# openat2's RESOLVE_IN_ROOT answers EAGAIN when a rename or mount in the VM
+# raced the walk (the kernel cannot prove the result stayed inside the root).
+# A VM swapping a directory for a symlink in a loop can cause it every time.
+_RACE_RETRIES = 16
+
+
 def _resolve(root_fd: int, rel: str, flags: int, norm: str) -> int:
-    try:
-        return openat2(root_fd, rel, flags, _IN_VM)
-    except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-            raise ArkerError(ErrorCode.NOT_FOUND, f"no such file: {norm}") from None
-        if exc.errno == errno.ELOOP:
-            raise ArkerError(ErrorCode.INVALID_PATH, f"too many symlinks: {norm}") from None
-        if exc.errno == errno.EXDEV:
-            raise ArkerError(ErrorCode.INVALID_PATH, f"{norm} crosses a mount point") from None
-        if exc.errno == errno.ENAMETOOLONG:
-            raise ArkerError(ErrorCode.INVALID_PATH, f"path is too long: {norm}") from None
-        raise
+    for attempt in range(_RACE_RETRIES):
+        try:
+            return openat2(root_fd, rel, flags, _IN_VM)
+        except OSError as exc:
+            if exc.errno != errno.EAGAIN:
+                _raise_resolve_error(exc, norm)
+            time.sleep(0.0005 * attempt)
+    raise ArkerError(
+        ErrorCode.CONFLICT, f"{norm} kept changing while it was being opened; try again"
+    )
+
+
+def _raise_resolve_error(exc: OSError, norm: str) -> NoReturn:
+    """Translate what openat2 said into the contract's codes."""
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        raise ArkerError(ErrorCode.NOT_FOUND, f"no such file: {norm}") from None
+    if exc.errno == errno.ELOOP:
+        raise ArkerError(ErrorCode.INVALID_PATH, f"too many symlinks: {norm}") from None
+    if exc.errno == errno.EXDEV:
+        raise ArkerError(ErrorCode.INVALID_PATH, f"{norm} crosses a mount point") from None
+    if exc.errno == errno.ENAMETOOLONG:
+        raise ArkerError(ErrorCode.INVALID_PATH, f"path is too long: {norm}") from None
+    if exc.errno == errno.EISDIR:
+        raise ArkerError(ErrorCode.INVALID_PATH, f"{norm} is a directory") from None
+    if exc.errno in (errno.EPERM, errno.EACCES, errno.ETXTBSY):
+        raise ArkerError(
+            ErrorCode.CONFLICT, f"{norm} cannot be opened: {os.strerror(exc.errno)}"
+        ) from None
+    raise exc
 
 
 @contextlib.contextmanager
