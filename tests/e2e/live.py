@@ -62,7 +62,9 @@ def _db_args(database_url: str | None) -> list[str]:
     return ["--database-url", database_url] if database_url else []
 
 
-def create_key(data_dir: Path, org: str, database_url: str | None = None) -> str:
+def create_key(
+    data_dir: Path, org: str, database_url: str | None = None, *, admin: bool = False
+) -> str:
     """`arker keys create`; the key is the last line of its output."""
     proc = subprocess.run(
         [
@@ -74,6 +76,7 @@ def create_key(data_dir: Path, org: str, database_url: str | None = None) -> str
             "--data-dir",
             str(data_dir),
             *_db_args(database_url),
+            *(["--admin"] if admin else []),
         ],
         capture_output=True,
         text=True,
@@ -195,6 +198,8 @@ def make_live(database_url: str | None, *extra_args: str) -> Live:
     try:
         build_busybox(data_dir)
         keys = {org: create_key(data_dir, org, database_url) for org in ("acme", "globex")}
+        # "admin" reads /metrics; its org ("ops") owns no VMs.
+        keys["admin"] = create_key(data_dir, "ops", database_url, admin=True)
         server.start()
     except BaseException:
         server.kill()

@@ -155,7 +155,16 @@ async def test_metrics_and_request_ids(server: Server) -> None:
     await server.client.post(f"/v1/vms/{vm}/runs", json={"command": "echo"})
     ids = {(await server.anon.get("/healthz")).headers["x-request-id"] for _ in range(3)}
     assert len(ids) == 3
-    text = (await server.anon.get("/metrics")).text
+    from arker.server.auth import create_key
+
+    # /metrics spans every org: no key and an org's key are refused, an admin key reads it.
+    assert (await server.anon.get("/metrics")).status_code == 401
+    r = await server.client.get("/metrics")
+    assert r.status_code == 401 and "admin" in r.json()["error"]["message"]
+    _, admin = await create_key(server.app.state.db, "ops", admin=True)
+    r = await server.anon.get("/metrics", headers={"Authorization": f"Bearer {admin}"})
+    assert r.status_code == 200
+    text = r.text
     assert (
         'arker_http_requests_total{method="POST",route="/v1/vms/{source}/fork",status="201"} 1'
         in text

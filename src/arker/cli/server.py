@@ -114,11 +114,14 @@ def create_key(
     name: str | None = None,
     org: str = "default",
     database_url: str | None = None,
+    admin: bool = False,
 ) -> tuple[str, str]:
     """Make a key as `arker keys create` does; return (key_id, secret)."""
     from arker.server.auth import create_key as create
 
-    record, secret = _with_db(str(data_dir), database_url, lambda db: create(db, org, name))
+    record, secret = _with_db(
+        str(data_dir), database_url, lambda db: create(db, org, name, admin=admin)
+    )
     return record.id, secret
 
 
@@ -139,12 +142,18 @@ def _when(unix_s: float | None) -> str:
 def keys_create(
     org: Annotated[str, typer.Option(help="The org the key acts for.")] = "default",
     name: Annotated[str | None, typer.Option(help="A label for people.")] = None,
+    admin: Annotated[
+        bool, typer.Option("--admin", help="May also read /metrics (which spans every org).")
+    ] = False,
     data_dir: DataDir = "/var/lib/arker",
     database_url: DbUrl = None,
 ) -> None:
     """Make a new key; the secret is printed once, on the last line."""
-    key_id, secret = create_key(data_dir, name=name, org=org, database_url=database_url)
-    typer.echo(f"created key {key_id} for org {org} (shown once, store it now):")
+    key_id, secret = create_key(
+        data_dir, name=name, org=org, database_url=database_url, admin=admin
+    )
+    kind = "admin key" if admin else "key"
+    typer.echo(f"created {kind} {key_id} for org {org} (shown once, store it now):")
     typer.echo(secret)
 
 
@@ -154,11 +163,14 @@ def keys_ls(data_dir: DataDir = "/var/lib/arker", database_url: DbUrl = None) ->
     from arker.server.auth import list_keys
 
     records = _with_db(data_dir, database_url, list_keys)
-    typer.echo(f"{'ID':<22} {'PREFIX':<17} {'ORG':<16} {'NAME':<16} {'CREATED':<21} REVOKED")
+    typer.echo(
+        f"{'ID':<22} {'PREFIX':<17} {'ORG':<16} {'NAME':<16} {'CREATED':<21} "
+        f"{'REVOKED':<21} ADMIN"
+    )
     for r in records:
         typer.echo(
             f"{r.id:<22} {r.prefix + '...':<17} {r.org:<16} {r.name or '-':<16} "
-            f"{_when(r.created_at):<21} {_when(r.revoked_at)}"
+            f"{_when(r.created_at):<21} {_when(r.revoked_at):<21} {'yes' if r.admin else '-'}"
         )
 
 

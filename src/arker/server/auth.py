@@ -31,10 +31,14 @@ class KeyRecord:
     name: str | None
     created_at: float
     revoked_at: float | None
+    admin: bool = False
 
 
-async def create_key(db: Database, org: str, name: str | None = None) -> tuple[KeyRecord, str]:
-    """Store a new key for `org`; return its record and the secret (shown once)."""
+async def create_key(
+    db: Database, org: str, name: str | None = None, admin: bool = False
+) -> tuple[KeyRecord, str]:
+    """Store a new key for `org`; return its record and the secret (shown once).
+    An admin key may also read /metrics, which spans every org."""
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     row = ApiKey(
         id="key_" + secrets.token_hex(8),
@@ -43,6 +47,7 @@ async def create_key(db: Database, org: str, name: str | None = None) -> tuple[K
         org=org,
         name=name,
         created_at=time.time(),
+        admin=admin,
     )
     async with db.session() as s:
         s.add(row)
@@ -71,7 +76,9 @@ async def revoke_key(db: Database, key_id: str) -> bool:
 
 
 def _record(row: ApiKey) -> KeyRecord:
-    return KeyRecord(row.id, row.prefix, row.org, row.name, row.created_at, row.revoked_at)
+    return KeyRecord(
+        row.id, row.prefix, row.org, row.name, row.created_at, row.revoked_at, bool(row.admin)
+    )
 
 
 class Authenticator:
@@ -81,15 +88,26 @@ class Authenticator:
     def __init__(self, db: Database, ttl_s: float) -> None:
         self._db = db
         self._ttl_s = ttl_s
-        self._cache: dict[str, tuple[str, float]] = {}
+        self._cache: dict[str, tuple[str, bool, float]] = {}
 
     async def org_for(self, authorization: str | None) -> str:
+        return (await self.key_for(authorization))[0]
+
+    async def require_admin(self, authorization: str | None) -> None:
+        """For /metrics: a valid key with the admin flag, else unauthorized."""
+        if not (await self.key_for(authorization))[1]:
+            raise ArkerError(
+                ErrorCode.UNAUTHORIZED, "/metrics needs an admin key (arker keys create --admin)"
+            )
+
+    async def key_for(self, authorization: str | None) -> tuple[str, bool]:
+        """(org, admin) of the bearer key, or unauthorized."""
         key = _bearer(authorization)
         digest = hash_key(key)
         now = time.monotonic()
         hit = self._cache.get(digest)
-        if hit is not None and hit[1] > now:
-            return hit[0]
+        if hit is not None and hit[2] > now:
+            return hit[0], hit[1]
         async with self._db.session() as s:
             row = await s.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
         if row is None or row.revoked_at is not None:
@@ -97,8 +115,8 @@ class Authenticator:
             raise ArkerError(ErrorCode.UNAUTHORIZED, "the API key is unknown or revoked")
         if len(self._cache) > 10_000:
             self._cache.clear()  # a crude bound; keys are few in practice
-        self._cache[digest] = (row.org, now + self._ttl_s)
-        return row.org
+        self._cache[digest] = (row.org, bool(row.admin), now + self._ttl_s)
+        return row.org, bool(row.admin)
 
 
 def _bearer(authorization: str | None) -> str:

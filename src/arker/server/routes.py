@@ -58,6 +58,8 @@ async def health() -> Response:
 
 @router.get("/metrics")
 async def metrics(request: Request, svc: Svc) -> Response:
+    auth: Authenticator = request.app.state.auth
+    await auth.require_admin(request.headers.get("authorization"))
     try:
         running: int | None = await svc.vms_running()
     except Exception:
