@@ -12,8 +12,9 @@ from arker.server.store import Run, Upload
 async def _count(server: Server, model: type, vm_id: str) -> int:
     async with server.service.db.session() as s:
         return int(
-            (await s.execute(select(func.count()).select_from(model).where(model.vm_id == vm_id)))
-            .scalar_one()
+            (
+                await s.execute(select(func.count()).select_from(model).where(model.vm_id == vm_id))
+            ).scalar_one()
         )
 
 
