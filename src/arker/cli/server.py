@@ -45,6 +45,12 @@ def serve(
         str | None, typer.Option(help="Mint VM ids as <ULID>_<suffix>.")
     ] = None,
     max_file_bytes: Annotated[int, typer.Option(help="Largest file PUT.")] = 1024 * 1024 * 1024,
+    run_output_keep_mib: Annotated[
+        float,
+        typer.Option(
+            help="Output kept in the database per run and stream (head and tail), in MiB."
+        ),
+    ] = 1.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Serve the Arker API over this host's engine."""
@@ -58,6 +64,7 @@ def serve(
         api_prefix=api_prefix,
         burst_suffix=burst_suffix,
         max_file_bytes=max_file_bytes,
+        stored_output_bytes=max(0, int(run_output_keep_mib * 1024 * 1024)),
     )
     run_server(settings, host=host, port=port, log_level=log_level)
 
