@@ -62,6 +62,12 @@ def serve(
             help="Most VM memory (MiB of limits) one org may hold (default: no limit).", min=0
         ),
     ] = None,
+    run_output_keep_mib: Annotated[
+        float,
+        typer.Option(
+            help="Output kept in the database per run and stream (head and tail), in MiB."
+        ),
+    ] = 1.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
     vm_disk_mib: Annotated[
         int, typer.Option(help="A new VM's disk quota in MiB (0: no quota).")
@@ -90,6 +96,7 @@ def serve(
         vm_disk_mib=vm_disk_mib or None,
         vm_disk_max_mib=vm_disk_max_mib,
         pool_reserve_mib=pool_reserve_mib,
+        stored_output_bytes=max(0, int(run_output_keep_mib * 1024 * 1024)),
     )
     run_server(settings, host=host, port=port, log_level=log_level)
 

@@ -77,6 +77,23 @@ def _end_values(info: RunInfo) -> dict[str, Any]:
     return values
 
 
+def _kept(values: dict[str, Any], keep: int) -> dict[str, Any]:
+    """What the database keeps of a run's end: each stream up to `keep` bytes,
+    its head and its tail (the end of a log matters most), marked truncated.
+    The answer to a foreground run still carries the full output; small output
+    (the common case) is stored as is, without a copy."""
+    if len(values["stdout"]) <= keep and len(values["stderr"]) <= keep:
+        return values
+    kept = dict(values)
+    for name in ("stdout", "stderr"):
+        data = values[name]
+        if len(data) > keep:
+            head = keep // 2
+            kept[name] = data[:head] + data[len(data) - (keep - head) :]
+            kept[f"{name}_truncated"] = True
+    return kept
+
+
 class Runs:
     def __init__(
         self, settings: Settings, db: Database, engine: Engine, threads: Threads, metrics: Metrics
@@ -262,7 +279,8 @@ class Runs:
         if not info.done or self._stopping or not self.db.writes_in_threads:
             return info, None
         values = _end_values(info)
-        count = self.db.write_blocking(_FINISH, {"finish_id": row.id, **values})
+        stored = _kept(values, self.settings.stored_output_bytes)
+        count = self.db.write_blocking(_FINISH, {"finish_id": row.id, **stored})
         return info, self._finished(row, values, count)
 
     # -- finishing
@@ -311,7 +329,8 @@ class Runs:
         """Record the end once (a cancel may race the waiter); return the row as
         recorded, or None when the other side recorded it first."""
         values = _end_values(info)
-        count = await self.db.write(_FINISH, {"finish_id": row.id, **values})
+        stored = _kept(values, self.settings.stored_output_bytes)
+        count = await self.db.write(_FINISH, {"finish_id": row.id, **stored})
         return self._finished(row, values, count)
 
     def _finished(self, row: Run, values: dict[str, Any], count: int) -> Run | None:

@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from ulid import ULID
 
@@ -25,6 +25,7 @@ from arker.server.metrics import Metrics
 from arker.server.runs import Runs
 from arker.server.runspec import request_hash
 from arker.server.store import Database, Upload, Vm
+from arker.server.store import Run as RunRow
 from arker.server.threads import Threads
 
 __all__ = ["Service"]
@@ -388,6 +389,13 @@ class Service:
             await s.commit()
         self._vms.pop((org, vm_id), None)  # a lookup may have cached it while we deleted
         await self.runs.finish_vm_runs(vm_id, "the vm was deleted")
+        # A deleted VM's runs and uploads are answered not_found from now on
+        # (the VM lookup fails first, even for a retried Idempotency-Key), so
+        # their rows only take space: they go with the VM.
+        async with self.db.session() as s:
+            await s.execute(delete(RunRow).where(RunRow.vm_id == vm_id))
+            await s.execute(delete(Upload).where(Upload.vm_id == vm_id))
+            await s.commit()
 
     async def restart_vm(self, org: str, vm_id: str) -> t.Vm:
         """Kill every process of the VM and start its PID 1 again; runs in
