@@ -70,3 +70,61 @@ async def test_stored_output_keeps_head_and_tail(start_server: Any) -> None:
         status = (await server.client.get(f"/v1/vms/{vm}/runs/{r.json()['run_id']}")).json()
         assert base64.b64decode(status["stdout"]) == b"hi\n"
         assert status["stdout_truncated"] is False
+
+
+def _db_bytes(server: Server) -> int:
+    import os
+
+    path = server.settings.db_url.split(":///", 1)[1]
+    return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
+
+
+async def test_200_chatty_runs_keep_the_database_bounded_and_it_shrinks(
+    start_server: Any,
+) -> None:
+    """200 runs printing 1 MB each would store 200 MB; the database keeps 64 KiB
+    of each, and gives the space back after the VM's delete and after retention."""
+    import time
+
+    keep = 64 * 1024
+    async with start_server(stored_output_bytes=keep, run_retention_s=3600.0) as server:
+        sqlite = server.service.db.is_sqlite
+        vms = [
+            (await server.client.post("/v1/vms/busybox/fork", json={})).json()["vm_id"]
+            for _ in range(2)
+        ]
+        before = _db_bytes(server) if sqlite else 0
+        for i in range(200):
+            r = await server.client.post(
+                f"/v1/vms/{vms[i % 2]}/runs", json={"command": "big 1000000"}
+            )
+            assert r.status_code == 200
+            assert len(base64.b64decode(r.json()["stdout"])) == 1_000_000  # the answer is whole
+        if sqlite:
+            grown = _db_bytes(server) - before
+            assert grown < 200 * keep * 1.5, grown  # not 200 MB
+        assert (await server.client.delete(f"/v1/vms/{vms[0]}")).status_code == 204
+        if sqlite:
+            after_delete = _db_bytes(server)
+            assert after_delete < before + grown * 0.7, (before, grown, after_delete)
+        assert await _count(server, Run, vms[1]) == 100
+        # Not yet past the retention: nothing goes.
+        assert await server.service.retention.sweep() == 0
+        assert await server.service.retention.sweep(now=time.time() + 3601) == 100
+        assert await _count(server, Run, vms[1]) == 0
+        if sqlite:
+            assert _db_bytes(server) < after_delete - grown * 0.3
+        r = await server.client.get(f"/v1/vms/{vms[1]}/runs/01KQH2ADR3DCAJF06N4R453WPJ")
+        assert r.status_code == 404
+
+
+def test_durations() -> None:
+    import pytest
+
+    from arker.server.retention import parse_duration
+
+    assert parse_duration("7d") == 7 * 86400
+    assert parse_duration("12h") == 43200 and parse_duration("30m") == 1800
+    assert parse_duration("45") == 45 and parse_duration("0") == 0
+    with pytest.raises(ValueError):
+        parse_duration("a week")

@@ -68,6 +68,10 @@ def serve(
             help="Output kept in the database per run and stream (head and tail), in MiB."
         ),
     ] = 1.0,
+    run_retention: Annotated[
+        str,
+        typer.Option(help="Ended runs are deleted after this long: 7d, 12h, 30m, 45s; 0 keeps."),
+    ] = "7d",
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
     vm_disk_mib: Annotated[
         int, typer.Option(help="A new VM's disk quota in MiB (0: no quota).")
@@ -97,6 +101,7 @@ def serve(
         vm_disk_max_mib=vm_disk_max_mib,
         pool_reserve_mib=pool_reserve_mib,
         stored_output_bytes=max(0, int(run_output_keep_mib * 1024 * 1024)),
+        run_retention_s=_duration(run_retention),
     )
     run_server(settings, host=host, port=port, log_level=log_level)
 
@@ -114,6 +119,15 @@ def _with_db(data_dir: str, database_url: str | None, fn: Callable[..., Awaitabl
             await db.close()
 
     return asyncio.run(go())
+
+
+def _duration(text: str) -> float:
+    from arker.server.retention import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--run-retention") from None
 
 
 def create_key(

@@ -21,6 +21,7 @@ class Settings:
     max_file_bytes: int = 1024 * MIB
     output_cap_bytes: int = 8 * MIB  # per stream, in an answer
     stored_output_bytes: int = 1 * MIB  # per stream, kept in the database (head + tail)
+    run_retention_s: float = 7 * 86400  # ended runs are deleted after this; 0: kept
     auth_cache_s: float = 2.0  # how long a revoked key may still pass
     engine_threads: int = 32  # blocking engine calls at once (waits excluded)
     # Admission: the memory limits of the host's live VMs may add up to this

@@ -22,6 +22,7 @@ from arker.errors import ArkerError, ErrorCode
 from arker.server import uploads, wire
 from arker.server.config import Settings
 from arker.server.metrics import Metrics
+from arker.server.retention import Retention
 from arker.server.runs import Runs
 from arker.server.runspec import request_hash
 from arker.server.store import Database, Upload, Vm
@@ -60,6 +61,7 @@ class Service:
         self.metrics = metrics
         self.threads = Threads(settings.engine_threads)
         self.runs = Runs(settings, db, engine, self.threads, metrics)
+        self.retention = Retention(db, settings.run_retention_s)
         self._goldens: tuple[float, dict[str, GoldenInfo]] = (0.0, {})
         # VM rows change only when deleted (here) or marked lost (at start), so
         # every VM call may skip its lookup for a moment; see `_vm`.
@@ -78,12 +80,14 @@ class Service:
         try:
             await self._mark_lost()
             await self.runs.recover()
+            self.retention.start()
         except BaseException:
             # A failed start must not leave the engine's mounts and processes.
             await self.threads.call(self.engine.close)
             raise
 
     async def stop(self) -> None:
+        await self.retention.stop()
         await self.runs.stop()
         await self.threads.call(self.engine.close)
 
@@ -396,6 +400,7 @@ class Service:
             await s.execute(delete(RunRow).where(RunRow.vm_id == vm_id))
             await s.execute(delete(Upload).where(Upload.vm_id == vm_id))
             await s.commit()
+        await self.retention.give_back()
 
     async def restart_vm(self, org: str, vm_id: str) -> t.Vm:
         """Kill every process of the VM and start its PID 1 again; runs in

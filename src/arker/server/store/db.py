@@ -5,6 +5,7 @@ from worker threads for the run path (see `write_blocking`)."""
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +47,11 @@ class Database:
         self.is_sqlite = url.startswith("sqlite")
         kwargs: dict[str, Any] = {}
         self.blocking: SqliteWriter | None = None
+        self._sqlite_path: str | None = None
         if self.is_sqlite:
             path = url.split(":///", 1)[1] if ":///" in url else ""
             if path and path != ":memory:":
+                self._sqlite_path = path
                 os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
                 self.blocking = SqliteWriter(path, lambda conn: _sqlite_pragmas(conn, None))
         else:
@@ -63,6 +66,13 @@ class Database:
         """Bring the schema to the newest revision (Alembic, programmatically)."""
         async with self.engine.begin() as conn:
             await conn.run_sync(_upgrade)
+        if self._sqlite_path is not None:
+            await anyio.to_thread.run_sync(_incremental_vacuum, self._sqlite_path)
+
+    @property
+    def sqlite_path(self) -> str | None:
+        """The SQLite file, when the database is one."""
+        return self._sqlite_path
 
     def new_session(self) -> AsyncSession:
         return self.session()
@@ -96,6 +106,18 @@ class Database:
         await self.engine.dispose()
         if self.blocking is not None:
             self.blocking.close()
+
+
+def _incremental_vacuum(path: str) -> None:
+    """Let the file give back pages freed by deletes (`PRAGMA incremental_vacuum`
+    after sweeps). A file made without auto_vacuum needs one VACUUM to switch."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:  # 2: INCREMENTAL
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            conn.execute("VACUUM")
+    finally:
+        conn.close()
 
 
 def _upgrade(conn: Connection) -> None:
