@@ -185,13 +185,13 @@ def keys_ls(data_dir: DataDir = "/var/lib/arker", database_url: DbUrl = None) ->
 
     records = _with_db(data_dir, database_url, list_keys)
     typer.echo(
-        f"{'ID':<22} {'PREFIX':<17} {'ORG':<16} {'NAME':<16} {'CREATED':<21} "
-        f"{'REVOKED':<21} ADMIN"
+        f"{'ID':<22} {'PREFIX':<17} {'ORG':<16} {'NAME':<16} {'CREATED':<21} {'ADMIN':<6} "
+        "REVOKED"
     )
     for r in records:
         typer.echo(
             f"{r.id:<22} {r.prefix + '...':<17} {r.org:<16} {r.name or '-':<16} "
-            f"{_when(r.created_at):<21} {_when(r.revoked_at):<21} {'yes' if r.admin else '-'}"
+            f"{_when(r.created_at):<21} {'yes' if r.admin else '-':<6} {_when(r.revoked_at)}"
         )
 
 
