@@ -65,7 +65,7 @@ def _db_args(database_url: str | None) -> list[str]:
 def create_key(
     data_dir: Path, org: str, database_url: str | None = None, *, admin: bool = False
 ) -> str:
-    """`arker keys create`; the key is the last line of its output."""
+    """`arker keys create [--admin]`; the key is the last line of its output."""
     proc = subprocess.run(
         [
             *_arker_cmd(),
@@ -166,10 +166,19 @@ class LiveServer:
 class Live:
     server: LiveServer
     keys: dict[str, str]
+    admin_key: str = ""  # of org "ops", made with --admin: may read /metrics
 
     @property
     def url(self) -> str:
         return self.server.url
+
+    def metrics(self) -> str:
+        """GET /metrics with the admin key."""
+        headers = {"Authorization": f"Bearer {self.admin_key}"}
+        r = httpx.get(f"{self.url}/metrics", headers=headers, timeout=30)
+        check(r)
+        assert r.status_code == 200, r.text
+        return r.text
 
     def client(self, org: str = "acme") -> Arker:
         """An SDK client whose every response is checked against the contract."""
@@ -198,14 +207,13 @@ def make_live(database_url: str | None, *extra_args: str) -> Live:
     try:
         build_busybox(data_dir)
         keys = {org: create_key(data_dir, org, database_url) for org in ("acme", "globex")}
-        # "admin" reads /metrics; its org ("ops") owns no VMs.
-        keys["admin"] = create_key(data_dir, "ops", database_url, admin=True)
+        admin_key = create_key(data_dir, "ops", database_url, admin=True)
         server.start()
     except BaseException:
         server.kill()
         shutil.rmtree(data_dir, ignore_errors=True)
         raise
-    return Live(server, keys)
+    return Live(server, keys, admin_key)
 
 
 def stop_live(live: Live, *, clean: bool = True) -> None:

@@ -56,7 +56,7 @@ def test_request_log_and_metrics(live: Live) -> None:
         time.sleep(0.05)
     assert len(mine) == 1
     assert mine[0]["route"] == "/healthz" and mine[0]["status"] == 200
-    metrics = httpx.get(f"{live.url}/metrics", headers=_admin(live)).text
+    metrics = live.metrics()
     assert 'arker_http_requests_total{method="GET",route="/healthz",status="200"}' in metrics
     assert "arker_vms_running" in metrics
 
@@ -112,7 +112,3 @@ def test_sigterm_leaves_no_processes_or_mounts(db_choice: str | None) -> None:
         )
     finally:
         stop_live(live, clean=False)
-
-
-def _admin(live: Live) -> dict[str, str]:
-    return {"Authorization": f"Bearer {live.keys['admin']}"}

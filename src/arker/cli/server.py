@@ -82,6 +82,14 @@ def serve(
     pool_reserve_mib: Annotated[
         int, typer.Option(help="Refuse forks and runs below this much free pool space (MiB).")
     ] = 2048,
+    metrics_listen: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-listen",
+            metavar="HOST:PORT",
+            help="Also serve /metrics here, with no key (the API port's needs an admin key).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the Arker API over this host's engine."""
     from arker.server.config import Settings
@@ -103,7 +111,7 @@ def serve(
         stored_output_bytes=max(0, int(run_output_keep_mib * 1024 * 1024)),
         run_retention_s=_duration(run_retention),
     )
-    run_server(settings, host=host, port=port, log_level=log_level)
+    run_server(settings, host=host, port=port, log_level=log_level, metrics_listen=metrics_listen)
 
 
 def _with_db(data_dir: str, database_url: str | None, fn: Callable[..., Awaitable[T]]) -> T:
@@ -164,7 +172,7 @@ def keys_create(
     org: Annotated[str, typer.Option(help="The org the key acts for.")] = "default",
     name: Annotated[str | None, typer.Option(help="A label for people.")] = None,
     admin: Annotated[
-        bool, typer.Option("--admin", help="May also read /metrics (which spans every org).")
+        bool, typer.Option("--admin", help="May also read /metrics (every org's numbers).")
     ] = False,
     data_dir: DataDir = "/var/lib/arker",
     database_url: DbUrl = None,
@@ -185,13 +193,12 @@ def keys_ls(data_dir: DataDir = "/var/lib/arker", database_url: DbUrl = None) ->
 
     records = _with_db(data_dir, database_url, list_keys)
     typer.echo(
-        f"{'ID':<22} {'PREFIX':<17} {'ORG':<16} {'NAME':<16} {'CREATED':<21} {'ADMIN':<6} "
-        "REVOKED"
+        f"{'ID':<22} {'PREFIX':<17} {'ORG':<16} {'NAME':<16} {'ADMIN':<6} {'CREATED':<21} REVOKED"
     )
     for r in records:
         typer.echo(
             f"{r.id:<22} {r.prefix + '...':<17} {r.org:<16} {r.name or '-':<16} "
-            f"{_when(r.created_at):<21} {'yes' if r.admin else '-':<6} {_when(r.revoked_at)}"
+            f"{'yes' if r.admin else '-':<6} {_when(r.created_at):<21} {_when(r.revoked_at)}"
         )
 
 

@@ -7,7 +7,9 @@ VM. The VM need not be running: this works on its subvolume directly.
 
 Errors: the path rule broken, a directory, a FIFO or device, or a mount in the
 way -> invalid_path; nothing there (or /home/user missing) -> not_found; more
-than `max_bytes` -> payload_too_large.
+than `max_bytes` -> payload_too_large; the VM renaming the path's directories
+while it is opened (openat2's EAGAIN, after retries) -> conflict. Every errno
+the VM can cause is in `_ERRNO_CODES`: none is left to answer 500.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
 
 from arker._paths import check_path
 from arker.engine import base
@@ -40,12 +41,40 @@ __all__ = ["DEFAULT_MAX_FILE_BYTES", "FileWriter", "read_file", "write_file"]
 DEFAULT_MAX_FILE_BYTES = 512 * 1024 * 1024
 _IN_VM = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV
 _HOME_DEPTH = 2  # components of /home/user: only directories below it are created
+# openat2 answers EAGAIN when a rename or mount anywhere raced a walk through
+# "..": seconds to wait before each retry, then the caller gets a conflict.
+_EAGAIN_BACKOFF_S = (0.0, 0.0005, 0.001, 0.002, 0.004, 0.008)
+
+# What the VM can make the host's open/mkdir/rename of its files fail with, as
+# the contract's code and a sentence ({} is the path). Anything else is a bug
+# or the host's own failure, and stays a 500.
+_ERRNO_CODES: dict[int, tuple[ErrorCode, str]] = {
+    errno.ENOENT: (ErrorCode.NOT_FOUND, "no such file: {}"),
+    errno.ENOTDIR: (ErrorCode.NOT_FOUND, "no such file: {} (a part of it is not a directory)"),
+    errno.ELOOP: (ErrorCode.INVALID_PATH, "too many symlinks, or a symlink in the way: {}"),
+    errno.EXDEV: (ErrorCode.INVALID_PATH, "{} crosses a mount point"),
+    errno.ENAMETOOLONG: (ErrorCode.INVALID_PATH, "path is too long: {}"),
+    errno.EISDIR: (ErrorCode.INVALID_PATH, "{} is a directory"),
+    errno.ENOTEMPTY: (ErrorCode.INVALID_PATH, "{} is a directory"),
+    errno.EBUSY: (ErrorCode.INVALID_PATH, "{} is a mount point or in use"),
+    errno.EPERM: (ErrorCode.INVALID_PATH, "not permitted: {} (immutable or append-only?)"),
+    errno.EACCES: (ErrorCode.INVALID_PATH, "permission denied: {}"),
+    errno.EROFS: (ErrorCode.INVALID_PATH, "{} is on a read-only file system"),
+    errno.EMLINK: (ErrorCode.INVALID_PATH, "too many links in the directory of {}"),
+    errno.EFBIG: (ErrorCode.PAYLOAD_TOO_LARGE, "{} is too large for the VM's file system"),
+    errno.EAGAIN: (ErrorCode.CONFLICT, "{}: the path changed while it was being opened; retry"),
+    errno.ENOSPC: (ErrorCode.INSUFFICIENT_STORAGE, "the host's storage pool is full (writing {})"),
+    errno.EDQUOT: (
+        ErrorCode.INSUFFICIENT_STORAGE,
+        "{}: the VM's disk quota is full (resources.disk_mib)",
+    ),
+}
 
 
 def read_file(root: Path, path: str, max_bytes: int) -> bytes:
     """The bytes of the regular file `path` inside the VM rooted at `root`."""
     norm = check_path(path)
-    with _open_dir(root) as root_fd:
+    with _open_dir(root) as root_fd, _mapped(norm):
         # O_PATH first: opening a FIFO or device for reading could block or
         # have side effects; only a regular file is then opened for real.
         ref = _resolve(root_fd, norm.lstrip("/"), os.O_PATH, norm)
@@ -61,7 +90,8 @@ def read_file(root: Path, path: str, max_bytes: int) -> bytes:
         finally:
             os.close(ref)
     try:
-        return _read_all(fd, st.st_size, max_bytes, norm)
+        with _mapped(norm):
+            return _read_all(fd, st.st_size, max_bytes, norm)
     finally:
         os.close(fd)
 
@@ -113,7 +143,7 @@ class FileWriter(base.FileWriter):
         parts = norm.strip("/").split("/")
         self._name = parts[-1]
         self._tmp = f".arker-write-{secrets.token_hex(8)}"
-        with _open_dir(root) as root_fd:
+        with _open_dir(root) as root_fd, _mapped(norm):
             self._dir_fd: int | None = _parent_dir(root_fd, parts[:-1], uid, gid, norm)
         with self._failing():
             self._mode = _mode_for(self._dir_fd, self._name, norm)
@@ -169,17 +199,10 @@ class FileWriter(base.FileWriter):
             yield
         except BaseException as exc:
             self.abort()
-            if isinstance(exc, IsADirectoryError):
-                raise ArkerError(ErrorCode.INVALID_PATH, f"{self._norm} is a directory") from exc
-            if isinstance(exc, OSError) and exc.errno == errno.EDQUOT:
-                raise ArkerError(
-                    ErrorCode.INSUFFICIENT_STORAGE,
-                    f"{self._norm}: the VM's disk quota is full (resources.disk_mib)",
-                ) from exc
-            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-                raise ArkerError(
-                    ErrorCode.INSUFFICIENT_STORAGE, "the host's storage pool is full"
-                ) from exc
+            if isinstance(exc, OSError):
+                mapped = _error_for(exc, self._norm)
+                if mapped is not None:
+                    raise mapped from exc
             raise
 
 
@@ -283,35 +306,38 @@ _RACE_RETRIES = 16
 
 
 def _resolve(root_fd: int, rel: str, flags: int, norm: str) -> int:
-    for attempt in range(_RACE_RETRIES):
+    for wait_s in (*_EAGAIN_BACKOFF_S, None):
         try:
             return openat2(root_fd, rel, flags, _IN_VM)
         except OSError as exc:
-            if exc.errno != errno.EAGAIN:
-                _raise_resolve_error(exc, norm)
-            time.sleep(0.0005 * attempt)
-    raise ArkerError(
-        ErrorCode.CONFLICT, f"{norm} kept changing while it was being opened; try again"
-    )
+            if exc.errno == errno.EAGAIN and wait_s is not None:
+                time.sleep(wait_s)  # a racing rename: the walk is safe to try again
+                continue
+            mapped = _error_for(exc, norm)
+            if mapped is None:
+                raise
+            raise mapped from None
+    raise AssertionError("unreachable: the last try returns or raises")
 
 
-def _raise_resolve_error(exc: OSError, norm: str) -> NoReturn:
-    """Translate what openat2 said into the contract's codes."""
-    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-        raise ArkerError(ErrorCode.NOT_FOUND, f"no such file: {norm}") from None
-    if exc.errno == errno.ELOOP:
-        raise ArkerError(ErrorCode.INVALID_PATH, f"too many symlinks: {norm}") from None
-    if exc.errno == errno.EXDEV:
-        raise ArkerError(ErrorCode.INVALID_PATH, f"{norm} crosses a mount point") from None
-    if exc.errno == errno.ENAMETOOLONG:
-        raise ArkerError(ErrorCode.INVALID_PATH, f"path is too long: {norm}") from None
-    if exc.errno == errno.EISDIR:
-        raise ArkerError(ErrorCode.INVALID_PATH, f"{norm} is a directory") from None
-    if exc.errno in (errno.EPERM, errno.EACCES, errno.ETXTBSY):
-        raise ArkerError(
-            ErrorCode.CONFLICT, f"{norm} cannot be opened: {os.strerror(exc.errno)}"
-        ) from None
-    raise exc
+def _error_for(exc: OSError, norm: str) -> ArkerError | None:
+    known = _ERRNO_CODES.get(exc.errno or 0)
+    if known is None:
+        return None
+    code, sentence = known
+    return ArkerError(code, sentence.format(norm))
+
+
+@contextlib.contextmanager
+def _mapped(norm: str) -> Iterator[None]:
+    """OS errors the VM can cause, as the contract's; others propagate."""
+    try:
+        yield
+    except OSError as exc:
+        mapped = _error_for(exc, norm)
+        if mapped is None:
+            raise
+        raise mapped from exc
 
 
 @contextlib.contextmanager

@@ -11,7 +11,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from arker.engine.base import Engine
 from arker.errors import ArkerError, ErrorCode
@@ -19,11 +21,11 @@ from arker.server.auth import Authenticator
 from arker.server.config import Settings
 from arker.server.edge import Edge
 from arker.server.metrics import Metrics
-from arker.server.routes import router
+from arker.server.routes import metrics_response, router
 from arker.server.service import Service
 from arker.server.store import Database
 
-__all__ = ["build_app", "create_app"]
+__all__ = ["build_app", "build_metrics_app", "create_app"]
 
 log = logging.getLogger("arker.server")
 
@@ -142,3 +144,24 @@ def build_app(settings: Settings, engine: Engine) -> Edge:
     edge = Edge(app, settings, app.state.metrics)
     edge.state = app.state  # type: ignore[attr-defined]
     return edge
+
+
+def build_metrics_app(service: Service) -> Starlette:
+    """The app of `arker serve --metrics-listen`: GET /metrics with no key, for
+    a scraper on an address the world cannot reach; nothing else is served."""
+
+    async def metrics(_: Request) -> Response:
+        return await metrics_response(service)
+
+    async def not_found(request: Request, _: Exception) -> Response:
+        return _error(404, ErrorCode.NOT_FOUND, f"no such path: {request.url.path}")
+
+    async def not_allowed(request: Request, _: Exception) -> Response:
+        return _error(
+            405, ErrorCode.INVALID_REQUEST, f"{request.url.path} does not accept {request.method}"
+        )
+
+    return Starlette(
+        routes=[Route("/metrics", metrics, methods=["GET"])],
+        exception_handlers={404: not_found, 405: not_allowed},
+    )

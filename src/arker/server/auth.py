@@ -31,14 +31,14 @@ class KeyRecord:
     name: str | None
     created_at: float
     revoked_at: float | None
-    admin: bool = False
+    admin: bool = False  # may read /metrics
 
 
 async def create_key(
-    db: Database, org: str, name: str | None = None, admin: bool = False
+    db: Database, org: str, name: str | None = None, *, admin: bool = False
 ) -> tuple[KeyRecord, str]:
     """Store a new key for `org`; return its record and the secret (shown once).
-    An admin key may also read /metrics, which spans every org."""
+    An admin key may also read /metrics (the whole server's numbers)."""
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     row = ApiKey(
         id="key_" + secrets.token_hex(8),
@@ -91,17 +91,20 @@ class Authenticator:
         self._cache: dict[str, tuple[str, bool, float]] = {}
 
     async def org_for(self, authorization: str | None) -> str:
-        return (await self.key_for(authorization))[0]
+        org, _ = await self._key(authorization)
+        return org
 
-    async def require_admin(self, authorization: str | None) -> None:
-        """For /metrics: a valid key with the admin flag, else unauthorized."""
-        if not (await self.key_for(authorization))[1]:
+    async def admin_for(self, authorization: str | None) -> str:
+        """The org of an admin key; any other key (or none) is unauthorized."""
+        org, admin = await self._key(authorization)
+        if not admin:
             raise ArkerError(
-                ErrorCode.UNAUTHORIZED, "/metrics needs an admin key (arker keys create --admin)"
+                ErrorCode.UNAUTHORIZED,
+                "/metrics needs an admin key (made with `arker keys create --admin`)",
             )
+        return org
 
-    async def key_for(self, authorization: str | None) -> tuple[str, bool]:
-        """(org, admin) of the bearer key, or unauthorized."""
+    async def _key(self, authorization: str | None) -> tuple[str, bool]:
         key = _bearer(authorization)
         digest = hash_key(key)
         now = time.monotonic()
@@ -115,8 +118,9 @@ class Authenticator:
             raise ArkerError(ErrorCode.UNAUTHORIZED, "the API key is unknown or revoked")
         if len(self._cache) > 10_000:
             self._cache.clear()  # a crude bound; keys are few in practice
-        self._cache[digest] = (row.org, bool(row.admin), now + self._ttl_s)
-        return row.org, bool(row.admin)
+        admin = bool(row.admin)
+        self._cache[digest] = (row.org, admin, now + self._ttl_s)
+        return row.org, admin
 
 
 def _bearer(authorization: str | None) -> str:

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib
+import logging
 import os
+import socket
+from collections.abc import Iterator
 
 import uvicorn
 
 from arker.engine.base import Engine
-from arker.server.app import build_app
+from arker.server.app import build_app, build_metrics_app
 from arker.server.config import Settings
 from arker.server.logs import setup_logging
 
 __all__ = ["load_engine", "serve"]
+
+log = logging.getLogger("arker.server")
 
 # Seconds uvicorn waits for in-flight requests on SIGTERM before the lifespan
 # shutdown stops the engine (a foreground run may last hours; it is recovered).
@@ -40,9 +47,15 @@ def serve(
     port: int = 8740,
     engine: Engine | None = None,
     log_level: str = "info",
+    metrics_listen: str | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT; the lifespan shutdown closes the engine."""
+    """Serve until SIGTERM/SIGINT; the lifespan shutdown closes the engine.
+    With `metrics_listen` ("HOST:PORT"), /metrics is also served there with no
+    key, by a second listener in this process that stops with the first."""
     setup_logging(log_level)
+    # Bound before anything starts: a taken address fails here, not after
+    # the engine has opened.
+    metrics_sock = _bind(metrics_listen) if metrics_listen else None
     os.makedirs(settings.data_dir, exist_ok=True)
     app = build_app(
         settings,
@@ -58,4 +71,60 @@ def serve(
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         server_header=False,
     )
-    uvicorn.Server(config).run()
+    server = uvicorn.Server(config)
+    if metrics_sock is None:
+        server.run()
+        return
+    side = _Follower(
+        uvicorn.Config(
+            build_metrics_app(app.state.service),  # type: ignore[attr-defined]
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+            server_header=False,
+        ),
+        leader=server,
+    )
+    log.info("serving /metrics with no key on http://%s", metrics_listen)
+    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+        runner.run(_serve_both(server, side, metrics_sock))
+
+
+async def _serve_both(server: uvicorn.Server, side: uvicorn.Server, sock: socket.socket) -> None:
+    # uvicorn's serve() is capture_signals() around _serve(): capture once, for
+    # both, so a SIGTERM stops both before it is re-raised.
+    with server.capture_signals():
+        await asyncio.gather(server._serve(), side._serve(sockets=[sock]))
+
+
+class _Follower(uvicorn.Server):
+    """A listener that stops when its leader is told to."""
+
+    def __init__(self, config: uvicorn.Config, leader: uvicorn.Server) -> None:
+        super().__init__(config)
+        self._leader = leader
+
+    async def on_tick(self, counter: int) -> bool:
+        return self._leader.should_exit or await super().on_tick(counter)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # the leader's
+
+
+def _bind(address: str) -> socket.socket:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise SystemExit(f"--metrics-listen must be HOST:PORT, not {address!r}")
+    host = host.strip("[]") or "127.0.0.1"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, int(port)))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(f"--metrics-listen {address}: {exc.strerror}") from exc
+    sock.set_inheritable(True)
+    return sock

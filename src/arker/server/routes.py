@@ -13,7 +13,7 @@ from arker import _types as t
 from arker.server.auth import Authenticator
 from arker.server.service import Service
 
-__all__ = ["router"]
+__all__ = ["metrics_response", "router"]
 
 router = APIRouter()
 
@@ -56,10 +56,22 @@ async def health() -> Response:
     return _json(t.Health(status="ok", version=__version__))
 
 
-@router.get("/metrics")
-async def metrics(request: Request, svc: Svc) -> Response:
+async def _admin(request: Request) -> str:
     auth: Authenticator = request.app.state.auth
-    await auth.require_admin(request.headers.get("authorization"))
+    org = await auth.admin_for(request.headers.get("authorization"))
+    request.state.org = org  # for the access log
+    return org
+
+
+@router.get("/metrics", dependencies=[Depends(_admin)])
+async def metrics(svc: Svc) -> Response:
+    # The whole server's numbers (every org's VMs and runs): admins only. A
+    # scraper without a key uses `arker serve --metrics-listen` instead.
+    return await metrics_response(svc)
+
+
+async def metrics_response(svc: Service) -> Response:
+    """The Prometheus text, on this port or the `--metrics-listen` one."""
     try:
         running: int | None = await svc.vms_running()
     except Exception:

@@ -362,9 +362,13 @@ class Runs:
 
     # -- reading and cancelling
     async def _row(self, org: str, vm_id: str, run_id: str) -> Run:
+        # Asked by org and VM too: another org's run and one that never existed
+        # take the same query to the same answer.
         async with self.db.session() as s:
-            row = await s.get(Run, run_id)
-        if row is None or row.org != org or row.vm_id != vm_id:
+            row = await s.scalar(
+                select(Run).where(Run.id == run_id, Run.org == org, Run.vm_id == vm_id)
+            )
+        if row is None:
             raise ArkerError(ErrorCode.NOT_FOUND, f"run {run_id!r} not found in vm {vm_id!r}")
         return row
 

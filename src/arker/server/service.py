@@ -124,26 +124,30 @@ class Service:
     # -- VMs
     async def _vm(self, org: str, vm_id: str) -> Vm:
         """The caller's live VM, or not_found: another org's VM is not there.
-        Rows are cached for VM_CACHE_S under (org, vm_id), and a miss asks for
-        the id *and* the org in one query, so another org's VM and one that
-        never existed take the same path and the same time (an existence
-        oracle otherwise). A delete by this server drops its entry at once
-        (another replica's delete shows within that time, and the engine
-        refuses the VM meanwhile)."""
+        Rows are cached for VM_CACHE_S: a delete by this server drops its entry
+        at once (another replica's delete shows within that time, and the
+        engine refuses the VM meanwhile). Nothing is cached for a miss, and the
+        query asks for the org's row only, so another org's VM and a VM that
+        never existed take the same path to the same answer."""
         now = time.monotonic()
-        key = (org, vm_id)
-        hit = self._vms.get(key)
+        hit = self._vms.get((org, vm_id))
         if hit is not None and hit[1] > now:
-            row: Vm | None = hit[0]
-        else:
-            async with self.db.session() as s:
-                row = await s.scalar(select(Vm).where(Vm.id == vm_id, Vm.org == org))
-            if row is not None and row.deleted_at is None:
-                if len(self._vms) > 10_000:
-                    self._vms.clear()  # a crude bound: a miss costs one query
-                self._vms[key] = (row, now + VM_CACHE_S)
-        if row is None or row.deleted_at is not None:
+            return hit[0]
+        row = await self._live_row(org, vm_id)
+        if row is None:
             raise ArkerError(ErrorCode.NOT_FOUND, f"vm {vm_id!r} not found")
+        if len(self._vms) > 10_000:
+            self._vms.clear()  # a crude bound: a miss costs one query
+        self._vms[(org, vm_id)] = (row, now + VM_CACHE_S)
+        return row
+
+    async def _live_row(self, org: str, vm_id: str) -> Vm | None:
+        """The org's undeleted VM row: one query whether the id is another
+        org's, deleted, or unknown."""
+        async with self.db.session() as s:
+            row: Vm | None = await s.scalar(
+                select(Vm).where(Vm.id == vm_id, Vm.org == org, Vm.deleted_at.is_(None))
+            )
         return row
 
     async def _usable_vm(self, org: str, vm_id: str, action: str) -> Vm:
@@ -221,10 +225,7 @@ class Service:
         if source in await self.goldens():
             base_image = source
         else:
-            async with self.db.session() as s:  # by id and org, as in _vm
-                parent = await s.scalar(select(Vm).where(Vm.id == source, Vm.org == org))
-            if parent is not None and parent.deleted_at is not None:
-                parent = None
+            parent = await self._live_row(org, source)
             if parent is not None:
                 if parent.lost:
                     raise ArkerError(ErrorCode.VM_LOST, f"cannot fork vm {source!r} in state lost")
