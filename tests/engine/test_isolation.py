@@ -211,6 +211,16 @@ int main(void)
     report("inet6", try_socket(AF_INET6, SOCK_DGRAM));
     report("netlink", try_socket(AF_NETLINK, SOCK_RAW));
     report("io_uring_setup", syscall(SYS_io_uring_setup, 1, NULL));
+    /* personality: Docker's values pass, mitigation-weakening flags do not. */
+    report("personality_query", syscall(SYS_personality, 0xffffffffUL));
+    report("personality_linux32", syscall(SYS_personality, 0x8UL));
+    syscall(SYS_personality, 0x0UL);
+    report("personality_no_aslr", syscall(SYS_personality, 0x0040000UL));
+    report("set_mempolicy", syscall(SYS_set_mempolicy, 0, NULL, 0));
+    report("move_pages", syscall(SYS_move_pages, 0, 0, NULL, NULL, NULL, 0));
+    /* FAN_REPORT_FID: the kernel allows it unprivileged, so EPERM is the filter. */
+    report("fanotify_init", syscall(SYS_fanotify_init, 0x200, 0));
+    report("process_madvise", syscall(SYS_process_madvise, -1, NULL, 0, 0, 0));
     static char vol[4096];
     int home = open(".", O_RDONLY | O_DIRECTORY);
     strcpy(vol + 8, "nested");
@@ -257,6 +267,13 @@ def test_seccomp_refuses_dangerous_syscalls(engine: NamespaceEngine, vm: str, pr
             "inet6": "ok",
             "netlink": "ok",
             "io_uring_setup": "EPERM",
+            "personality_query": "ok",
+            "personality_linux32": "ok",
+            "personality_no_aslr": "EPERM",
+            "set_mempolicy": "EPERM",
+            "move_pages": "EPERM",
+            "fanotify_init": "EPERM",
+            "process_madvise": "EPERM",
             "btrfs_subvol_create": "EPERM",
             "ficlone": "passed",
         }, (user, info.stderr)

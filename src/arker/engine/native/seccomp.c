@@ -12,7 +12,6 @@
 #include "arkervm.h"
 
 #include <errno.h>
-#include <grp.h>
 #include <linux/audit.h>
 #include <linux/capability.h>
 #include <linux/filter.h>
@@ -71,19 +70,22 @@ static int set_caps(unsigned long long keep)
     return (int)syscall(SYS_capset, &hdr, data);
 }
 
+/* Raw syscalls, not libc's wrappers: those apply a credential change to
+ * every thread libc knows of, and a run is forked (raw clone3) from PID 1,
+ * which may have a second thread (statfs.c) that the child does not. */
 int drop_privileges(uid_t uid, gid_t gid)
 {
     unsigned long long keep = uid == 0 ? root_mask() : 0;
-    if (uid == 0 ? setgroups(0, NULL) < 0 : setgroups(1, &gid) < 0)
+    if (uid == 0 ? syscall(SYS_setgroups, 0, NULL) < 0 : syscall(SYS_setgroups, 1, &gid) < 0)
         return -1;
-    if (setresgid(gid, gid, gid) < 0)
+    if (syscall(SYS_setresgid, gid, gid, gid) < 0)
         return -1;
     /* PR_CAPBSET_DROP needs CAP_SETPCAP, so the bounding set goes first. */
     if (limit_bounding_set(keep) < 0)
         return -1;
     if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
         return -1;
-    if (setresuid(uid, uid, uid) < 0)
+    if (syscall(SYS_setresuid, uid, uid, uid) < 0)
         return -1;
     if (set_caps(keep) < 0)
         return -1;
@@ -111,7 +113,23 @@ static const int denied[] = {
     /* io_uring reaches kernel code of its own beside the syscall table, and
      * its requests are not seen by this filter; Docker denies it too. */
     __NR_io_uring_setup, __NR_io_uring_enter, __NR_io_uring_register,
+    /* Denied by Docker's profile without CAP_SYS_NICE / CAP_SYS_PTRACE /
+     * CAP_SYS_ADMIN, none of which a VM has (SECCOMP.md). */
+    __NR_mbind, __NR_set_mempolicy, __NR_get_mempolicy, __NR_migrate_pages, __NR_move_pages,
+    __NR_fanotify_init,
+#ifdef __NR_set_mempolicy_home_node
+    __NR_set_mempolicy_home_node,
+#endif
+#ifdef __NR_process_madvise
+    __NR_process_madvise,
+#endif
 };
+
+/* personality(2) values a VM may set, as Docker allows: PER_LINUX,
+ * PER_LINUX32, UNAME26 with either, and the query. The rest
+ * (ADDR_NO_RANDOMIZE, READ_IMPLIES_EXEC, ...) weaken the process's own
+ * exploit mitigations. */
+static const __u32 personalities[] = {0x0, 0x8, 0x20000, 0x20008, 0xffffffffu};
 
 /* Socket families a VM may open. Namespaces confine these (unix sockets by
  * the mount namespace, inet/inet6/netlink by the network namespace); others
@@ -143,7 +161,8 @@ static int install_pid1_filter(void)
     enum { NDENIED = sizeof denied / sizeof denied[0] };
     enum { NFAM = sizeof socket_families / sizeof socket_families[0] };
     enum { NIOC = sizeof btrfs_ioctls_allowed / sizeof btrfs_ioctls_allowed[0] };
-    struct sock_filter f[32 + 2 * NDENIED + NFAM + NIOC];
+    enum { NPER = sizeof personalities / sizeof personalities[0] };
+    struct sock_filter f[40 + 2 * NDENIED + NFAM + NIOC + NPER];
     size_t n = 0;
     const __u32 ns_flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER |
                            CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWCGROUP;
@@ -176,6 +195,13 @@ static int install_pid1_filter(void)
         f[n++] = JUMP(BPF_JMP | BPF_JEQ | BPF_K, btrfs_ioctls_allowed[i], (__u8)(NIOC - i), 0);
     f[n++] = STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM);
     f[n++] = STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    /* personality: only the values above (the kernel reads 32 bits). */
+    f[n++] = JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_personality, 0, NPER + 3);
+    f[n++] = STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0]));
+    for (size_t i = 0; i < NPER; i++)
+        f[n++] = JUMP(BPF_JMP | BPF_JEQ | BPF_K, personalities[i], (__u8)(NPER - i), 0);
+    f[n++] = STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM);
+    f[n++] = STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
     for (size_t i = 0; i < NDENIED; i++) {
         f[n++] = JUMP(BPF_JMP | BPF_JEQ | BPF_K, (__u32)denied[i], 0, 1);
         f[n++] = STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM);
@@ -192,9 +218,12 @@ static int install_pid1_filter(void)
  * command can be given), no_new_privs and the deny list. Done once per VM,
  * this is what a run no longer pays for: each bounding-set drop is a new set
  * of credentials, and each filter is compiled when it is installed. */
-int confine_pid1(void)
+int confine_pid1(int keep_ptrace)
 {
-    if (limit_bounding_set(root_mask()) < 0 || set_caps(root_mask()) < 0)
+    /* CAP_SYS_PTRACE stays out of the bounding set, so nothing PID 1 forks
+     * can regain it by exec; each run's set_caps drops it too. */
+    unsigned long long caps = root_mask() | (keep_ptrace ? 1ULL << CAP_SYS_PTRACE : 0);
+    if (limit_bounding_set(root_mask()) < 0 || set_caps(caps) < 0)
         return -1;
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
         return -1;
