@@ -1,5 +1,6 @@
 """Attacks on storage, one test per class, on a real server and engine: a VM
-filling its disk, the files API past a quota, a fork's quota, the pool's reserve."""
+filling its disk (and what df says), the files API past a quota, a fork's
+quota, the pool's reserve."""
 
 from __future__ import annotations
 
@@ -38,6 +39,19 @@ def test_a_vm_filling_its_disk_hits_its_quota_others_write_on(arker: Arker) -> N
     finally:
         full.delete()
         other.delete()
+
+
+def test_df_in_a_vm_shows_its_own_quota_as_it_fills(arker: Arker) -> None:
+    vm = arker.vm("busybox").fork(resources={"disk_mib": 32})
+    try:
+        size, used, free = vm.run("df -k / | tail -n 1").stdout.split()[1:4]
+        assert int(size) == 32 * 1024 and int(free) > 31 * 1024
+        filled = vm.run(FILL + "; sync; df -k / | tail -n 1")
+        assert b"Disk quota exceeded" in filled.stdout
+        size, used, free = filled.stdout.splitlines()[-1].split()[1:4]
+        assert int(size) == 32 * 1024 and int(used) >= 31 * 1024 and int(free) < 1024
+    finally:
+        vm.delete()
 
 
 def test_a_fork_above_the_maximum_quota_is_refused(arker: Arker) -> None:

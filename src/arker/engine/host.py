@@ -231,6 +231,7 @@ class NamespaceEngine(Engine):
             hostname=state["hostname"],
             limits=Limits(**state["limits"]),
             tmp_size_bytes=self.tmp_size_bytes,
+            disk=self.disk_usage(vm_id),
         )
         self._save(vm_id, {**state, "init": [init.pid, init.start_time]})
         self._live[vm_id] = init

@@ -72,8 +72,11 @@ def start_vm(
     hostname: str,
     limits: Limits,
     tmp_size_bytes: int | None = None,
+    disk: tuple[int, str] | None = None,
 ) -> InitProcess:
-    """Start the VM's PID 1 rooted at `root`; return once its mounts are up."""
+    """Start the VM's PID 1 rooted at `root`; return once its mounts are up.
+    With `disk` (its quota in bytes, the host file holding the bytes charged
+    to it), statfs in the VM answers with the VM's own size."""
     cgroups.remove_vm(vm_id)  # whatever an earlier life of this VM left
     procs = cgroups.create_vm(vm_id, limits)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -82,6 +85,8 @@ def start_vm(
     cmd += ["--agent-fd", str(theirs.fileno())]
     for p in procs:
         cmd += ["--cgroup-procs", p]
+    if disk is not None:
+        cmd += ["--disk-limit", str(disk[0]), "--disk-usage", disk[1]]
     try:
         # The launcher prints PID 1's host pid and exits; PID 1 itself is
         # reparented away from us, so it outlives this server.

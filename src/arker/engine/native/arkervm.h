@@ -34,8 +34,14 @@ extern int agent_oom_shielded; /* PID 1 runs with oom_score_adj -1000 */
 void agent_loop(int chan) __attribute__((noreturn));
 
 /* seccomp.c */
-int confine_pid1(void);
+int confine_pid1(int keep_ptrace);
 int drop_privileges(uid_t uid, gid_t gid);
 int install_seccomp(void);
+
+/* statfs.c */
+int statfs_prepare(long long limit, const char *usage_file);
+int statfs_keeps(int fd);
+int statfs_start(void);
+void statfs_answer(int listener);
 
 #endif

@@ -33,6 +33,8 @@ struct init_opts {
     long long tmp_size;
     int ready_fd;
     int agent_fd; /* the engine's channel: see agent.c */
+    long long disk_limit;   /* the VM's quota in bytes, 0 = none */
+    const char *disk_usage; /* the host file with the bytes it charged */
 };
 
 /* The child reports failures through this pipe; the launcher relays them. */
@@ -175,6 +177,9 @@ static void __attribute__((noreturn)) vm_init(const struct init_opts *o)
      * score needs CAP_SYS_RESOURCE, which a host may withhold: then PID 1,
      * a few hundred KiB, is merely an unlikely pick. */
     agent_oom_shielded = write_str("/proc/self/oom_score_adj", "-1000") == 0;
+    /* A host path: opened while the host's /sys is still in view. */
+    if (o->disk_limit > 0 && statfs_prepare(o->disk_limit, o->disk_usage) < 0)
+        fail(o->disk_usage);
     /* Nothing we mount may propagate back to the host's namespace. */
     do_mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);
     do_mount(o->root, o->root, NULL, MS_BIND | MS_REC, NULL);
@@ -208,7 +213,7 @@ static void __attribute__((noreturn)) vm_init(const struct init_opts *o)
     dup2(null, 2);
     int keep = report_fd;
     for (int fd = 3; fd < 1024; fd++)
-        if (fd != keep && fd != o->agent_fd)
+        if (fd != keep && fd != o->agent_fd && !statfs_keeps(fd))
             close(fd);
 
     /* PID 1 gets only the signals it handles: all are blocked and SIGCHLD
@@ -217,8 +222,12 @@ static void __attribute__((noreturn)) vm_init(const struct init_opts *o)
     sigset_t all;
     sigfillset(&all);
     sigprocmask(SIG_BLOCK, &all, NULL);
-    if (confine_pid1() < 0)
+    /* With a quota PID 1 answers the VM's statfs calls (statfs.c), which
+     * needs to read their memory: CAP_SYS_PTRACE, held by PID 1 alone. */
+    if (confine_pid1(o->disk_limit > 0) < 0)
         fail("confine PID 1");
+    if (o->disk_limit > 0 && statfs_start() < 0)
+        fail("statfs listener");
     set_title("init"); /* last: the options point into argv */
     /* Not dumpable: even the VM's root cannot read PID 1's memory or fds. */
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
@@ -253,12 +262,20 @@ static void parse(int argc, char **argv, struct init_opts *o)
             o->ready_fd = (int)parse_ll(a, v);
         else if (!strcmp(a, "--agent-fd"))
             o->agent_fd = (int)parse_ll(a, v);
+        else if (!strcmp(a, "--disk-limit"))
+            o->disk_limit = parse_ll(a, v);
+        else if (!strcmp(a, "--disk-usage"))
+            o->disk_usage = v;
         else if (!strcmp(a, "--cgroup-procs") && o->ncgroups < MAX_CGROUPS)
             o->cgroups[o->ncgroups++] = v;
         else {
             fprintf(stderr, "arkervm init: unknown option %s\n", a);
             exit(2);
         }
+    }
+    if (o->disk_limit > 0 && !o->disk_usage) {
+        fprintf(stderr, "arkervm init: --disk-limit needs --disk-usage\n");
+        exit(2);
     }
     if (!o->root || o->agent_fd < 3) {
         fprintf(stderr, "arkervm init: --root and --agent-fd are required\n");
