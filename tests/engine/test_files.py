@@ -184,7 +184,7 @@ def test_files_work_on_a_fork_without_touching_the_parent(pool: Pool, vm: Path) 
     assert read_file(child, "/home/user/f", MiB) == b"child"
 
 
-def test_100_mib_both_ways_is_fast(vm: Path) -> None:
+def test_100_mib_both_ways_round_trips(vm: Path) -> None:
     data = os.urandom(MiB) * 100
     start = time.perf_counter()
     info = write_file(vm, "/home/user/big.bin", data, max_bytes=200 * MiB)
@@ -193,7 +193,6 @@ def test_100_mib_both_ways_is_fast(vm: Path) -> None:
     back = read_file(vm, "/home/user/big.bin", 200 * MiB)
     read = time.perf_counter() - start
     assert back == data and info.size == len(data)
+    # Speed is scripts/bench's to judge (as a ratio, in its own run); a test
+    # on a shared machine asserts no wall-clock time.
     print(f"write {100 / wrote:.0f} MiB/s, read {100 / read:.0f} MiB/s")
-    # Loose floor against a pathological path (e.g. byte-wise copies); the
-    # measured figures (printed) are well above it.
-    assert wrote < 5 and read < 5
