@@ -154,6 +154,22 @@ static int install(struct sock_filter *f, size_t n)
     return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);
 }
 
+#define ARG(i) ((__u32)offsetof(struct seccomp_data, args[i]))
+
+/* Allow the syscall when its argument at `arg` (the low 32 bits) is one of
+ * `values`, else answer `deny`. Emits count + 3 instructions at `f`, the
+ * number the jump over it skips. */
+static size_t one_of(struct sock_filter *f, __u32 arg, const __u32 *values, size_t count, __u32 deny)
+{
+    size_t n = 0;
+    f[n++] = STMT(BPF_LD | BPF_W | BPF_ABS, arg);
+    for (size_t i = 0; i < count; i++)
+        f[n++] = JUMP(BPF_JMP | BPF_JEQ | BPF_K, values[i], (__u8)(count - i), 0);
+    f[n++] = STMT(BPF_RET | BPF_K, deny);
+    f[n++] = STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    return n;
+}
+
 /* PID 1's own filter, which every command inherits: the deny list. It lets
  * clone3 through, which PID 1 needs to fork a command into its cgroup. */
 static int install_pid1_filter(void)
@@ -178,11 +194,7 @@ static int install_pid1_filter(void)
     /* socket/socketpair: the family (args[0]) must be one of socket_families. */
     f[n++] = JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_socket, 1, 0);
     f[n++] = JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_socketpair, 0, NFAM + 3);
-    f[n++] = STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0]));
-    for (size_t i = 0; i < NFAM; i++)
-        f[n++] = JUMP(BPF_JMP | BPF_JEQ | BPF_K, socket_families[i], (__u8)(NFAM - i), 0);
-    f[n++] = STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EAFNOSUPPORT);
-    f[n++] = STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    n += one_of(f + n, ARG(0), socket_families, NFAM, SECCOMP_RET_ERRNO | EAFNOSUPPORT);
     /* ioctl: of the btrfs type, only btrfs_ioctls_allowed (the command is the
      * low 32 bits of args[1]; the kernel ignores the rest). */
     f[n++] = JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_ioctl, 0, NIOC + 7);
@@ -190,18 +202,10 @@ static int install_pid1_filter(void)
     f[n++] = STMT(BPF_ALU | BPF_AND | BPF_K, 0xff00u);
     f[n++] = JUMP(BPF_JMP | BPF_JEQ | BPF_K, BTRFS_IOCTL_TYPE << 8, 1, 0);
     f[n++] = STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
-    f[n++] = STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1]));
-    for (size_t i = 0; i < NIOC; i++)
-        f[n++] = JUMP(BPF_JMP | BPF_JEQ | BPF_K, btrfs_ioctls_allowed[i], (__u8)(NIOC - i), 0);
-    f[n++] = STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM);
-    f[n++] = STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    n += one_of(f + n, ARG(1), btrfs_ioctls_allowed, NIOC, SECCOMP_RET_ERRNO | EPERM);
     /* personality: only the values above (the kernel reads 32 bits). */
     f[n++] = JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_personality, 0, NPER + 3);
-    f[n++] = STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0]));
-    for (size_t i = 0; i < NPER; i++)
-        f[n++] = JUMP(BPF_JMP | BPF_JEQ | BPF_K, personalities[i], (__u8)(NPER - i), 0);
-    f[n++] = STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM);
-    f[n++] = STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    n += one_of(f + n, ARG(0), personalities, NPER, SECCOMP_RET_ERRNO | EPERM);
     for (size_t i = 0; i < NDENIED; i++) {
         f[n++] = JUMP(BPF_JMP | BPF_JEQ | BPF_K, (__u32)denied[i], 0, 1);
         f[n++] = STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM);
