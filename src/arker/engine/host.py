@@ -166,8 +166,11 @@ class NamespaceEngine(Engine):
 
     def disk_usage(self, vm_id: str) -> tuple[int, str] | None:
         self._require(vm_id)
-        limit = self._load(vm_id)["limits"].get("disk_bytes")
-        usage = self.pool.vm_disk_usage_file(vm_id)
+        return self._disk(vm_id, self._load(vm_id))
+
+    def _disk(self, vm_id: str, state: dict[str, Any]) -> tuple[int, str] | None:
+        limit = state["limits"].get("disk_bytes")
+        usage = self.pool.vm_disk_usage_file(vm_id) if limit is not None else None
         if limit is None or usage is None:
             return None
         return int(limit), str(usage)
@@ -231,7 +234,7 @@ class NamespaceEngine(Engine):
             hostname=state["hostname"],
             limits=Limits(**state["limits"]),
             tmp_size_bytes=self.tmp_size_bytes,
-            disk=self.disk_usage(vm_id),
+            disk=self._disk(vm_id, state),  # the state just loaded, not read again
         )
         self._save(vm_id, {**state, "init": [init.pid, init.start_time]})
         self._live[vm_id] = init

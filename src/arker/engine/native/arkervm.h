@@ -42,6 +42,5 @@ int install_seccomp(void);
 int statfs_prepare(long long limit, const char *usage_file);
 int statfs_keeps(int fd);
 int statfs_start(void);
-void statfs_answer(int listener);
 
 #endif

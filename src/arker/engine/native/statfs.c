@@ -3,7 +3,7 @@
  *
  * btrfs answers statfs for the pool, whatever quota a subvolume has. So PID 1
  * installs one more filter, which hands statfs and fstatfs to it
- * (SECCOMP_RET_USER_NOTIF), and answers them itself in its poll loop:
+ * (SECCOMP_RET_USER_NOTIF), and a thread of PID 1 answers them:
  *
  *   - It does the call on the process's behalf, through /proc/PID/cwd,
  *     /proc/PID/root or /proc/PID/fd/N, as the process's fsuid, fsgid and
