@@ -301,8 +301,8 @@ class _Update:
 
 # openat2's RESOLVE_IN_ROOT answers EAGAIN when a rename or mount in the VM
 # raced the walk (the kernel cannot prove the result stayed inside the root).
-# A VM swapping a directory for a symlink in a loop can cause it every time.
-_RACE_RETRIES = 16
+# A VM swapping a directory for a symlink in a loop can cause it every time:
+# _EAGAIN_BACKOFF_S bounds the retries.
 
 
 def _resolve(root_fd: int, rel: str, flags: int, norm: str) -> int:
