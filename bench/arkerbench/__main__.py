@@ -15,6 +15,9 @@ Measured, each next to its floor from the same run:
   files       write then read back 100 MiB of random bytes (MB = 10^6 bytes)
   memory      200 VMs started (fork + `true`) and left idle: the sum of their
               memory cgroups and the fall of host MemAvailable, per VM
+  quota       fork and create on this server (every VM has a disk quota) and
+              on a second one started with --vm-disk-mib 0, in turns: the
+              cost of a quota is the ratio of the medians
 
 Goals are reported (PASS/MISS), never asserted. Everything the bench made is
 removed: VMs through the API, the server by SIGTERM, then its data directory.
@@ -58,21 +61,27 @@ class Plan:
     file_bytes: int
     big_bytes: int  # data held by the VM that is forked
     idle_vms: int
+    quota_rounds: int  # forks and creates on each of the two servers
 
 
-FULL = Plan(30, 30, 100, 200, 200, 5, 100 * MIB, 1000 * MB, 200)
-QUICK = Plan(5, 5, 10, 20, 20, 2, 10 * MIB, 100 * MB, 10)
+FULL = Plan(30, 30, 100, 200, 200, 5, 100 * MIB, 1000 * MB, 200, 30)
+QUICK = Plan(5, 5, 10, 20, 20, 2, 10 * MIB, 100 * MB, 10, 5)
+NO_QUOTA = ("--vm-disk-mib", "0")
 
 
 def _say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def measure(server: LocalServer, plan: Plan) -> Results:
-    """Every figure, in an order where each leaves the machine as it found it."""
+def measure(server: LocalServer, bare: LocalServer, plan: Plan) -> Results:
+    """Every figure, in an order where each leaves the machine as it found it.
+    `bare` is the same server without disk quotas, for their cost."""
     http = httpx.Client()
     arker = Arker(server.api_key, base_url=server.base_url, retry=False, http_client=http)
     fleet = scenarios.Fleet(arker)
+    bare_fleet = scenarios.Fleet(
+        Arker(bare.api_key, base_url=bare.base_url, retry=False, http_client=http)
+    )
     try:
         with floors.SnapshotFloor(server.data_dir) as snap:
             _say("floors: subprocess and HTTP")
@@ -98,8 +107,11 @@ def measure(server: LocalServer, plan: Plan) -> Results:
         burst = crowd.burst(server.base_url, server.api_key, plan.burst)
         _say(f"idle memory of {plan.idle_vms} running VMs")
         memory = crowd.idle_memory(server.base_url, server.api_key, server.data_dir, plan.idle_vms)
+        _say(f"quota cost: {plan.quota_rounds} forks and creates with and without quotas")
+        quota = scenarios.quota_cost(fleet, bare_fleet, plan.quota_rounds)
     finally:
         fleet.delete_all_quietly()
+        bare_fleet.delete_all_quietly()
         http.close()
     return Results(
         fork_golden=fork_golden,
@@ -113,6 +125,7 @@ def measure(server: LocalServer, plan: Plan) -> Results:
         memory=memory,
         true_floor=true_floor,
         http_floor=http_floor,
+        quota=quota,
     )
 
 
@@ -160,8 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     started = dt.datetime.now(dt.UTC)
     load_at_start = list(os.getloadavg())
     _say(f"starting arker serve ({'quick' if args.quick else 'full'} run)")
-    with local_server(args.out / "server.log", args.data_dir) as server:
-        results = measure(server, plan)
+    with (
+        local_server(args.out / "server.log", args.data_dir) as server,
+        local_server(args.out / "server-no-quota.log", args.data_dir, NO_QUOTA) as bare,
+    ):
+        results = measure(server, bare, plan)
     cpus = os.cpu_count() or 1
     goals = judge(results.figures(), plan.burst, cpus)
     load_at_end = list(os.getloadavg())

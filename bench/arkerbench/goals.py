@@ -13,6 +13,8 @@ from typing import Any
 
 __all__ = ["Goal", "judge"]
 
+QUOTA_COST = 1.1  # what a VM's disk quota may add to a fork or a create
+
 
 @dataclass(frozen=True)
 class Goal:
@@ -93,6 +95,24 @@ def judge(f: dict[str, float], burst_n: int, cpus: int) -> list[Goal]:
             "MB/s",
             ">= 300 MB/s",
             f["file_read_mb_per_s"] >= 300,
+        ),
+        Goal(
+            "quota cost: fork (median)",
+            f["quota_on_fork_median_ms"],
+            "ms",
+            f"<= {QUOTA_COST} x no quota ({QUOTA_COST * f['quota_off_fork_median_ms']:.2f} ms)",
+            f["quota_cost_fork_ratio"] <= QUOTA_COST,
+            f["quota_off_fork_median_ms"],
+            "same fork, no quota",
+        ),
+        Goal(
+            "quota cost: create to first command",
+            f["quota_on_create_median_ms"],
+            "ms",
+            f"<= {QUOTA_COST} x no quota ({QUOTA_COST * f['quota_off_create_median_ms']:.2f} ms)",
+            f["quota_cost_create_ratio"] <= QUOTA_COST,
+            f["quota_off_create_median_ms"],
+            "same create, no quota",
         ),
         Goal(
             "idle running VM",

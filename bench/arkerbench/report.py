@@ -31,6 +31,10 @@ def table(results: Results, goals: list[Goal]) -> str:
         ("create to first command", "create_to_first_command", None),
         (f"{d['burst_vms']} creates at once, each", "burst", None),
         ("run `true` in a running VM", "run_round_trip", None),
+        ("fork, disk quota", "quota_on_fork", "quota_off_fork"),
+        ("fork, no quota", "quota_off_fork", None),
+        ("create to first command, disk quota", "quota_on_create", "quota_off_create"),
+        ("create to first command, no quota", "quota_off_create", None),
         ("floor: snapshot ioctl (golden)", "floor_ioctl_golden", None),
         ("floor: subprocess.run(['true'])", "floor_subprocess_true", None),
         ("floor: HTTP GET /healthz", "floor_http_noop", None),
@@ -43,6 +47,11 @@ def table(results: Results, goals: list[Goal]) -> str:
             f"{_num(f[f'{key}_p99_ms'], 'ms'):>10} {_num(ratio):>8}"
         )
     lines.append(f"{d['burst_vms']} creates at once, wall: {_num(f['burst_wall_ms'], 'ms')}")
+    lines.append(
+        f"cost of a disk quota (with / without, same run): fork "
+        f"{f['quota_cost_fork_ratio']:.2f}x, create to first command "
+        f"{f['quota_cost_create_ratio']:.2f}x"
+    )
     mib = d["file_bytes"] / 2**20
     lines.append(
         f"file of {mib:g} MiB: write {_num(f['file_write_mb_per_s'], 'MB/s')}, "

@@ -19,9 +19,11 @@ from arkerbench.stats import Series, time_ms
 __all__ = [
     "Fleet",
     "ForkSeries",
+    "QuotaCost",
     "Transfer",
     "create_to_first_command",
     "fork_series",
+    "quota_cost",
     "run_round_trip",
     "transfer",
     "vm_with_data",
@@ -122,6 +124,58 @@ def create_to_first_command(fleet: Fleet, n: int) -> Series:
     series = Series([time_ms(once) for _ in range(n)])
     fleet.delete(made)
     return series
+
+
+@dataclass(frozen=True)
+class QuotaCost:
+    """The same work on two servers: one that gives every VM a disk quota (the
+    default: a qgroup limit, and PID 1's supervisor answering statfs with the
+    quota), one started with `--vm-disk-mib 0` (no limit, no supervisor; the
+    pool keeps its simple-quota accounting, which a fork does not walk)."""
+
+    fork_on: Series
+    fork_off: Series
+    create_on: Series  # fork + `true` in the new VM
+    create_off: Series
+
+
+def quota_cost(on: Fleet, off: Fleet, n: int) -> QuotaCost:
+    """n rounds of a fork and a create on each server, in an order that flips
+    each round, so that both see the same background."""
+    samples: dict[str, list[float]] = {
+        "fork_on": [],
+        "fork_off": [],
+        "create_on": [],
+        "create_off": [],
+    }
+    made: list[tuple[Fleet, Computer]] = []
+
+    def fork(name: str, fleet: Fleet) -> Callable[[], None]:
+        def take() -> None:
+            samples[name].append(time_ms(lambda: made.append((fleet, fleet.fork()))))
+
+        return take
+
+    def create(name: str, fleet: Fleet) -> Callable[[], None]:
+        def once() -> None:
+            vm = fleet.fork()
+            made.append((fleet, vm))
+            _check_true(vm)
+
+        return lambda: samples[name].append(time_ms(once))
+
+    takes = [
+        fork("fork_on", on),
+        fork("fork_off", off),
+        create("create_on", on),
+        create("create_off", off),
+    ]
+    for round_ in range(n):
+        for take in takes if round_ % 2 else reversed(takes):
+            take()
+    for fleet, vm in made:
+        fleet.delete([vm])
+    return QuotaCost(**{name: Series(v) for name, v in samples.items()})
 
 
 def run_round_trip(vm: Computer, n: int) -> Series:

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,17 +52,19 @@ def _unmount_under(path: Path) -> None:
 
 
 @contextmanager
-def local_server(log: Path, parent_dir: Path | None = None) -> Iterator[LocalServer]:
-    """A server on a fresh data directory made inside `parent_dir` (default:
-    the system temp dir), logging to `log`; everything but the log is undone
-    when the block ends."""
+def local_server(
+    log: Path, parent_dir: Path | None = None, serve_args: Sequence[str] = ()
+) -> Iterator[LocalServer]:
+    """A server (`arker serve` with `serve_args` added) on a fresh data
+    directory made inside `parent_dir` (default: the system temp dir), logging
+    to `log`; everything but the log is undone when the block ends."""
     data_dir = Path(tempfile.mkdtemp(prefix="arker-bench-", dir=parent_dir)).resolve()
     try:
         # Golden and key first: the engine's pool is held by one process at a time.
         _arker("goldens", "build", "busybox", "--data-dir", str(data_dir))
         api_key = _arker("keys", "create", "--data-dir", str(data_dir)).strip().splitlines()[-1]
         # Started, awaited and stopped (SIGTERM to its pid) as `arker demo` does it.
-        with embedded_server(data_dir, log) as base_url:
+        with embedded_server(data_dir, log, serve_args=serve_args) as base_url:
             yield LocalServer(base_url, api_key, data_dir)
     finally:
         _unmount_under(data_dir)

@@ -47,6 +47,10 @@ def test_quick_bench_reports_every_figure(tmp_path: Path) -> None:
         "floor_ioctl_golden_median_ms",
         "floor_subprocess_true_median_ms",
         "floor_http_noop_median_ms",
+        "quota_on_fork_median_ms",
+        "quota_off_fork_median_ms",
+        "quota_cost_fork_ratio",
+        "quota_cost_create_ratio",
     }
     assert expected <= figures.keys()
     for name, value in figures.items():

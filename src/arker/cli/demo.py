@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,13 +182,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def embedded_server(data_dir: Path, log: Path, api_prefix: str = "") -> Iterator[str]:
-    """`arker serve` on a free local port until the block ends (SIGTERM, then
-    SIGKILL if it will not stop); yields its base URL once /healthz answers."""
+def embedded_server(
+    data_dir: Path, log: Path, api_prefix: str = "", serve_args: Sequence[str] = ()
+) -> Iterator[str]:
+    """`arker serve` (with `serve_args` added) on a free local port until the
+    block ends (SIGTERM, then SIGKILL if it will not stop); yields its base
+    URL once /healthz answers."""
     port = free_port()
     cmd = [*ARKER_COMMAND, "serve", "--port", str(port), "--data-dir", str(data_dir)]
     if api_prefix:
         cmd += ["--api-prefix", api_prefix]
+    cmd += serve_args
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     root = f"http://127.0.0.1:{port}"
