@@ -101,6 +101,24 @@ async def test_host_memory_commitment(start_server: object) -> None:
         await _vm(s)
 
 
+async def test_admission_counts_what_was_there_before_a_restart(start_server: object) -> None:
+    """The live VMs are read at start: those forked before a restart count,
+    and one the engine lost meanwhile does not."""
+    from fake_engine import FakeDisk
+
+    disk = FakeDisk()
+    async with start_server(disk=disk, org_max_vms=3) as s:  # type: ignore[operator]
+        keys = s.keys
+        kept, gone = await _vm(s), await _vm(s)
+    disk.vms.pop(gone)
+    async with start_server(disk=disk, keys=keys, org_max_vms=3) as s:  # type: ignore[operator]
+        await _vm(s)
+        await _vm(s)  # the lost VM's place
+        r = await s.client.post("/v1/vms/busybox/fork")
+        assert r.status_code == 429 and r.json()["error"]["details"]["current"] == 3
+        assert (await s.client.get(f"/v1/vms/{kept}")).json()["state"] != "lost"
+
+
 async def test_concurrent_forks_cannot_pass_a_quota_together(start_server: object) -> None:
     async with start_server(org_max_vms=3) as s:  # type: ignore[operator]
         answers = await asyncio.gather(*(s.client.post("/v1/vms/busybox/fork") for _ in range(8)))

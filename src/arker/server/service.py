@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from ulid import ULID
 
@@ -53,6 +53,9 @@ def host_memory_bytes() -> int:
     raise ArkerError(ErrorCode.INTERNAL, "no MemTotal in /proc/meminfo")
 
 
+_INSERT_VM = insert(Vm)  # built once, as the run path's statements are
+
+
 class Service:
     def __init__(self, settings: Settings, db: Database, engine: Engine, metrics: Metrics) -> None:
         self.settings = settings
@@ -71,7 +74,10 @@ class Service:
         # cannot all pass on the same count.
         self._admit_lock = asyncio.Lock()
         self._pending: dict[str, int] = {}
-        self._recorded: dict[str, str] = {}  # vm_id -> org: forked, maybe not yet visible
+        # vm_id -> org of every live VM (neither deleted nor lost), for
+        # admission: read once at start, then kept by fork and delete, the
+        # only writers of a VM's liveness (a query per fork cost 2 ms).
+        self._live: dict[str, str] = {}
         self._host_memory = settings.host_memory_bytes or host_memory_bytes()
 
     # -- lifecycle
@@ -104,7 +110,7 @@ class Service:
                     row.lost = True
             await s.commit()
         self._vms.clear()
-        self._recorded.clear()
+        self._live = {row.id: row.org for row in rows if not row.lost}
 
     # -- goldens
     async def goldens(self, refresh: bool = False) -> dict[str, GoldenInfo]:
@@ -267,41 +273,45 @@ class Service:
         vm_id = str(ULID())
         if self.settings.burst_suffix:
             vm_id = f"{vm_id}_{self.settings.burst_suffix}"
-        await self.threads.call(
+        values = {
+            "id": vm_id,
+            "org": org,
+            "name": req.name,
+            "base_image": base_image,
+            "parent_id": parent.id if parent is not None else None,
+            "durable": durable,
+            "lost": False,
+            "created_at": time.time(),
+            "idem_key": idem_key,
+            "idem_hash": digest if idem_key else None,
+            "disk_mib": disk_mib,
+        }
+
+        def fork_and_record() -> None:
+            """The snapshot and its row in one worker-thread hop (a session on
+            the loop cost ~2 ms a fork). Not recorded, so not promised: a
+            failed insert frees the storage just made."""
             # The engine makes a valid hostname of any name.
-            self.engine.fork,
-            source,
-            vm_id,
-            hostname=req.name or vm_id.lower(),
-            limits=limits,
-        )
-        row = Vm(
-            id=vm_id,
-            org=org,
-            name=req.name,
-            base_image=base_image,
-            parent_id=parent.id if parent is not None else None,
-            durable=durable,
-            lost=False,
-            created_at=time.time(),
-            idem_key=idem_key,
-            idem_hash=digest if idem_key else None,
-            disk_mib=disk_mib,
-        )
+            self.engine.fork(source, vm_id, hostname=req.name or vm_id.lower(), limits=limits)
+            try:
+                self.db.write_blocking(_INSERT_VM, values)
+            except BaseException:
+                self.engine.delete(vm_id)
+                raise
+            # Here, not after the await: a fork whose caller went away is
+            # recorded all the same, and admission must count it.
+            self._live[vm_id] = org
+            self.metrics.forks.inc()
+
         try:
-            async with self.db.session() as s:
-                s.add(row)
-                await s.commit()
-        except BaseException as exc:
-            # Not recorded, so not promised: free the storage we just made.
-            await self.threads.call(self.engine.delete, vm_id)
-            if isinstance(exc, IntegrityError) and idem_key is not None:
+            await self.threads.call(fork_and_record)
+        except IntegrityError:
+            if idem_key is not None:  # a concurrent fork with the same key won
                 found = await self._fork_replay(org, idem_key, digest)
                 if found is not None:
                     return found
             raise
-        self._recorded[vm_id] = org
-        self.metrics.forks.inc()
+        row = Vm(**values)
         return wire.vm(row, self.settings.region, VmPower.STOPPED)
 
     @contextlib.asynccontextmanager
@@ -309,7 +319,7 @@ class Service:
         """Reserve room for one more VM of `org`, or raise quota_exceeded; the
         reservation lasts until the fork is recorded (or failed)."""
         async with self._admit_lock:
-            await self._check_admission(org, vm_memory_bytes())
+            self._check_admission(org, vm_memory_bytes())
             self._pending[org] = self._pending.get(org, 0) + 1
         try:
             yield
@@ -318,21 +328,14 @@ class Service:
             if not self._pending[org]:
                 del self._pending[org]
 
-    async def _check_admission(self, org: str, requested: int) -> None:
+    def _check_admission(self, org: str, requested: int) -> None:
         """The host never promises more memory than `overcommit` times its own,
         and an org stays within its quotas. Live VMs are all the VMs neither
         deleted nor lost: a stopped one starts again on its next run."""
-        live = Vm.deleted_at.is_(None) & Vm.lost.is_(False)
-        async with self.db.session() as s:
-            found = (await s.execute(select(Vm.id, Vm.org).where(live))).all()
-        rows: dict[str, str] = {vm_id: vm_org for vm_id, vm_org in found}
-        # A read just after another fork's commit was seen to miss its row
-        # (SQLite): forks this server recorded count until a read shows them.
-        for vm_id in [v for v in self._recorded if v in rows]:
-            del self._recorded[vm_id]
-        rows.update(self._recorded)
-        host_vms = len(rows) + sum(self._pending.values())
-        org_vms = sum(1 for o in rows.values() if o == org) + self._pending.get(org, 0)
+        host_vms = len(self._live) + sum(self._pending.values())
+        org_vms = self._pending.get(org, 0)
+        if self.settings.org_max_vms is not None or self.settings.org_max_memory_mib is not None:
+            org_vms += sum(1 for o in self._live.values() if o == org)
         # Every VM holds the same limit for now (vm_memory_bytes): a count is the sum.
         per_vm = vm_memory_bytes()
         limits = self.settings
@@ -385,13 +388,13 @@ class Service:
     async def delete_vm(self, org: str, vm_id: str) -> None:
         row = await self._vm(org, vm_id)
         self._vms.pop((org, vm_id), None)
-        self._recorded.pop(vm_id, None)
         await self.threads.call(self.engine.delete, vm_id)
         async with self.db.session() as s:
             live = await s.get(Vm, row.id)
             if live is not None:
                 live.deleted_at = time.time()
             await s.commit()
+        self._live.pop(vm_id, None)
         self._vms.pop((org, vm_id), None)  # a lookup may have cached it while we deleted
         await self.runs.finish_vm_runs(vm_id, "the vm was deleted")
         # A deleted VM's runs and uploads are answered not_found from now on
