@@ -2,7 +2,8 @@
 on uvicorn, as served, over the route tests' FakeEngine on a fresh SQLite
 database (or a fresh one made on the PostgreSQL server at `--postgres`), timed
 through HTTP as the SDK calls it (a kept-alive httpx.Client, an
-Idempotency-Key per run), against GET /healthz on the same client.
+Idempotency-Key per run), against GET /healthz on the same client; and a fork
+of the golden (the forks are deleted after each round, outside the timing).
 
     .venv/bin/python bench/bench_server_run.py [-n 2000] [--engine fake|instant]
         [--profile OUT.html] [--postgres URL]
@@ -122,21 +123,36 @@ def measure(base_url: str, key: str, n: int, rounds: int) -> None:
         for _ in range(200):  # warm up: imports, caches, the connection
             http.get("/healthz").raise_for_status()
             run_true()
+        forked: list[str] = []
+
+        def fork() -> None:
+            r = http.post("/v1/vms/busybox/fork", json={})
+            if r.status_code != 201:
+                raise RuntimeError(f"fork failed: {r.status_code} {r.text}")
+            forked.append(r.json()["vm_id"])
+
         health: list[float] = []
         runs: list[float] = []
-        for _ in range(rounds):  # interleaved, so drift hits both series alike
-            for _ in range(n // rounds):
-                t = time.perf_counter()
-                http.get("/healthz").raise_for_status()
-                health.append(time.perf_counter() - t)
-            for _ in range(n // rounds):
-                t = time.perf_counter()
-                run_true()
-                runs.append(time.perf_counter() - t)
+        forks: list[float] = []
+        for _ in range(rounds):  # interleaved, so drift hits every series alike
+            for series, call in (
+                (health, lambda: http.get("/healthz").raise_for_status()),
+                (runs, run_true),
+                (forks, fork),
+            ):
+                for _ in range(n // rounds):
+                    t = time.perf_counter()
+                    call()
+                    series.append(time.perf_counter() - t)
+            for vm_id in forked:  # outside the timing
+                http.delete(f"/v1/vms/{vm_id}").raise_for_status()
+            forked.clear()
     print(f"GET /healthz: {_ms(health)}")
     print(f"POST runs `true`: {_ms(runs)}")
-    extra = statistics.median(runs) - statistics.median(health)
-    print(f"run minus healthz (medians): {extra * 1000:.3f} ms")
+    print(f"POST fork: {_ms(forks)}")
+    for name, series in (("run", runs), ("fork", forks)):
+        extra = statistics.median(series) - statistics.median(health)
+        print(f"{name} minus healthz (medians): {extra * 1000:.3f} ms")
 
 
 def main() -> None:
