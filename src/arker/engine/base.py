@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from arker.errors import ArkerError, ErrorCode
+
 __all__ = [
     "DEFAULT_OUTPUT_CAP_BYTES",
     "Engine",
@@ -23,6 +25,7 @@ __all__ = [
     "FileWriter",
     "GoldenInfo",
     "Limits",
+    "NetworkPolicy",
     "Progress",
     "RunInfo",
     "RunPhase",
@@ -42,6 +45,16 @@ class Limits:
     pids_max: int = 512
     cpu_cores: float = 1.0
     disk_bytes: int | None = None  # what the VM may write of its own; None: no limit
+
+
+@dataclass(frozen=True)
+class NetworkPolicy:
+    """What a VM may reach. `egress` False: nothing (loopback only). `allow`
+    None: the internet, never the host, other VMs or private ranges; a tuple:
+    only those domain names (`example.com`, `*.example.org`) and IPv4 CIDRs."""
+
+    egress: bool = False
+    allow: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -129,8 +142,6 @@ class _GatheringWriter(FileWriter):
         self._size = 0
 
     def write(self, data: bytes) -> None:
-        from arker.errors import ArkerError, ErrorCode
-
         self._size += len(data)
         if self._size > self._max_bytes:
             self.abort()
@@ -185,9 +196,25 @@ class Engine(abc.ABC):
 
     # -- VMs
     @abc.abstractmethod
-    def fork(self, source: str, vm_id: str, *, hostname: str, limits: Limits | None = None) -> None:
+    def fork(
+        self,
+        source: str,
+        vm_id: str,
+        *,
+        hostname: str,
+        limits: Limits | None = None,
+        network: NetworkPolicy | None = None,
+    ) -> None:
         """Make `vm_id` a copy-on-write copy of `source` (a golden name or a VM
-        id), in constant time. The new VM is stopped; it starts on first run."""
+        id), in constant time. The new VM is stopped; it starts on first run.
+        `network` None: no egress."""
+
+    def set_network(self, vm_id: str, network: NetworkPolicy) -> None:
+        """Change the VM's network policy, live if it runs: new connections
+        follow it, established ones may finish."""
+        raise ArkerError(
+            ErrorCode.UNSUPPORTED_OPERATION, f"the {self.kind} engine has no network for vms"
+        )
 
     def check_storage(self) -> None:
         """Raise ArkerError(insufficient_storage) if the host's storage is

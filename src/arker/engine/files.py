@@ -71,9 +71,9 @@ _ERRNO_CODES: dict[int, tuple[ErrorCode, str]] = {
 }
 
 
-def read_file(root: Path, path: str, max_bytes: int) -> bytes:
+def read_file(root: Path, path: str, max_bytes: int, *, anywhere: bool = False) -> bytes:
     """The bytes of the regular file `path` inside the VM rooted at `root`."""
-    norm = check_path(path)
+    norm = check_path(path, anywhere=anywhere)
     with _open_dir(root) as root_fd, _mapped(norm):
         # O_PATH first: opening a FIFO or device for reading could block or
         # have side effects; only a regular file is then opened for real.
@@ -104,6 +104,7 @@ def write_file(
     uid: int = 1000,
     gid: int = 1000,
     max_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    anywhere: bool = False,
 ) -> FileInfo:
     """Write `data` to `path` in the VM rooted at `root`, atomically (a temp
     file in the same directory, then rename), owned by uid:gid.
@@ -114,8 +115,8 @@ def write_file(
     as a rename would; a directory there is invalid_path.
     """
     if len(data) > max_bytes:
-        raise _too_large(check_path(path), max_bytes)
-    writer = FileWriter(root, path, uid=uid, gid=gid, max_bytes=max_bytes)
+        raise _too_large(check_path(path, anywhere=anywhere), max_bytes)
+    writer = FileWriter(root, path, uid=uid, gid=gid, max_bytes=max_bytes, anywhere=anywhere)
     writer.write(data)
     return writer.commit()
 
@@ -134,8 +135,9 @@ class FileWriter(base.FileWriter):
         uid: int = 1000,
         gid: int = 1000,
         max_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        anywhere: bool = False,
     ) -> None:
-        self._norm = norm = check_path(path)
+        self._norm = norm = check_path(path, anywhere=anywhere)
         self._uid, self._gid, self._max_bytes = uid, gid, max_bytes
         self._size = 0
         self._hash = hashlib.sha256()

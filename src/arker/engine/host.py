@@ -3,7 +3,12 @@ namespaced PID 1 each (jail), which also starts their commands (runner).
 
     <data_dir>/pool...                 the storage pool (pool.py)
     <data_dir>/bin/arkervm-<hash>      the helper, built on first use
-    <data_dir>/state/<vm_id>.json      hostname, limits, PID 1 (pid, start time)
+    <data_dir>/state/<vm_id>.json      hostname, limits, network policy, PID 1
+                                       (pid, start time)
+
+A VM with egress gets a veth into its network namespace when it starts
+(net.py); its DNS and, with an allow-list, its TCP 80/443 go to the engine's
+forwarder and proxy (egress/).
 
 Runs live in memory (runner.py): a restart of the engine kills every VM, and
 the server recovers runs from its own records.
@@ -15,6 +20,7 @@ of the server can leave nothing that looks alive but is not.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -33,11 +39,13 @@ from arker.engine.base import (
     FileWriter,
     GoldenInfo,
     Limits,
+    NetworkPolicy,
     Progress,
     RunInfo,
     RunSpec,
     VmPower,
 )
+from arker.engine.net import Network
 from arker.engine.pool import Pool, check_name
 from arker.engine.runner import Runner
 from arker.errors import ArkerError, ErrorCode
@@ -70,6 +78,7 @@ class NamespaceEngine(Engine):
         default_limits: Limits = Limits(),  # noqa: B008 - frozen, so sharing is safe
         tmp_size_bytes: int | None = None,  # None: a quarter of each VM's memory limit
         pool_reserve_bytes: int = 0,
+        networking: bool = True,  # False: every VM has loopback only
     ) -> None:
         self.data_dir = Path(data_dir)
         self.default_limits = default_limits
@@ -84,6 +93,9 @@ class NamespaceEngine(Engine):
         self._live: dict[str, jail.InitProcess] = {}  # the inits this engine started
         self._locks: dict[str, threading.RLock] = {}
         self._locks_lock = threading.Lock()
+        self._networking = networking
+        self.net: Network | None = None  # set by open() when networking works here
+        self._policies: dict[str, NetworkPolicy] = {}  # of running VMs with a link
 
     # -- lifecycle
     def open(self) -> None:
@@ -95,7 +107,10 @@ class NamespaceEngine(Engine):
             self.state_dir.mkdir(parents=True, exist_ok=True)
             self._runner = Runner(self.cgroups)
             self._reconcile()
+            if self._networking:
+                self._open_network()
         except BaseException:
+            self._close_network()
             self.pool.close()
             raise
 
@@ -119,7 +134,23 @@ class NamespaceEngine(Engine):
                 self.stop(vm_id)
             self.cgroups.remove_all()
             self._runner = None
+        self._close_network()
         self.pool.close()
+
+    def _open_network(self) -> None:
+        net = Network(dns_port=53, proxy_port=8443)  # TODO egress services
+        try:
+            net.open()
+        except ArkerError as exc:
+            log.warning("vms get no network on this host: %s", exc.message)
+            return
+        self.net = net
+
+    def _close_network(self) -> None:
+        if self.net is not None:
+            self.net.close()
+            self.net = None
+        self._policies.clear()
 
     @property
     def runner(self) -> Runner:
@@ -149,14 +180,40 @@ class NamespaceEngine(Engine):
         return goldens.import_tarball(self.pool, name, Path(tarball), progress)
 
     # -- VMs
-    def fork(self, source: str, vm_id: str, *, hostname: str, limits: Limits | None = None) -> None:
+    def fork(
+        self,
+        source: str,
+        vm_id: str,
+        *,
+        hostname: str,
+        limits: Limits | None = None,
+        network: NetworkPolicy | None = None,
+    ) -> None:
         check_name(vm_id, "vm id")
         hostname = _hostname(hostname)
         with self._lock(vm_id):
             limits = limits or self.default_limits
             # conflict if vm_id exists: the snapshot says EEXIST
             self.pool.fork(source, vm_id, disk_bytes=limits.disk_bytes)
-            self._save(vm_id, {"hostname": hostname, "limits": asdict(limits), "init": None})
+            state = {"hostname": hostname, "limits": asdict(limits), "init": None}
+            self._save(vm_id, {**state, "network": _policy_json(network or NetworkPolicy())})
+
+    def set_network(self, vm_id: str, network: NetworkPolicy) -> None:
+        self._require(vm_id)
+        with self._lock(vm_id):
+            self._save(vm_id, {**self._load(vm_id), "network": _policy_json(network)})
+            init = self._init(vm_id)
+            if init is None:
+                return  # it takes effect when the VM starts
+            had = self._policies.get(vm_id)
+            if had is None:
+                self._attach(vm_id, init, network)
+            elif not network.egress:
+                self._detach(vm_id, delete_link=True)
+            else:
+                assert self.net is not None
+                self.net.set_allow(vm_id, _cidrs(network))
+                self._policies[vm_id] = network
 
     def check_storage(self) -> None:
         self.pool.check_storage()
@@ -217,6 +274,8 @@ class NamespaceEngine(Engine):
         self.runner.end_vm(vm_id, reason)
         jail.stop_vm(self.cgroups, vm_id, self._init(vm_id))
         self._live.pop(vm_id, None)
+        # The kernel deletes the pair with the namespace: no 20 ms delete here.
+        self._detach(vm_id, delete_link=False)
 
     def _start(self, vm_id: str) -> jail.InitProcess:
         """The VM's live PID 1, started now if the VM is stopped."""
@@ -238,7 +297,44 @@ class NamespaceEngine(Engine):
         )
         self._save(vm_id, {**state, "init": [init.pid, init.start_time]})
         self._live[vm_id] = init
+        policy = _policy(state.get("network"))
+        if policy.egress:
+            try:
+                self._attach(vm_id, init, policy)
+            except BaseException:
+                self._kill(vm_id, "the vm could not get its network")
+                raise
         return init
+
+    def _attach(self, vm_id: str, init: jail.InitProcess, policy: NetworkPolicy) -> None:
+        if not policy.egress:
+            return
+        if self.net is None:
+            raise ArkerError(
+                ErrorCode.UNSUPPORTED_OPERATION,
+                "this host cannot give vms a network (see the server log); fork with "
+                "network egress off",
+            )
+        link = self.net.attach(vm_id, init.pid, _cidrs(policy))
+        self._policies[vm_id] = policy
+        resolver = f"nameserver {link.gateway}\n".encode()
+        root = self.pool.vm_path(vm_id)
+        try:
+            current = files.read_file(root, "/etc/resolv.conf", len(resolver) + 1, anywhere=True)
+        except ArkerError:
+            current = b""
+        if current != resolver:  # a fork of a VM that ran on this link has it already
+            files.write_file(root, "/etc/resolv.conf", resolver, uid=0, gid=0, anywhere=True)
+
+    def _detach(self, vm_id: str, *, delete_link: bool) -> None:
+        if self._policies.pop(vm_id, None) is not None and self.net is not None:
+            self.net.detach(vm_id, delete_link=delete_link)
+
+    def policy_for_address(self, address: str) -> NetworkPolicy | None:
+        """The policy of the running VM that holds `address` (for the DNS
+        forwarder and the proxy), or None."""
+        vm_id = self.net.vm_for_address(address) if self.net is not None else None
+        return None if vm_id is None else self._policies.get(vm_id)
 
     def _init(self, vm_id: str) -> jail.InitProcess | None:
         live = self._live.get(vm_id)
@@ -340,6 +436,34 @@ class NamespaceEngine(Engine):
         tmp = path.with_name(f".{vm_id}.json.tmp")
         tmp.write_text(json.dumps(state))
         os.replace(tmp, path)
+
+
+def _policy_json(policy: NetworkPolicy) -> dict[str, Any]:
+    allow = None if policy.allow is None else list(policy.allow)
+    return {"egress": policy.egress, "allow": allow}
+
+
+def _policy(saved: dict[str, Any] | None) -> NetworkPolicy:
+    if not saved:
+        return NetworkPolicy()  # a VM made before networking: as it was, loopback only
+    allow = saved.get("allow")
+    return NetworkPolicy(bool(saved.get("egress")), None if allow is None else tuple(allow))
+
+
+def _cidrs(policy: NetworkPolicy) -> list[str] | None:
+    """What nftables enforces of an allow-list: its CIDRs (None: the internet).
+    Its names are the proxy's and the DNS forwarder's."""
+    if policy.allow is None:
+        return None
+    return [a for a in policy.allow if _is_cidr(a)]
+
+
+def _is_cidr(entry: str) -> bool:
+    try:
+        ipaddress.IPv4Network(entry, strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 def _detach_mounts_under(prefix: Path) -> None:
