@@ -222,6 +222,29 @@ class RunWarning(BaseModel):
     message: str
 
 
+class NetworkPolicy(BaseModel):
+    """
+    What a VM may reach. Never the host, other VMs, or private, loopback, link-local (169.254.169.254 included), CGNAT or multicast ranges; no IPv6. DNS goes to the VM's own resolver.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    egress: Annotated[
+        bool,
+        Field(
+            description="false: no route out (connecting anywhere fails at once). true: the internet, or only `allow`."
+        ),
+    ]
+    allow: Annotated[
+        list[str] | None,
+        Field(
+            description="With egress: only these destinations. Domain names (`example.com`; `*.example.org` is any name under example.org, not example.org itself) are enforced on the TLS SNI or HTTP Host of TCP 80 and 443 and on DNS answers; IPv4 CIDRs (`203.0.113.0/24`, or one address) on every port. Other ports follow the CIDRs only. null or absent: the internet.",
+            max_length=256,
+        ),
+    ] = None
+
+
 class Vm(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -253,6 +276,12 @@ class Vm(BaseModel):
         ),
     ]
     resources: VmResources | None = None
+    network: Annotated[
+        NetworkPolicy | None,
+        Field(
+            description="The policy in force (absent from servers older than networking)."
+        ),
+    ] = None
 
 
 class VmList(BaseModel):
@@ -278,6 +307,12 @@ class ForkRequest(BaseModel):
     ] = None
     durable: bool | None = False
     resources: Resources | None = None
+    network: Annotated[
+        NetworkPolicy | None,
+        Field(
+            description="Omitted: the parent VM's policy, or for a golden the server's default (`arker serve --egress on|off`)."
+        ),
+    ] = None
 
 
 class CompletedRun(BaseModel):
@@ -485,5 +520,23 @@ class RunStatus(BaseModel):
         list[RunWarning] | None,
         Field(
             description="Empty when there is nothing to say; older servers leave it out."
+        ),
+    ] = None
+
+
+class NetworkUpdate(BaseModel):
+    """
+    A change to a VM's network policy; a field left out keeps its value (`allow: null` lifts the allow-list).
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    egress: bool | None = None
+    allow: Annotated[
+        list[str] | None,
+        Field(
+            description="With egress: only these destinations. Domain names (`example.com`; `*.example.org` is any name under example.org, not example.org itself) are enforced on the TLS SNI or HTTP Host of TCP 80 and 443 and on DNS answers; IPv4 CIDRs (`203.0.113.0/24`, or one address) on every port. Other ports follow the CIDRs only. null or absent: the internet.",
+            max_length=256,
         ),
     ] = None

@@ -27,6 +27,7 @@ from arker.engine.base import (
     FileInfo,
     GoldenInfo,
     Limits,
+    NetworkPolicy,
     Progress,
     RunInfo,
     RunPhase,
@@ -85,6 +86,7 @@ class FakeEngine(Engine):
         self.calls: list[str] = []
         self.storage_full = False  # check_storage raises insufficient_storage
         self.limits: dict[str, Limits | None] = {}
+        self.networks: dict[str, NetworkPolicy | None] = {}
 
     # -- lifecycle
     def open(self) -> None:
@@ -125,15 +127,29 @@ class FakeEngine(Engine):
             raise ArkerError(ErrorCode.NOT_FOUND, f"vm {vm_id!r} not found")
         return vm
 
-    def fork(self, source: str, vm_id: str, *, hostname: str, limits: Limits | None = None) -> None:
+    def fork(
+        self,
+        source: str,
+        vm_id: str,
+        *,
+        hostname: str,
+        limits: Limits | None = None,
+        network: NetworkPolicy | None = None,
+    ) -> None:
         self.calls.append(f"fork {source} {vm_id}")
         self.limits[vm_id] = limits
+        self.networks[vm_id] = network
         with self.disk.lock:
             if source in self.disk.goldens:
                 files: dict[str, bytes] = {}
             else:
                 files = dict(self._vm(source).files)
             self.disk.vms[vm_id] = FakeVm(files=files)
+
+    def set_network(self, vm_id: str, network: NetworkPolicy) -> None:
+        self._vm(vm_id)
+        self.calls.append(f"set_network {vm_id}")
+        self.networks[vm_id] = network
 
     def check_storage(self) -> None:
         if self.storage_full:

@@ -20,7 +20,6 @@ of the server can leave nothing that looks alive but is not.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
@@ -45,6 +44,7 @@ from arker.engine.base import (
     RunSpec,
     VmPower,
 )
+from arker.engine.egress.policy import parse_allow
 from arker.engine.net import Network
 from arker.engine.pool import Pool, check_name
 from arker.engine.runner import Runner
@@ -455,15 +455,7 @@ def _cidrs(policy: NetworkPolicy) -> list[str] | None:
     Its names are the proxy's and the DNS forwarder's."""
     if policy.allow is None:
         return None
-    return [a for a in policy.allow if _is_cidr(a)]
-
-
-def _is_cidr(entry: str) -> bool:
-    try:
-        ipaddress.IPv4Network(entry, strict=False)
-    except ValueError:
-        return False
-    return True
+    return [str(cidr) for cidr in parse_allow(policy.allow)[1]]
 
 
 def _detach_mounts_under(prefix: Path) -> None:

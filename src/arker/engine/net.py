@@ -42,28 +42,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from arker.engine import _netlink
+from arker.engine.egress.policy import DENIED_IPV4
 from arker.errors import ArkerError, ErrorCode
 
-__all__ = ["DENIED", "Link", "Network"]
+__all__ = ["Link", "Network"]
 
 log = logging.getLogger(__name__)
-
-# Never reachable from a VM, whatever its policy says. The documentation
-# ranges (192.0.2/24, 198.51.100/24, 203.0.113/24) are left out on purpose:
-# on these machines the uplink and the package registries sit in them.
-DENIED = (
-    "0.0.0.0/8",  # "this network"
-    "10.0.0.0/8",  # private
-    "100.64.0.0/10",  # carrier-grade NAT
-    "127.0.0.0/8",  # loopback
-    "169.254.0.0/16",  # link-local, 169.254.169.254 (cloud metadata) included
-    "172.16.0.0/12",  # private
-    "192.0.0.0/24",  # IETF protocol assignments
-    "192.168.0.0/16",  # private
-    "198.18.0.0/15",  # benchmarking
-    "224.0.0.0/4",  # multicast
-    "240.0.0.0/4",  # reserved, broadcast included
-)
 
 POOL = ipaddress.IPv4Network("10.208.0.0/12")  # inside 10/8: denied to every VM
 BLOCK_PREFIX = 19  # one engine's addresses: 2,048 VMs
@@ -188,7 +172,7 @@ class Network:
                     _RULESET.format(
                         table=self.table,
                         vms=self.prefix + "*",
-                        denied=", ".join(DENIED),
+                        denied=", ".join(str(net) for net, _ in DENIED_IPV4),
                         dns=self.dns_port,
                         proxy=self.proxy_port,
                         block=self.block,

@@ -36,6 +36,7 @@ class Settings:
     # a fixed amount rather than a percentage, since what btrfs needs to keep
     # working (metadata for a commit, deletes) does not grow with the disk.
     pool_reserve_mib: int = 2048
+    egress: bool = True  # a fork that says nothing of its network, from a golden
 
     @property
     def db_url(self) -> str:

@@ -125,6 +125,11 @@ async def restart_vm(vm_id: VmId, org: Org, svc: Svc, idempotency_key: IdemKey =
     return _json(await svc.restart_vm(org, vm_id))
 
 
+@router.patch("/v1/vms/{vm_id}/network")
+async def update_vm_network(vm_id: VmId, body: t.NetworkUpdate, org: Org, svc: Svc) -> Response:
+    return _json(await svc.update_network(org, vm_id, body))
+
+
 @router.post("/v1/vms/{vm_id}/runs")
 async def run_command(
     vm_id: VmId, body: t.RunRequest, org: Org, svc: Svc, idempotency_key: IdemKey = None

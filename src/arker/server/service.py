@@ -17,7 +17,8 @@ from ulid import ULID
 
 from arker import _types as t
 from arker._paths import check_path
-from arker.engine.base import Engine, GoldenInfo, Limits, VmPower
+from arker.engine.base import Engine, GoldenInfo, Limits, NetworkPolicy, VmPower
+from arker.engine.egress.policy import AllowEntryError, parse_allow
 from arker.errors import ArkerError, ErrorCode
 from arker.server import uploads, wire
 from arker.server.config import Settings
@@ -43,6 +44,25 @@ def vm_memory_bytes(row: Vm | None = None) -> int:
     """The memory limit a VM holds (or a new one will): what admission counts.
     Every VM has the engine's default limit for now."""
     return Limits().memory_bytes
+
+
+def checked_network(egress: bool, allow: list[str] | None) -> NetworkPolicy:
+    """The policy a request asks for, its allow-list checked and normalised
+    (names lowercased, CIDRs in canonical form); 422 naming the bad entry."""
+    if allow is None:
+        return NetworkPolicy(egress=egress)
+    if not allow:
+        raise ArkerError(
+            ErrorCode.INVALID_REQUEST,
+            "network.allow: give at least one entry, or null for the internet "
+            "(egress false: nothing)",
+            422,
+        )
+    try:
+        domains, cidrs = parse_allow(allow)
+    except AllowEntryError as exc:
+        raise ArkerError(ErrorCode.INVALID_REQUEST, str(exc), 422) from exc
+    return NetworkPolicy(egress=egress, allow=domains + tuple(str(c) for c in cidrs))
 
 
 def host_memory_bytes() -> int:
@@ -210,6 +230,10 @@ class Service:
         fields: dict[str, object] = {"source": source, "name": req.name, "durable": durable}
         if asked_mib is not None:  # only when set: keys made before resources stay valid
             fields["resources"] = {"disk_mib": asked_mib}
+        asked_network = None
+        if req.network is not None:  # likewise
+            asked_network = checked_network(req.network.egress, req.network.allow)
+            fields["network"] = {"egress": asked_network.egress, "allow": req.network.allow}
         digest = request_hash(fields)
         if asked_mib is not None and asked_mib > self.settings.vm_disk_max_mib:
             raise ArkerError(
@@ -251,10 +275,17 @@ class Service:
         limits = replace(
             self.engine_default_limits(), disk_bytes=None if disk_mib is None else disk_mib * 2**20
         )
+        # And its network policy, likewise; from a golden, the server's default.
+        if asked_network is not None:
+            network = asked_network
+        elif parent is not None:
+            network = wire.stored_network(parent)
+        else:
+            network = NetworkPolicy(egress=self.settings.egress)
         await self.threads.call(self.engine.check_storage)
         async with self._admitted(org):
             return await self._fork(
-                org, source, req, idem_key, digest, durable, base_image, parent, limits
+                org, source, req, idem_key, digest, durable, base_image, parent, limits, network
             )
 
     async def _fork(
@@ -268,6 +299,7 @@ class Service:
         base_image: str,
         parent: Vm | None,
         limits: Limits,
+        network: NetworkPolicy,
     ) -> t.Vm:
         disk_mib = None if limits.disk_bytes is None else limits.disk_bytes // 2**20
         vm_id = str(ULID())
@@ -285,6 +317,7 @@ class Service:
             "idem_key": idem_key,
             "idem_hash": digest if idem_key else None,
             "disk_mib": disk_mib,
+            "network": wire.network_json(network),
         }
 
         def fork_and_record() -> None:
@@ -292,7 +325,9 @@ class Service:
             the loop cost ~2 ms a fork). Not recorded, so not promised: a
             failed insert frees the storage just made."""
             # The engine makes a valid hostname of any name.
-            self.engine.fork(source, vm_id, hostname=req.name or vm_id.lower(), limits=limits)
+            self.engine.fork(
+                source, vm_id, hostname=req.name or vm_id.lower(), limits=limits, network=network
+            )
             try:
                 self.db.write_blocking(_INSERT_VM, values)
             except BaseException:
@@ -405,6 +440,25 @@ class Service:
             await s.execute(delete(Upload).where(Upload.vm_id == vm_id))
             await s.commit()
         await self.retention.give_back()
+
+    async def update_network(self, org: str, vm_id: str, req: t.NetworkUpdate) -> t.Vm:
+        """A new policy for the VM, live if it runs; fields not sent keep theirs."""
+        row = await self._usable_vm(org, vm_id, "change the network of")
+        had = wire.stored_network(row)
+        egress = had.egress if req.egress is None else req.egress
+        sent = req.model_fields_set
+        allow = req.allow if "allow" in sent else (None if had.allow is None else list(had.allow))
+        policy = checked_network(egress, allow)
+        await self.threads.call(self.engine.set_network, vm_id, policy)
+        stored = wire.network_json(policy)
+        async with self.db.session() as s:
+            live = await s.get(Vm, row.id)
+            if live is not None:
+                live.network = stored
+            await s.commit()
+        row.network = stored
+        self._vms.pop((org, vm_id), None)
+        return wire.vm(row, self.settings.region, await self._power(vm_id))
 
     async def restart_vm(self, org: str, vm_id: str) -> t.Vm:
         """Kill every process of the VM and start its PID 1 again; runs in

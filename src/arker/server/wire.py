@@ -7,10 +7,20 @@ import json
 from datetime import UTC, datetime
 
 from arker import _types as t
-from arker.engine.base import GoldenInfo, RunInfo, VmPower
+from arker.engine.base import GoldenInfo, NetworkPolicy, RunInfo, VmPower
 from arker.server.store import Run, Vm
 
-__all__ = ["golden", "run_result", "run_status", "started", "ts", "vm"]
+__all__ = [
+    "golden",
+    "network",
+    "network_json",
+    "run_result",
+    "run_status",
+    "started",
+    "stored_network",
+    "ts",
+    "vm",
+]
 
 TERMINAL = frozenset({"completed", "timed_out", "cancelled", "failed"})
 
@@ -33,6 +43,25 @@ def _warnings(row: Run) -> list[t.RunWarning]:
     return [t.RunWarning(code=w["code"], message=w["message"]) for w in json.loads(row.warnings)]
 
 
+def stored_network(row: Vm) -> NetworkPolicy:
+    """The policy a row holds; a VM made before networking had loopback only."""
+    if row.network is None:
+        return NetworkPolicy()
+    saved = json.loads(row.network)
+    allow = saved.get("allow")
+    return NetworkPolicy(bool(saved["egress"]), None if allow is None else tuple(allow))
+
+
+def network_json(policy: NetworkPolicy) -> str:
+    allow = None if policy.allow is None else list(policy.allow)
+    return json.dumps({"egress": policy.egress, "allow": allow})
+
+
+def network(policy: NetworkPolicy) -> t.NetworkPolicy:
+    allow = None if policy.allow is None else list(policy.allow)
+    return t.NetworkPolicy(egress=policy.egress, allow=allow)
+
+
 def golden(info: GoldenInfo) -> t.Golden:
     return t.Golden(name=info.name, description=info.description, created_at=ts(info.created_at))
 
@@ -49,6 +78,7 @@ def vm(row: Vm, region: str, power: VmPower | None) -> t.Vm:
         durable=row.durable,
         state=state,
         resources=t.VmResources(disk_mib=row.disk_mib),
+        network=network(stored_network(row)),
     )
 
 

@@ -55,6 +55,9 @@ class Vm(Base):
     idem_key: Mapped[str | None] = mapped_column(String(255), default=None)
     idem_hash: Mapped[str | None] = mapped_column(String(64), default=None)
     disk_mib: Mapped[int | None] = mapped_column(Integer, default=None)  # None: no quota
+    # {"egress": bool, "allow": [...] | null} as JSON; None: made before
+    # networking, loopback only.
+    network: Mapped[str | None] = mapped_column(Text, default=None)
 
 
 class Run(Base):
