@@ -102,14 +102,35 @@ def fork(
         int | None,
         typer.Option("--disk-mib", help="Disk quota in MiB; default: the parent's or server's."),
     ] = None,
+    no_egress: Annotated[
+        bool,
+        typer.Option("--no-egress", help="No network out (default: the parent's or server's)."),
+    ] = False,
+    allow: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow",
+            metavar="NAME",
+            help="Reach only this domain (*.example.org too) or IPv4 CIDR; repeat for more.",
+        ),
+    ] = None,
     api_key: ApiKey = None,
     region: Region = None,
     base_url: BaseUrl = None,
 ) -> None:
     """Fork a golden or a VM; print the new VM's id."""
     resources = {"disk_mib": disk_mib} if disk_mib is not None else None
+    if no_egress and allow:
+        fail("invalid_request", "--no-egress and --allow contradict each other")
+    network: dict[str, Any] | None = None
+    if no_egress:
+        network = {"egress": False}
+    elif allow:
+        network = {"egress": True, "allow": list(allow)}
     with _client(api_key, region, base_url) as arker:
-        child = arker.vm(source).fork(name=name, durable=durable, resources=resources)
+        child = arker.vm(source).fork(
+            name=name, durable=durable, resources=resources, network=network
+        )
         print(child.vm_id)
 
 

@@ -82,6 +82,15 @@ def serve(
     pool_reserve_mib: Annotated[
         int, typer.Option(help="Refuse forks and runs below this much free pool space (MiB).")
     ] = 2048,
+    egress: Annotated[
+        str,
+        typer.Option(
+            "--egress",
+            metavar="on|off",
+            help="Whether a VM forked from a golden, with no network policy of its own, "
+            "reaches the internet (never the host, other VMs or private ranges).",
+        ),
+    ] = "on",
     metrics_listen: Annotated[
         str | None,
         typer.Option(
@@ -95,7 +104,10 @@ def serve(
     from arker.server.config import Settings
     from arker.server.main import serve as run_server
 
+    if egress not in ("on", "off"):
+        raise typer.BadParameter("--egress takes on or off", param_hint="--egress")
     settings = Settings(
+        egress=egress == "on",
         data_dir=data_dir,
         database_url=database_url,
         region=region,

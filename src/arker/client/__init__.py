@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from arker.client._async import AsyncArker, AsyncComputer, AsyncFileSync
+from arker.client._async import AsyncArker, AsyncComputer, AsyncFileSync, AsyncNetwork
 from arker.client._models import (
     CancelledRun,
     CompletedRun,
@@ -19,13 +19,14 @@ from arker.client._models import (
 )
 from arker.client._retry import RetryPolicy
 from arker.client._routing import BURST_GOLDENS, is_burst_vm_id
-from arker.client._sync import Arker, Computer, FileSync
+from arker.client._sync import Arker, Computer, FileSync, Network
 
 __all__ = [
     "Arker",
     "AsyncArker",
     "AsyncComputer",
     "AsyncFileSync",
+    "AsyncNetwork",
     "BURST_GOLDENS",
     "CancelledRun",
     "FailedRun",
@@ -33,6 +34,7 @@ __all__ = [
     "Computer",
     "FileSync",
     "FileWritten",
+    "Network",
     "Golden",
     "RetryPolicy",
     "RunResult",

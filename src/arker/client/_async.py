@@ -22,7 +22,14 @@ import anyio
 import httpx
 from pydantic import BaseModel
 
-from arker.client._base import UPLOAD_PIECE_BYTES, ArkerBase, ComputerBase, Request, RetryArg
+from arker.client._base import (
+    KEEP,
+    UPLOAD_PIECE_BYTES,
+    ArkerBase,
+    ComputerBase,
+    Request,
+    RetryArg,
+)
 from arker.client._models import FileWritten, Golden, RunResult, RunStatus, Vm, VmPage
 from arker.client._retry import RetryPolicy
 from arker.client._wire import (
@@ -149,6 +156,7 @@ class AsyncComputer(ComputerBase[AsyncArker]):
     ) -> None:
         super().__init__(arker, vm_id, endpoint, info)
         self.sync = AsyncFileSync(self)
+        self.network = AsyncNetwork(self)
 
     async def _send(self, request: Request) -> httpx.Response:
         return await self._arker._send(request)
@@ -159,12 +167,15 @@ class AsyncComputer(ComputerBase[AsyncArker]):
         name: str | None = None,
         durable: bool = False,
         resources: Mapping[str, Any] | BaseModel | None = None,
+        network: Mapping[str, Any] | BaseModel | None = None,
         idempotency_key: str | None = None,
     ) -> AsyncComputer:
         """A copy-on-write copy of this golden or VM, pinned to the same endpoint.
-        `resources`, e.g. {"disk_mib": 2048} (or arker.Resources), overrides what
-        the fork would inherit; omitted, the server's default or the parent's."""
-        response = await self._send(self._fork_request(name, durable, idempotency_key, resources))
+        `resources`, e.g. {"disk_mib": 2048} (or arker.Resources), and `network`,
+        e.g. {"egress": True, "allow": ["pypi.org"]} or {"egress": False}, override
+        what the fork would inherit; omitted, the parent's or the server's default."""
+        request = self._fork_request(name, durable, idempotency_key, resources, network)
+        response = await self._send(request)
         vm = decode_vm(response)
         return AsyncComputer(self._arker, vm.vm_id, self.endpoint, vm)
 
@@ -231,6 +242,22 @@ class AsyncComputer(ComputerBase[AsyncArker]):
         except ArkerError as error:
             if error.code != ErrorCode.NOT_FOUND:  # already deleted is fine
                 raise
+
+
+class AsyncNetwork:
+    """A VM's network policy (what it may reach); the policy in force is
+    `vm.info.network`."""
+
+    def __init__(self, computer: AsyncComputer) -> None:
+        self._computer = computer
+
+    async def update(self, *, egress: bool | None = None, allow: Any = KEEP) -> Vm:
+        """Change the policy, live if the VM runs: new connections follow it.
+        `egress` None keeps it; `allow` a list of domain names and IPv4 CIDRs,
+        None for the whole internet, left out to keep the current one."""
+        c = self._computer
+        c.info = decode_vm(await c._send(c._network_request(egress, allow)))
+        return c.info
 
 
 class AsyncFileSync:

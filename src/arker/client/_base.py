@@ -75,6 +75,14 @@ def _key(value: str | None, what: str) -> str:
     return value
 
 
+class _Keep:
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP: Any = _Keep()  # an argument left as it is (where None means something)
+
+
 def _body(model: type[BaseModel], **fields: Any) -> dict[str, Any]:
     try:
         return model(**fields).model_dump(mode="json", exclude_none=True)
@@ -205,14 +213,18 @@ class ComputerBase(Generic[ArkerT]):
         durable: bool,
         key: str | None,
         resources: Mapping[str, Any] | BaseModel | None = None,
+        network: Mapping[str, Any] | BaseModel | None = None,
     ) -> Request:
         if isinstance(resources, BaseModel):
             resources = resources.model_dump(exclude_none=True)
+        if isinstance(network, BaseModel):
+            network = network.model_dump()
         body = _body(
             wire.ForkRequest,
             name=name,
             durable=durable,
             resources=dict(resources) if resources else None,  # sent only when set
+            network=dict(network) if network is not None else None,
         )
         return self._call("POST", "/fork", json=body, idempotency_key=key)
 
@@ -257,6 +269,18 @@ class ComputerBase(Generic[ArkerT]):
 
     def _cancel_run_request(self, run_id: str) -> Request:
         return self._call("POST", f"/runs/{_segment(run_id, 'run_id')}/cancel")
+
+    def _network_request(self, egress: bool | None, allow: Any) -> Request:
+        fields: dict[str, Any] = {} if egress is None else {"egress": egress}
+        if allow is not KEEP:
+            fields["allow"] = None if allow is None else list(allow)
+        try:
+            body = wire.NetworkUpdate(**fields).model_dump(mode="json", exclude_unset=True)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise ArkerError(ErrorCode.INVALID_REQUEST, f"{where}: {first['msg']}") from exc
+        return self._call("PATCH", "/network", json=body)
 
     def _restart_request(self) -> Request:
         return self._call("POST", "/restart")

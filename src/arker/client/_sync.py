@@ -25,7 +25,14 @@ import time
 import httpx
 from pydantic import BaseModel
 
-from arker.client._base import UPLOAD_PIECE_BYTES, ArkerBase, ComputerBase, Request, RetryArg
+from arker.client._base import (
+    KEEP,
+    UPLOAD_PIECE_BYTES,
+    ArkerBase,
+    ComputerBase,
+    Request,
+    RetryArg,
+)
 from arker.client._models import FileWritten, Golden, RunResult, RunStatus, Vm, VmPage
 from arker.client._retry import RetryPolicy
 from arker.client._wire import (
@@ -152,6 +159,7 @@ class Computer(ComputerBase[Arker]):
     ) -> None:
         super().__init__(arker, vm_id, endpoint, info)
         self.sync = FileSync(self)
+        self.network = Network(self)
 
     def _send(self, request: Request) -> httpx.Response:
         return self._arker._send(request)
@@ -162,12 +170,15 @@ class Computer(ComputerBase[Arker]):
         name: str | None = None,
         durable: bool = False,
         resources: Mapping[str, Any] | BaseModel | None = None,
+        network: Mapping[str, Any] | BaseModel | None = None,
         idempotency_key: str | None = None,
     ) -> Computer:
         """A copy-on-write copy of this golden or VM, pinned to the same endpoint.
-        `resources`, e.g. {"disk_mib": 2048} (or arker.Resources), overrides what
-        the fork would inherit; omitted, the server's default or the parent's."""
-        response = self._send(self._fork_request(name, durable, idempotency_key, resources))
+        `resources`, e.g. {"disk_mib": 2048} (or arker.Resources), and `network`,
+        e.g. {"egress": True, "allow": ["pypi.org"]} or {"egress": False}, override
+        what the fork would inherit; omitted, the parent's or the server's default."""
+        request = self._fork_request(name, durable, idempotency_key, resources, network)
+        response = self._send(request)
         vm = decode_vm(response)
         return Computer(self._arker, vm.vm_id, self.endpoint, vm)
 
@@ -234,6 +245,22 @@ class Computer(ComputerBase[Arker]):
         except ArkerError as error:
             if error.code != ErrorCode.NOT_FOUND:  # already deleted is fine
                 raise
+
+
+class Network:
+    """A VM's network policy (what it may reach); the policy in force is
+    `vm.info.network`."""
+
+    def __init__(self, computer: Computer) -> None:
+        self._computer = computer
+
+    def update(self, *, egress: bool | None = None, allow: Any = KEEP) -> Vm:
+        """Change the policy, live if the VM runs: new connections follow it.
+        `egress` None keeps it; `allow` a list of domain names and IPv4 CIDRs,
+        None for the whole internet, left out to keep the current one."""
+        c = self._computer
+        c.info = decode_vm(c._send(c._network_request(egress, allow)))
+        return c.info
 
 
 class FileSync:
