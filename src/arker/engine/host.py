@@ -44,7 +44,8 @@ from arker.engine.base import (
     RunSpec,
     VmPower,
 )
-from arker.engine.egress.policy import parse_allow
+from arker.engine.egress.policy import Policy, parse_allow
+from arker.engine.egress.services import EgressServices
 from arker.engine.net import Network
 from arker.engine.pool import Pool, check_name
 from arker.engine.runner import Runner
@@ -96,6 +97,8 @@ class NamespaceEngine(Engine):
         self._networking = networking
         self.net: Network | None = None  # set by open() when networking works here
         self._policies: dict[str, NetworkPolicy] = {}  # of running VMs with a link
+        self._by_address: dict[str, Policy] = {}  # the same, by VM address, for egress/
+        self._egress: EgressServices | None = None
 
     # -- lifecycle
     def open(self) -> None:
@@ -138,19 +141,28 @@ class NamespaceEngine(Engine):
         self.pool.close()
 
     def _open_network(self) -> None:
-        net = Network(dns_port=53, proxy_port=8443)  # TODO egress services
+        """The forwarder and proxy first (on free ports of every address: the
+        table answers them only to VMs), then the table that sends VMs there."""
+        egress = EgressServices(self._by_address.get)
+        ports = egress.start(("0.0.0.0", 0), ("0.0.0.0", 0))
+        net = Network(dns_port=ports.dns, proxy_port=ports.proxy)
         try:
             net.open()
         except ArkerError as exc:
+            egress.stop()
             log.warning("vms get no network on this host: %s", exc.message)
             return
-        self.net = net
+        self._egress, self.net = egress, net
 
     def _close_network(self) -> None:
         if self.net is not None:
             self.net.close()
             self.net = None
+        if self._egress is not None:
+            self._egress.stop()
+            self._egress = None
         self._policies.clear()
+        self._by_address.clear()
 
     @property
     def runner(self) -> Runner:
@@ -214,6 +226,9 @@ class NamespaceEngine(Engine):
                 assert self.net is not None
                 self.net.set_allow(vm_id, _cidrs(network))
                 self._policies[vm_id] = network
+                link = self.net.link(vm_id)
+                if link is not None:
+                    self._by_address[link.address] = _egress_policy(network)
 
     def check_storage(self) -> None:
         self.pool.check_storage()
@@ -317,6 +332,7 @@ class NamespaceEngine(Engine):
             )
         link = self.net.attach(vm_id, init.pid, _cidrs(policy))
         self._policies[vm_id] = policy
+        self._by_address[link.address] = _egress_policy(policy)
         resolver = f"nameserver {link.gateway}\n".encode()
         root = self.pool.vm_path(vm_id)
         try:
@@ -328,13 +344,10 @@ class NamespaceEngine(Engine):
 
     def _detach(self, vm_id: str, *, delete_link: bool) -> None:
         if self._policies.pop(vm_id, None) is not None and self.net is not None:
+            link = self.net.link(vm_id)
+            if link is not None:
+                self._by_address.pop(link.address, None)
             self.net.detach(vm_id, delete_link=delete_link)
-
-    def policy_for_address(self, address: str) -> NetworkPolicy | None:
-        """The policy of the running VM that holds `address` (for the DNS
-        forwarder and the proxy), or None."""
-        vm_id = self.net.vm_for_address(address) if self.net is not None else None
-        return None if vm_id is None else self._policies.get(vm_id)
 
     def _init(self, vm_id: str) -> jail.InitProcess | None:
         live = self._live.get(vm_id)
@@ -448,6 +461,11 @@ def _policy(saved: dict[str, Any] | None) -> NetworkPolicy:
         return NetworkPolicy()  # a VM made before networking: as it was, loopback only
     allow = saved.get("allow")
     return NetworkPolicy(bool(saved.get("egress")), None if allow is None else tuple(allow))
+
+
+def _egress_policy(policy: NetworkPolicy) -> Policy:
+    """The forwarder's and proxy's view: their empty allow-list is the internet."""
+    return Policy(policy.egress, policy.allow or ())
 
 
 def _cidrs(policy: NetworkPolicy) -> list[str] | None:

@@ -65,11 +65,12 @@ table inet {table} {{
     iifname @listed tcp dport {{ 80, 443 }} redirect to :{proxy}
   }}
   chain input {{ type filter hook input priority filter - 10; policy accept;
-    iifname "{vms}" ct status dnat meta l4proto {{ tcp, udp }} th dport {dns} accept
-    iifname "{vms}" ct status dnat tcp dport {proxy} accept
+    iifname "{vms}" ct status dnat udp dport {dns} accept
+    iifname "{vms}" ct status dnat tcp dport {{ {dns}, {proxy} }} accept
     iifname "{vms}" meta l4proto tcp reject with tcp reset
     iifname "{vms}" reject with icmpx admin-prohibited
-    iifname != "{vms}" meta l4proto {{ tcp, udp }} th dport {{ {dns}, {proxy} }} drop
+    iifname != "{vms}" udp dport {dns} drop
+    iifname != "{vms}" tcp dport {{ {dns}, {proxy} }} drop
   }}
   chain forward {{ type filter hook forward priority filter - 10; policy accept;
     oifname "{vms}" ct state established,related accept
