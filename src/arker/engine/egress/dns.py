@@ -31,12 +31,12 @@ import ipaddress
 import logging
 import socket
 import struct
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
+from arker.engine.egress._bounds import PerVmSlots, TaskSet
 from arker.engine.egress.policy import Policy, name_allowed
 
 __all__ = ["DnsForwarder", "PolicyLookup", "Question", "parse_query", "read_resolv_conf"]
@@ -133,12 +133,10 @@ class DnsForwarder:
             raise ValueError("no upstream resolver (no nameserver in /etc/resolv.conf)")
         self._timeout_s = timeout_s
         self._attempts = attempts
-        self._max_inflight = max_inflight
-        self._max_per_vm = max_inflight_per_vm
+        self._inflight = PerVmSlots(max_inflight, max_inflight_per_vm)
         self._max_tcp = max_tcp_connections
-        self._inflight: Counter[str] = Counter()
         self._tcp_connections = 0
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet()
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
 
@@ -172,25 +170,13 @@ class DnsForwarder:
         if self._tcp is not None:
             self._tcp.close()
             self._tcp = None
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def _track(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        await self._tasks.cancel_all()
 
     def _admit(self, ip: str) -> bool:
-        if self._inflight.total() >= self._max_inflight or self._inflight[ip] >= self._max_per_vm:
-            log.debug("dns: %s over the in-flight bound, dropped", ip)
-            return False
-        self._inflight[ip] += 1
-        return True
-
-    def _release(self, ip: str) -> None:
-        self._inflight[ip] -= 1
-        if self._inflight[ip] <= 0:
-            del self._inflight[ip]
+        if self._inflight.acquire(ip):
+            return True
+        log.debug("dns: %s over the in-flight bound, dropped", ip)
+        return False
 
     async def answer(self, ip: str, query: bytes, *, tcp: bool) -> bytes | None:
         """The bytes to send back to `ip` for `query`, or None for no answer."""
@@ -253,18 +239,16 @@ class DnsForwarder:
             if answer is not None and self._udp is not None:
                 self._udp.sendto(answer, (ip, port))
         finally:
-            self._release(ip)
+            self._inflight.release(ip)
 
     def datagram(self, data: bytes, addr: tuple[str, int]) -> None:
         ip, port = addr[0], addr[1]
         if len(data) > _MAX_QUERY_BYTES or not self._admit(ip):
             return
-        self._track(asyncio.get_running_loop().create_task(self._udp_query(ip, port, data)))
+        self._tasks.track(asyncio.get_running_loop().create_task(self._udp_query(ip, port, data)))
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:  # so that close() cancels open TCP sessions too
-            self._track(task)
+        self._tasks.track(asyncio.current_task())  # so that close() ends TCP sessions too
         ip = writer.get_extra_info("peername")[0]
         self._tcp_connections += 1
         try:
@@ -279,7 +263,7 @@ class DnsForwarder:
                 try:
                     answer = await self.answer(ip, query, tcp=True)
                 finally:
-                    self._release(ip)
+                    self._inflight.release(ip)
                 if answer is None:
                     return
                 writer.write(struct.pack("!H", len(answer)) + answer)
