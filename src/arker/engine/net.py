@@ -57,7 +57,7 @@ VM_IFINDEX = 2  # eth0 in the VM's fresh namespace (lo is 1)
 
 _RULESET = """\
 table inet {table} {{
-  set denied {{ type ipv4_addr; flags interval; elements = {{ {denied} }} }}
+  set denied {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {denied} }} }}
   set listed {{ type ifname; }}
   set allowed {{ type ifname . ipv4_addr; flags interval; }}
   chain prerouting {{ type nat hook prerouting priority dstnat; policy accept;
