@@ -82,10 +82,10 @@ def test_egress_off_and_open_egress() -> None:
     assert not addr_allowed(open_, "10.255.255.53")
 
 
-def test_cidrs_may_open_a_denied_range_explicitly() -> None:
-    p = Policy(True, ("10.1.0.0/16", "example.com"))
-    assert addr_allowed(p, "10.1.2.3")
-    assert not addr_allowed(p, "10.2.0.1")
+def test_cidrs_never_open_a_denied_range() -> None:
+    p = Policy(True, ("10.1.0.0/16", "198.51.100.0/24", "example.com"))
+    assert not addr_allowed(p, "10.1.2.3")  # as the nftables rules drop it
+    assert addr_allowed(p, "198.51.100.9")
     assert not addr_allowed(p, "203.0.113.80")  # an allow-list: only its CIDRs by address
     assert not name_allowed(Policy(True, ("10.1.0.0/16",)), "example.com")
 

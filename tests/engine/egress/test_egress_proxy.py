@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import pytest
 from egress_helpers import client_hello, split_records
 
-from arker.engine.egress import EgressProxy, Policy
+from arker.engine.egress import EgressProxy, Policy, cidr_allowed
+from arker.engine.egress.proxy import may_reach
 
 ME = "127.0.0.1"
 NAMES = {"allowed.test": ["127.0.0.1"], "private.test": ["127.0.0.1", "10.9.9.9"]}
@@ -49,7 +50,7 @@ async def upstream() -> AsyncIterator[Upstream]:
 @pytest.fixture
 def policies() -> dict[str, Policy]:
     # 127.0.0.1 is in a denied range: the test's upstream is reachable only
-    # because the policy names it as a CIDR.
+    # because the policy names it as a CIDR and the proxy is told it may.
     return {ME: Policy(True, ("allowed.test", "127.0.0.1"))}
 
 
@@ -68,6 +69,8 @@ async def proxy(upstream: Upstream, policies: dict[str, Policy]) -> AsyncIterato
         peek_timeout_s=0.5,
         idle_timeout_s=0.5,
         max_connections_per_vm=4,
+        # The loopback upstream stands for the internet where the test's policy names it.
+        reachable=lambda ip: may_reach(ip) or (ME in policies and cidr_allowed(policies[ME], ip)),
     )
     port = await p.open(ME, 0)
     try:
@@ -166,3 +169,17 @@ async def test_connections_per_vm_are_bounded(proxy: int) -> None:
     finally:
         for _, w in held:
             w.close()
+
+
+def test_the_host_itself_is_never_reachable() -> None:
+    """Not its loopback, and not its uplink address, which no denied range
+    holds on these machines (the documentation ranges stay open)."""
+    import socket as _socket
+
+    with _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM) as s:
+        s.connect(("203.0.113.80", 9))  # no packet is sent: this picks the uplink address
+        uplink = s.getsockname()[0]
+    assert not may_reach(uplink)
+    assert not may_reach("127.0.0.1")
+    assert not may_reach("169.254.169.254")
+    assert may_reach("203.0.113.80")

@@ -36,8 +36,8 @@ __all__ = [
 
 MAX_ALLOW_ENTRIES = 256
 
-# Always denied, whatever the policy says, unless an allow-list names a CIDR in
-# them explicitly (a VM may be meant to reach one private service).
+# Always denied, whatever the policy says: the nftables rules drop them before
+# any allow-list is read, and the proxy refuses them likewise.
 DENIED_IPV4: tuple[tuple[ipaddress.IPv4Network, str], ...] = tuple(
     (ipaddress.IPv4Network(net), why)
     for net, why in (
@@ -193,11 +193,8 @@ def cidr_allowed(policy: Policy, ip: str | ipaddress.IPv4Address) -> bool:
 
 
 def addr_allowed(policy: Policy, ip: str | ipaddress.IPv4Address) -> bool:
-    """Whether the VM may connect to `ip` by address: with an allow-list only
-    inside its CIDRs (which may open a denied range explicitly), without one
-    anywhere not denied."""
-    if not policy.egress:
+    """Whether the VM may connect to `ip` by address: never a denied range;
+    with an allow-list only inside its CIDRs, without one anywhere else."""
+    if not policy.egress or is_denied(ip):
         return False
-    if policy.allow:
-        return cidr_allowed(policy, ip)
-    return not is_denied(ip)
+    return cidr_allowed(policy, ip) if policy.allow else True

@@ -9,8 +9,8 @@ the VM chose, which a VM can pin to anything in its own /etc/hosts:
        the HTTP request head's Host        head
     3  the name against the policy         not allowed                  403
     4  the proxy resolves the name itself  every address in a denied    403
-                                           range (DENIED_IPV4), unless
-                                           the policy's CIDRs hold it
+                                           range (DENIED_IPV4) or one
+                                           of the host's own
     5  connect to that address, port       unreachable                  502
        443 (TLS) or 80 (HTTP), send the
        peeked bytes, relay both ways with
@@ -42,7 +42,6 @@ from arker.engine.egress._bounds import PerVmSlots, TaskSet
 from arker.engine.egress.dns import PolicyLookup
 from arker.engine.egress.policy import (
     Policy,
-    addr_allowed,
     cidr_allowed,
     is_denied,
     name_allowed,
@@ -63,6 +62,21 @@ Resolver = Callable[[str], Awaitable[list[str]]]
 _SO_ORIGINAL_DST: Final = 80  # linux/netfilter_ipv4.h
 _CHUNK: Final = 65536
 DEFAULT_PORTS: Final[Mapping[str, int]] = {"tls": 443, "http": 80}
+
+
+def may_reach(ip: str) -> bool:
+    """Whether the proxy may connect to `ip` for a VM: never a denied range,
+    and never the host itself (its uplink address, say, which no denied range
+    holds here): connecting from the host, the proxy would reach services
+    that the VM's own packets cannot."""
+    if is_denied(ip):
+        return False
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((ip, 0))  # succeeds only for an address of this host
+        except OSError:
+            return True
+    return False
 
 
 async def system_resolve(name: str) -> list[str]:
@@ -117,8 +131,11 @@ class EgressProxy:
         idle_timeout_s: float = 300.0,
         max_connections: int = 2048,
         max_connections_per_vm: int = 256,
+        reachable: Callable[[str], bool] | None = None,
     ) -> None:
         self._policy_for = policy_for
+        # Tests reach their loopback upstream through this; nothing else may.
+        self._reachable = reachable or may_reach
         self._resolve = resolve
         self._ports = dict(upstream_ports)
         self._peek_limit = peek_limit_bytes
@@ -222,7 +239,11 @@ class EgressProxy:
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """The decision (steps 3 to 5 of the table) and the open connection."""
         port = self._ports[kind]
-        if original is not None and cidr_allowed(policy, original[0]):
+        if (
+            original is not None
+            and cidr_allowed(policy, original[0])
+            and self._reachable(original[0])
+        ):
             log.debug("proxy: %s -> %s:%d by its CIDR", ip, *original)
             addresses, port = [original[0]], original[1]
         elif name is None:
@@ -247,7 +268,8 @@ class EgressProxy:
         except ValueError:
             literal = None
         if literal is not None:
-            if not addr_allowed(policy, literal):
+            allowed = cidr_allowed(policy, literal) if policy.allow else policy.egress
+            if not (allowed and self._reachable(literal)):
                 raise _Refused("403 Forbidden", f"{name} is not allowed")
             return [literal]
         if not name_allowed(policy, name):
@@ -257,7 +279,7 @@ class EgressProxy:
                 resolved = await self._resolve(name)
         except (OSError, TimeoutError) as exc:
             raise _Refused("502 Bad Gateway", f"{name} does not resolve: {exc}") from exc
-        usable = [a for a in resolved if cidr_allowed(policy, a) or not is_denied(a)]
+        usable = [a for a in resolved if self._reachable(a)]
         if not usable:
             raise _Refused(
                 "403 Forbidden", f"{name} resolves only to denied addresses ({', '.join(resolved)})"
