@@ -46,14 +46,16 @@ def free_port() -> int:
         return port
 
 
-def build_busybox(data_dir: Path) -> None:
-    """Make the busybox golden through the engine API, before the server runs."""
+def build_busybox(data_dir: Path, *more: str) -> None:
+    """Make the busybox golden (and `more`, e.g. "debian") through the engine
+    API, before the server runs."""
     from arker.engine.host import NamespaceEngine
 
-    engine = NamespaceEngine(data_dir)
+    engine = NamespaceEngine(data_dir, networking=False)
     engine.open()
     try:
-        engine.build_golden("busybox")
+        for name in ("busybox", *more):
+            engine.build_golden(name)
     finally:
         engine.close()
 
@@ -201,11 +203,14 @@ async def _check_async(response: httpx.Response) -> None:
     check(response)
 
 
-def make_live(database_url: str | None, *extra_args: str) -> Live:
+def make_live(
+    database_url: str | None, *extra_args: str, goldens: tuple[str, ...] = ()
+) -> Live:
+    """A server over busybox and `goldens`, with keys for acme, globex and ops."""
     data_dir = Path(tempfile.mkdtemp(prefix="arker-e2e-"))
     server = LiveServer(data_dir, database_url, list(extra_args))
     try:
-        build_busybox(data_dir)
+        build_busybox(data_dir, *goldens)
         keys = {org: create_key(data_dir, org, database_url) for org in ("acme", "globex")}
         admin_key = create_key(data_dir, "ops", database_url, admin=True)
         server.start()

@@ -64,10 +64,9 @@ class Batch:
         )
         self._messages.append(header + body)
 
-    def veth(self, name: str, peer: str, peer_netns_fd: int, peer_index: int, mtu: int) -> None:
-        """A veth pair: `name` here, `peer` (with ifindex `peer_index`) in the
-        namespace of `peer_netns_fd`."""
-        peer_info = _ifinfo(peer_index) + _attr(_IFLA_IFNAME, peer.encode() + b"\0")
+    def veth(self, name: str, peer: str, peer_netns_fd: int, mtu: int) -> None:
+        """A veth pair: `name` here, `peer` in the namespace of `peer_netns_fd`."""
+        peer_info = _ifinfo() + _attr(_IFLA_IFNAME, peer.encode() + b"\0")
         peer_info += _attr(_IFLA_NET_NS_FD, struct.pack("=I", peer_netns_fd))
         peer_info += _attr(_IFLA_MTU, struct.pack("=I", mtu))
         info = _attr(_IFLA_INFO_KIND, b"veth\0") + _attr(

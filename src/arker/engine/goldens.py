@@ -113,7 +113,8 @@ def build_debian(
     suite: str = "bookworm",
     mirror: str | None = None,
 ) -> GoldenInfo:
-    """The `debian` golden: `suite` minbase plus bash, coreutils, python3,
+    """The `debian` golden: `suite` minbase plus bash, coreutils, python3 (with
+    pip and venv, so an agent can install packages into a venv),
     ca-certificates and a `user` account (uid 1000, /home/user, bash).
 
     Takes tens of seconds to minutes (downloads ~50 MB). With no `mirror`,
@@ -130,7 +131,7 @@ def build_debian(
             "--mode=root",
             "--format=directory",
             "--variant=minbase",
-            "--include=bash,coreutils,python3,ca-certificates,passwd",
+            "--include=bash,coreutils,python3,python3-pip,python3-venv,ca-certificates,passwd",
             '--customize-hook=chroot "$1" groupadd -g 1000 user',
             '--customize-hook=chroot "$1" useradd -m -u 1000 -g 1000 -d /home/user '
             "-s /bin/bash user",

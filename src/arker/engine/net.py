@@ -35,6 +35,7 @@ import fcntl
 import ipaddress
 import logging
 import os
+import socket
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -53,7 +54,6 @@ POOL = ipaddress.IPv4Network("10.208.0.0/12")  # inside 10/8: denied to every VM
 BLOCK_PREFIX = 19  # one engine's addresses: 2,048 VMs
 LOCK_DIR = Path("/run/arker/net")
 MTU = 1500
-VM_IFINDEX = 2  # eth0 in the VM's fresh namespace (lo is 1)
 
 _RULESET = """\
 table inet {table} {{
@@ -314,8 +314,10 @@ class Network:
                 _netlink.set_sysctl("net/ipv6/conf/all/disable_ipv6", "1")
             with contextlib.closing(inside), contextlib.closing(_netlink.netlink_socket()) as host:
                 batch = _netlink.Batch()
-                batch.veth(link.name, "eth0", netns, VM_IFINDEX, MTU)
+                batch.veth(link.name, "eth0", netns, MTU)
                 batch.send(host)
+                with _netlink.in_netns(netns):  # not always 2: a VM may have had a link
+                    vm_index = socket.if_nametoindex("eth0")
                 conf = f"net/ipv4/conf/{link.name}"
                 _netlink.set_sysctl(f"{conf}/rp_filter", "1")
                 _netlink.set_sysctl(f"net/ipv6/conf/{link.name}/disable_ipv6", "1")
@@ -323,9 +325,9 @@ class Network:
                 batch.address(index, link.gateway, 31)
                 batch.up(index)
                 batch.send(host)
-                batch.address(VM_IFINDEX, link.address, 31)
-                batch.up(VM_IFINDEX)
-                batch.default_route(link.gateway, VM_IFINDEX)
+                batch.address(vm_index, link.address, 31)
+                batch.up(vm_index)
+                batch.default_route(link.gateway, vm_index)
                 batch.send(inside)
         except OSError as exc:
             raise ArkerError(
