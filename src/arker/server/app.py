@@ -21,6 +21,7 @@ from arker.server.auth import Authenticator
 from arker.server.config import Settings
 from arker.server.edge import Edge
 from arker.server.metrics import Metrics
+from arker.server.ports import router as ports_router
 from arker.server.routes import metrics_response, router
 from arker.server.service import Service
 from arker.server.store import Database
@@ -131,6 +132,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     app.state.service = service
     app.state.auth = Authenticator(db, settings.auth_cache_s)
     app.include_router(router)
+    app.include_router(ports_router)
     app.add_exception_handler(ArkerError, _arker_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -36,6 +36,9 @@ class Settings:
     # a fixed amount rather than a percentage, since what btrfs needs to keep
     # working (metadata for a commit, deletes) does not grow with the disk.
     pool_reserve_mib: int = 2048
+    # Requests whose Host is {port}-{vm_id}.<preview_domain> are relayed to
+    # that port of that VM (for browsers); None: only the /ports/ paths.
+    preview_domain: str | None = None
 
     @property
     def db_url(self) -> str:
