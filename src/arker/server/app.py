@@ -56,6 +56,8 @@ async def _arker_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, ArkerError)
     if exc.code is ErrorCode.INSUFFICIENT_STORAGE:
         log.warning("request refused: %s", exc)  # a full quota or pool, not a server bug
+    elif exc.status == 502:
+        pass  # a VM's app not listening or not answering: the access log has it
     elif exc.status >= 500:
         log.error("request failed: %s", exc)
     response = _error(exc.status, exc.code, exc.message, exc.details)

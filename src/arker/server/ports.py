@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 import h11
 from fastapi import APIRouter, Path, Request, WebSocket
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.requests import HTTPConnection
 from starlette.types import Receive, Scope, Send
 from websockets.asyncio.client import ClientConnection, connect
@@ -412,16 +412,13 @@ async def preview_websocket(websocket: WebSocket, path: str) -> None:
 
 
 async def _deny(websocket: WebSocket, exc: ArkerError) -> None:
-    """Refuse the upgrade with the HTTP status and error body the same failure
-    gets on any route; a server without the denial extension closes with
-    4000 + the status instead."""
-    if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        rid = websocket.scope.get("state", {}).get("request_id", "")
-        answer = JSONResponse(exc.to_wire(), exc.status, headers={"x-request-id": rid})
-        await websocket.send_denial_response(answer)
-    else:
-        reason = exc.message.encode()[:120].decode(errors="ignore")  # a reason fits 123 bytes
-        await websocket.close(4000 + exc.status, reason)
+    """Refuse a WebSocket: accepted, then closed at once with 4000 + the HTTP
+    status the same failure gets on the other routes, the error's message as
+    the reason. (uvicorn's denial-response path logs an error for every
+    refusal, and a browser sees no body of a refused upgrade anyway.)"""
+    reason = exc.message.encode()[:120].decode(errors="ignore")  # a reason fits 123 bytes
+    await websocket.accept()
+    await websocket.close(4000 + exc.status if 400 <= exc.status <= 599 else 1011, reason)
 
 
 async def _ws_socket(

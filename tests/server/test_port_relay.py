@@ -292,11 +292,13 @@ async def test_websocket_echo_through_the_relay(
             assert await ws.recv() == "hello"
             await ws.send(b"\x00\xff" * 50_000)
             assert await ws.recv() == b"\x00\xff" * 50_000
-        # Refusals close with 4000 + the status.
-        missing = base.replace("http", "ws") + f"/v1/vms/{vm}/ports/9/"
-        with pytest.raises(websockets.InvalidStatus):
-            async with connect(missing, additional_headers=key):
-                pass
+        # Refusals close with 4000 + the status, the message as the reason.
+        closed = base.replace("http", "ws") + f"/v1/vms/{vm}/ports/9/"
+        async with connect(closed, additional_headers=key) as ws:
+            with pytest.raises(websockets.ConnectionClosedError):
+                await ws.recv()
+        assert ws.close_code == 4502
+        assert ws.close_reason == f"nothing listens on port 9 in vm {vm}"
     _no_leaks(server)
 
 
@@ -314,7 +316,8 @@ async def test_tcp_relay_carries_raw_bytes(server: Server, app_address: tuple[st
         assert answer.startswith(b"HTTP/1.1 200 ")
         assert b'"target": "/echo"' in answer
         other = {"Authorization": f"Bearer {server.keys['globex']}"}
-        with pytest.raises(websockets.InvalidStatus):
-            async with connect(url, additional_headers=other):
-                pass
+        async with connect(url, additional_headers=other) as ws:
+            with pytest.raises(websockets.ConnectionClosedError):
+                await ws.recv()
+        assert (ws.close_code, ws.close_reason) == (4404, f"vm {vm!r} not found")
     _no_leaks(server)
