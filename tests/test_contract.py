@@ -63,9 +63,11 @@ def test_every_error_status_of_an_operation_has_a_code(spec: dict[str, Any]) -> 
     seen = set()
     for item in spec["paths"].values():
         for method, operation in item.items():
-            if method == "parameters":
+            if method in ("parameters", "summary", "description"):
                 continue
             for status in operation["responses"]:
+                if status == "default":  # a VM app's answer through a port, any status
+                    continue
                 if int(status) >= 400:
                     seen.add(int(status))
                     assert int(status) in allowed, (method, status)

@@ -35,7 +35,7 @@ class ErrorBody(BaseModel):
             "quota_exceeded",
         ],
         Field(
-            description="What callers branch on. Clients must keep codes they do not know as plain strings.\n\n- `unauthorized` (401): No API key, or a key that is unknown or revoked.\n- `not_found` (404): No such golden, VM, run, file or path; also a VM, run or file of another org.\n- `invalid_request` (400, 405, 422): Malformed JSON (400), a method the path does not accept (405), or a body, query or header that breaks the schema (422).\n- `invalid_path` (400): A file path that is not absolute, not under /home/user, or has a `..` component.\n- `conflict` (409): An Idempotency-Key or Upload-Id reused for a different request, or an operation the resource's state forbids.\n- `payload_too_large` (413): A request body over the server's limit.\n- `unsupported_operation` (400): A feature this deployment's engine does not have (for example `durable: true` without checkpoints).\n- `vm_lost` (410): The VM's host is gone and the VM was not durable.\n- `quota_exceeded` (429): The fork would pass the host's memory commitment or the org's quota (VMs or memory); `details` holds the numbers. Not retried by the SDK.\n- `insufficient_storage` (507): The storage pool's free space is below its reserve; forks and runs are refused until space is freed.\n- `rate_limited` (429): Too many requests; retry after `Retry-After` seconds.\n- `unavailable` (503): The server or its engine cannot serve now; retry.\n- `internal` (500): A bug or an unexpected failure of the server."
+            description="What callers branch on. Clients must keep codes they do not know as plain strings.\n\n- `unauthorized` (401): No API key, or a key that is unknown or revoked.\n- `not_found` (404): No such golden, VM, run, file or path; also a VM, run or file of another org.\n- `invalid_request` (400, 405, 422): Malformed JSON (400), a method the path does not accept (405), or a body, query or header that breaks the schema (422).\n- `invalid_path` (400): A file path that is not absolute, not under /home/user, or has a `..` component.\n- `conflict` (409): An Idempotency-Key or Upload-Id reused for a different request, or an operation the resource's state forbids.\n- `payload_too_large` (413): A request body over the server's limit.\n- `unsupported_operation` (400): A feature this deployment's engine does not have (for example `durable: true` without checkpoints).\n- `vm_lost` (410): The VM's host is gone and the VM was not durable.\n- `quota_exceeded` (429): The fork would pass the host's memory commitment or the org's quota (VMs or memory); `details` holds the numbers. Not retried by the SDK.\n- `insufficient_storage` (507): The storage pool's free space is below its reserve; forks and runs are refused until space is freed.\n- `rate_limited` (429): Too many requests; retry after `Retry-After` seconds.\n- `unavailable` (503, 502): The server or its engine cannot serve now; retry. 502 on a VM's port: nothing listens on it in the VM (\"nothing listens on port N in vm X\"), or it did not accept the connection.\n- `internal` (500): A bug or an unexpected failure of the server."
         ),
     ]
     message: Annotated[str, Field(description="One sentence for a person.")]
@@ -243,6 +243,33 @@ class NetworkPolicy(BaseModel):
             max_length=256,
         ),
     ] = None
+
+
+class PortTokenRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    ttl_s: Annotated[
+        int | None,
+        Field(description="How long the token works, in seconds.", ge=1, le=86400),
+    ] = 3600
+
+
+class PortToken(BaseModel):
+    """
+    A URL that opens the VM's port in a browser, with no API key, until `expires_at`.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    url: Annotated[
+        str,
+        Field(
+            description="With the server's `--preview-domain D`: `http://{port}-{vm_id}.D/?arker_token=...` (the VM id lower-cased); without: `{base}/v1/vms/{vm_id}/ports/{port}/?arker_token=...`. The first request with the token sets an HttpOnly cookie for that host and path, so the app's own links and assets work."
+        ),
+    ]
+    expires_at: AwareDatetime
 
 
 class Vm(BaseModel):

@@ -40,7 +40,8 @@ class ErrorCode(enum.StrEnum):
 
 
 # The default HTTP status of each server-side code (invalid_request is also sent
-# as 405 and 422; the contract lists every status a code may carry).
+# as 405 and 422, unavailable as 502 for a VM port nothing listens on; the
+# contract lists every status a code may carry).
 STATUS_BY_CODE: dict[ErrorCode, int] = {
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.NOT_FOUND: 404,

@@ -31,6 +31,7 @@ from arker import (
     AsyncComputer,
     CompletedRun,
     ErrorCode,
+    PortToken,
     RunStatus,
     StartedRun,
 )
@@ -232,6 +233,32 @@ async def test_restart(arker: AsyncArker, server: FakeServer) -> None:
     assert str(server.last.url) == f"{NORMAL}/v1/vms/{VM_ID}/restart"
     assert "Idempotency-Key" in server.last.headers
     assert got.name == "again" and computer.info == got
+
+
+def test_port_url_sends_no_request(arker: AsyncArker, server: FakeServer) -> None:
+    assert arker.vm(VM_ID).port_url(8000) == f"{NORMAL}/v1/vms/{VM_ID}/ports/8000/"
+    assert arker.vm(BURST_VM_ID).port_url(1).startswith(f"{BURST}/v1/vms/{BURST_VM_ID}/")
+    for bad in (0, 65536, "80", True):
+        with pytest.raises(ArkerError) as caught:
+            arker.vm(VM_ID).port_url(bad)  # type: ignore[arg-type]
+        assert caught.value.code is ErrorCode.INVALID_REQUEST
+    assert server.requests == []
+
+
+async def test_port_token_sends_ttl_only_when_set(arker: AsyncArker, server: FakeServer) -> None:
+    url = f"{NORMAL}/v1/vms/{VM_ID}/ports/8000/?arker_token=t.s"
+    answer = {"url": url, "expires_at": "2026-12-03T10:00:00Z"}
+    server.reply(ok(answer), ok(answer))
+    token = await arker.vm(VM_ID).port_token(8000)
+    assert isinstance(token, PortToken)
+    assert token.url == url and token.expires_at.year == 2026
+    assert server.last.method == "POST" and server.last.content == b""
+    assert str(server.last.url) == f"{NORMAL}/v1/vms/{VM_ID}/ports/8000/token"
+    await arker.vm(VM_ID).port_token(8000, ttl_s=60)
+    assert body(server.last) == {"ttl_s": 60}
+    with pytest.raises(ArkerError) as caught:
+        await arker.vm(VM_ID).port_token(8000, ttl_s=0)
+    assert caught.value.code is ErrorCode.INVALID_REQUEST and "ttl_s" in caught.value.message
 
 
 async def test_read_and_write_files(arker: AsyncArker, server: FakeServer) -> None:

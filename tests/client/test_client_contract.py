@@ -62,6 +62,9 @@ REPLIES: dict[tuple[str, str], httpx.Response] = {
     ("POST", "/v1/vms/{vm_id}/runs/{run_id}/cancel"): ok(status("cancelled")),
     ("GET", "/v1/vms/{vm_id}/files"): httpx.Response(200, content=b"bytes"),
     ("PUT", "/v1/vms/{vm_id}/files"): ok(written()),
+    ("POST", "/v1/vms/{vm_id}/ports/{port}/token"): ok(
+        {"url": "http://h/v1/vms/x/ports/8000/?arker_token=t", "expires_at": "2026-12-03T10:00:00Z"}
+    ),
 }
 
 
@@ -94,6 +97,7 @@ def sent() -> list[httpx.Request]:
     child.cancel_run("r")
     child.sync.write_file("/home/user/f", b"data")
     child.sync.read_file("/home/user/f")
+    child.port_token(8000, ttl_s=60)
     child.delete()
     return requests
 

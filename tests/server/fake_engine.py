@@ -18,6 +18,7 @@ restart does."""
 from __future__ import annotations
 
 import hashlib
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from arker.engine.base import (
     RunPhase,
     RunSpec,
     VmPower,
+    port_closed,
 )
 from arker.errors import ArkerError, ErrorCode
 
@@ -87,6 +89,10 @@ class FakeEngine(Engine):
         self.storage_full = False  # check_storage raises insufficient_storage
         self.limits: dict[str, Limits | None] = {}
         self.networks: dict[str, NetworkPolicy | None] = {}
+        # (vm_id, port) -> a local listener's address that stands for the
+        # VM's port; and every connection handed out, to prove none leaks.
+        self.ports: dict[tuple[str, int], tuple[str, int]] = {}
+        self.port_sockets: list[socket.socket] = []
 
     # -- lifecycle
     def open(self) -> None:
@@ -299,6 +305,19 @@ class FakeEngine(Engine):
         vm = self.disk.vms.get(vm_id)
         if vm is not None:
             vm.runs.pop(run_id, None)
+
+    # -- ports
+    def connect_port(self, vm_id: str, port: int) -> socket.socket:
+        self.calls.append(f"connect {vm_id} {port}")
+        vm = self._vm(vm_id)
+        vm.power = VmPower.RUNNING  # started, as a run starts it
+        address = self.ports.get((vm_id, port))
+        if address is None:
+            raise port_closed(vm_id, port)
+        sock = socket.create_connection(address, timeout=5)
+        sock.settimeout(None)
+        self.port_sockets.append(sock)
+        return sock
 
     # -- files
     def read_file(self, vm_id: str, path: str, max_bytes: int) -> bytes:

@@ -91,6 +91,15 @@ def serve(
             "reaches the internet (never the host, other VMs or private ranges).",
         ),
     ] = "on",
+    preview_domain: Annotated[
+        str | None,
+        typer.Option(
+            "--preview-domain",
+            metavar="DOMAIN",
+            help="Relay requests for Host {port}-{vm_id}.DOMAIN to that port of that VM "
+            "(point a wildcard DNS name at this server).",
+        ),
+    ] = None,
     metrics_listen: Annotated[
         str | None,
         typer.Option(
@@ -122,6 +131,7 @@ def serve(
         pool_reserve_mib=pool_reserve_mib,
         stored_output_bytes=max(0, int(run_output_keep_mib * 1024 * 1024)),
         run_retention_s=_duration(run_retention),
+        preview_domain=preview_domain.strip(".").lower() if preview_domain else None,
     )
     run_server(settings, host=host, port=port, log_level=log_level, metrics_listen=metrics_listen)
 

@@ -30,11 +30,20 @@ from arker.client._base import (
     Request,
     RetryArg,
 )
-from arker.client._models import FileWritten, Golden, RunResult, RunStatus, Vm, VmPage
+from arker.client._models import (
+    FileWritten,
+    Golden,
+    PortToken,
+    RunResult,
+    RunStatus,
+    Vm,
+    VmPage,
+)
 from arker.client._retry import RetryPolicy
 from arker.client._wire import (
     decode_file_written,
     decode_goldens,
+    decode_port_token,
     decode_run,
     decode_run_status,
     decode_vm,
@@ -227,6 +236,11 @@ class AsyncComputer(ComputerBase[AsyncArker]):
         """The VM as the server sees it now (also kept in `.info`)."""
         self.info = decode_vm(await self._send(self._refresh_request()))
         return self.info
+
+    async def port_token(self, port: int, *, ttl_s: int | None = None) -> PortToken:
+        """A URL that opens `port` of this VM in a browser with no API key, for
+        `ttl_s` seconds (the server's default: an hour); `.url`, `.expires_at`."""
+        return decode_port_token(await self._send(self._port_token_request(port, ttl_s)))
 
     async def __aenter__(self) -> AsyncComputer:
         return self

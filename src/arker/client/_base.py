@@ -96,6 +96,12 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _port(port: int) -> int:
+    if not _is_int(port) or not 1 <= port <= 65535:
+        raise ArkerError(ErrorCode.INVALID_REQUEST, f"port must be 1..65535, not {port!r}")
+    return port
+
+
 def _as_bytes(data: bytes | bytearray | memoryview | str, what: str) -> bytes:
     if isinstance(data, str):
         return data.encode("utf-8")
@@ -290,6 +296,22 @@ class ComputerBase(Generic[ArkerT]):
 
     def _refresh_request(self) -> Request:
         return self._call("GET")
+
+    def port_url(self, port: int) -> str:
+        """The URL of `port` inside this VM, through the API (E2B's `get_host`):
+        `{endpoint}/v1/vms/{vm_id}/ports/{port}/`. Requests to it need the API
+        key; for a browser, ask `port_token(port)` for a URL that does not."""
+        return f"{self.endpoint}{self._path}/ports/{_port(port)}/"
+
+    def _port_token_request(self, port: int, ttl_s: int | None) -> Request:
+        body = _body(wire.PortTokenRequest, ttl_s=ttl_s) if ttl_s is not None else None
+        return self._call("POST", f"/ports/{_port(port)}/token", json=body)
+
+    def _tcp_target(self, port: int) -> tuple[str, dict[str, str]]:
+        """(ws URL, headers) of the raw TCP relay into `port` (for `arker forward`)."""
+        url = f"{self.endpoint}{self._path}/tcp/{_port(port)}"
+        url = "ws" + url.removeprefix("http") if url.startswith("http") else url
+        return url, {k: v for k, v in self._arker._headers.items()}
 
     def _read_file_request(self, path: str) -> Request:
         return self._call("GET", "/files", params={"path": check_path(path)})

@@ -2,8 +2,9 @@
 
 The wire carries output base64-encoded; these classes hold it decoded. They are
 built from the generated `arker._types` models after validation (see
-`_base.decode_*`), so their fields follow the contract. `Vm`, `Golden` and
-`FileWritten` carry no bytes and are the generated models themselves.
+`_base.decode_*`), so their fields follow the contract. `Vm`, `Golden`,
+`FileWritten` and `PortToken` carry no bytes and are the generated models
+themselves.
 
     RunResult = CompletedRun | TimedOutRun | CancelledRun | FailedRun | StartedRun
     (narrow with `if result.type == "completed": ...`)
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from arker._types import FileWritten, Golden, RunWarning, Vm
+from arker._types import FileWritten, Golden, PortToken, RunWarning, Vm
 
 __all__ = [
     "CancelledRun",
@@ -23,6 +24,7 @@ __all__ = [
     "CompletedRun",
     "FileWritten",
     "Golden",
+    "PortToken",
     "RunResult",
     "RunState",
     "RunStatus",

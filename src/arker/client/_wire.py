@@ -29,6 +29,7 @@ from arker.client._models import (
     FailedRun,
     FileWritten,
     Golden,
+    PortToken,
     RunResult,
     RunStatus,
     StartedRun,
@@ -41,6 +42,7 @@ from arker.errors import ArkerError, ErrorCode
 __all__ = [
     "decode_file_written",
     "decode_goldens",
+    "decode_port_token",
     "decode_run",
     "decode_run_status",
     "decode_vm",
@@ -204,3 +206,7 @@ def decode_run_status(response: httpx.Response) -> RunStatus:
 
 def decode_file_written(response: httpx.Response) -> FileWritten:
     return _validate(FileWritten, _json(response), response)
+
+
+def decode_port_token(response: httpx.Response) -> PortToken:
+    return _validate(PortToken, _json(response), response)

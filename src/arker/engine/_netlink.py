@@ -1,6 +1,6 @@
 """rtnetlink by hand: the four requests a VM's network needs (a veth pair into
 its namespace, an address, link up, a default route), sent in one batch per
-namespace, plus setns into a VM's network namespace for the calling thread.
+namespace (the caller enters the VM's namespace with _netns.in_netns).
 
 `ip` costs ~5 ms a call here and pyroute2 starts helper processes (15 ms to
 open a netns); a netlink socket made inside the VM's namespace and a batch of
@@ -9,24 +9,12 @@ messages costs well under a millisecond.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import socket
 import struct
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-__all__ = [
-    "CLONE_NEWNET",
-    "Batch",
-    "delete_link",
-    "in_netns",
-    "netlink_socket",
-    "set_sysctl",
-]
-
-CLONE_NEWNET = 0x40000000
+__all__ = ["Batch", "delete_link", "netlink_socket", "set_sysctl"]
 
 _RTM_NEWLINK, _RTM_DELLINK, _RTM_NEWADDR, _RTM_NEWROUTE = 16, 17, 20, 24
 _NLM_F_REQUEST, _NLM_F_ACK, _NLM_F_EXCL, _NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
@@ -37,8 +25,6 @@ _IFA_ADDRESS, _IFA_LOCAL = 1, 2
 _RTA_GATEWAY, _RTA_OIF = 5, 4
 _IFF_UP = 0x1
 _RT_TABLE_MAIN, _RTPROT_BOOT, _RT_SCOPE_UNIVERSE, _RTN_UNICAST = 254, 3, 0, 1
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
@@ -135,27 +121,6 @@ def netlink_socket() -> socket.socket:
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
     sock.bind((0, 0))
     return sock
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
-
-
-@contextmanager
-def in_netns(netns_fd: int) -> Iterator[None]:
-    """Run the block with the calling thread in another network namespace;
-    sockets made there stay there. The thread always comes back."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        _setns(netns_fd)
-        try:
-            yield
-        finally:
-            _setns(home)  # a thread left in a VM's namespace would be a hole
-    finally:
-        os.close(home)
 
 
 def set_sysctl(path: str, value: str) -> None:

@@ -14,7 +14,10 @@ import abc
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import socket
 
 from arker.errors import ArkerError, ErrorCode
 
@@ -31,6 +34,7 @@ __all__ = [
     "RunPhase",
     "RunSpec",
     "VmPower",
+    "port_closed",
 ]
 
 DEFAULT_OUTPUT_CAP_BYTES = 8 * 1024 * 1024
@@ -288,6 +292,13 @@ class Engine(abc.ABC):
         and written at commit; engines that can, stream."""
         return _GatheringWriter(self, vm_id, path, max_bytes)
 
+    # -- ports
+    def connect_port(self, vm_id: str, port: int) -> socket.socket:
+        """A TCP connection to 127.0.0.1:`port` inside the VM (which reaches a
+        server bound to 127.0.0.1 or 0.0.0.0 there), starting the VM if it is
+        stopped. Nothing listening: ArkerError(unavailable), at once."""
+        raise _unsupported("ports")
+
     # -- checkpoints (durable VMs); engines without them raise unsupported_operation
     def checkpoint(self, vm_id: str, checkpoint_id: str) -> None:
         raise _unsupported("checkpoints")
@@ -301,6 +312,22 @@ class Engine(abc.ABC):
 
     def checkpoints(self, vm_id: str) -> list[str]:
         raise _unsupported("checkpoints")
+
+
+# A closed port is the VM's app not serving, not this server failing: 502, as a
+# gateway answers, with the code `unavailable` (the contract lists both).
+PORT_CLOSED_STATUS = 502
+
+
+def port_closed(vm_id: str, port: int) -> Exception:
+    """The one error of every engine for a port nothing listens on."""
+    from arker.errors import ArkerError, ErrorCode
+
+    return ArkerError(
+        ErrorCode.UNAVAILABLE,
+        f"nothing listens on port {port} in vm {vm_id}",
+        status=PORT_CLOSED_STATUS,
+    )
 
 
 def _unsupported(what: str) -> Exception:

@@ -25,12 +25,13 @@ import logging
 import os
 import re
 import shutil
+import socket
 import threading
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from arker.engine import _native, files, jail
+from arker.engine import _native, _netns, files, jail
 from arker.engine._cgroups import Cgroups
 from arker.engine.base import (
     Engine,
@@ -43,6 +44,7 @@ from arker.engine.base import (
     RunInfo,
     RunSpec,
     VmPower,
+    port_closed,
 )
 from arker.engine.egress.policy import Policy, parse_allow
 from arker.engine.egress.services import EgressServices
@@ -54,6 +56,10 @@ from arker.errors import ArkerError, ErrorCode
 __all__ = ["NamespaceEngine"]
 
 log = logging.getLogger(__name__)
+
+# A connect inside the VM's own loopback is refused or accepted at once; this
+# bounds only a listener whose backlog is full.
+CONNECT_TIMEOUT_S = 5.0
 
 _NOT_IN_HOSTNAME = re.compile(r"[^A-Za-z0-9.-]+")
 
@@ -383,6 +389,36 @@ class NamespaceEngine(Engine):
         # run's fork.
         with self._lock(vm_id):
             self.cgroups.sweep_runs(vm_id, self.runner.in_flight(vm_id))
+
+    # -- ports
+    def connect_port(self, vm_id: str, port: int) -> socket.socket:
+        with self._lock(vm_id):
+            self._require(vm_id)  # under the lock: a delete may have just won
+            init = self._start(vm_id)
+        try:
+            sock = _netns.socket_in(f"/proc/{init.pid}/ns/net")
+        except (FileNotFoundError, ProcessLookupError) as exc:
+            raise ArkerError(
+                ErrorCode.UNAVAILABLE, f"vm {vm_id} stopped as it was reached"
+            ) from exc
+        if not init.alive():  # the pid was reused between the start and the open
+            sock.close()
+            raise ArkerError(ErrorCode.UNAVAILABLE, f"vm {vm_id} stopped as it was reached")
+        sock.settimeout(CONNECT_TIMEOUT_S)
+        try:
+            sock.connect(("127.0.0.1", port))
+        except ConnectionRefusedError as exc:
+            sock.close()
+            raise port_closed(vm_id, port) from exc
+        except OSError as exc:
+            sock.close()
+            raise ArkerError(
+                ErrorCode.UNAVAILABLE,
+                f"port {port} in vm {vm_id} did not accept: {exc.strerror or exc}",
+                status=502,
+            ) from exc
+        sock.settimeout(None)
+        return sock
 
     # -- files
     def read_file(self, vm_id: str, path: str, max_bytes: int) -> bytes:

@@ -42,7 +42,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from arker.engine import _netlink
+from arker.engine import _netlink, _netns
 from arker.engine.egress.policy import DENIED_IPV4
 from arker.errors import ArkerError, ErrorCode
 
@@ -307,7 +307,7 @@ class Network:
     def _plumb(self, link: Link, init_pid: int) -> None:
         netns = os.open(f"/proc/{init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            with _netlink.in_netns(netns):
+            with _netns.in_netns(netns):
                 inside = _netlink.netlink_socket()
                 # Before eth0 exists, so it never gets an IPv6 address.
                 _netlink.set_sysctl("net/ipv6/conf/default/disable_ipv6", "1")
@@ -316,7 +316,7 @@ class Network:
                 batch = _netlink.Batch()
                 batch.veth(link.name, "eth0", netns, MTU)
                 batch.send(host)
-                with _netlink.in_netns(netns):  # not always 2: a VM may have had a link
+                with _netns.in_netns(netns):  # not always 2: a VM may have had a link
                     vm_index = socket.if_nametoindex("eth0")
                 conf = f"net/ipv4/conf/{link.name}"
                 _netlink.set_sysctl(f"{conf}/rp_filter", "1")

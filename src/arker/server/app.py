@@ -21,6 +21,7 @@ from arker.server.auth import Authenticator
 from arker.server.config import Settings
 from arker.server.edge import Edge
 from arker.server.metrics import Metrics
+from arker.server.ports import router as ports_router
 from arker.server.routes import metrics_response, router
 from arker.server.service import Service
 from arker.server.store import Database
@@ -55,6 +56,8 @@ async def _arker_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, ArkerError)
     if exc.code is ErrorCode.INSUFFICIENT_STORAGE:
         log.warning("request refused: %s", exc)  # a full quota or pool, not a server bug
+    elif exc.status == 502:
+        pass  # a VM's app not listening or not answering: the access log has it
     elif exc.status >= 500:
         log.error("request failed: %s", exc)
     response = _error(exc.status, exc.code, exc.message, exc.details)
@@ -131,6 +134,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     app.state.service = service
     app.state.auth = Authenticator(db, settings.auth_cache_s)
     app.include_router(router)
+    app.include_router(ports_router)
     app.add_exception_handler(ArkerError, _arker_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -37,6 +37,9 @@ class Settings:
     # working (metadata for a commit, deletes) does not grow with the disk.
     pool_reserve_mib: int = 2048
     egress: bool = True  # a fork that says nothing of its network, from a golden
+    # Requests whose Host is {port}-{vm_id}.<preview_domain> are relayed to
+    # that port of that VM (for browsers); None: only the /ports/ paths.
+    preview_domain: str | None = None
 
     @property
     def db_url(self) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from typing import Any
 
@@ -15,8 +16,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from arker.errors import ArkerError, ErrorCode
 from arker.server.config import Settings
 from arker.server.metrics import Metrics
+from arker.server.ports import PREVIEW_PATH, preview_target
 
 __all__ = ["Edge", "error_body"]
+
+_PORT_PATH = re.compile(r"/v1/vms/[^/]+/ports/[^/]+/")
 
 access_log = logging.getLogger("arker.access")
 log = logging.getLogger("arker.server")
@@ -33,18 +37,21 @@ class Edge:
         self.max_json = settings.max_json_bytes
         self.max_file = settings.max_file_bytes
         self.metrics = metrics
+        self.preview_domain = settings.preview_domain
+        self.burst_suffix = settings.burst_suffix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
         path: str = scope["path"]
-        if self.prefix and (path == self.prefix or path.startswith(self.prefix + "/")):
-            scope = {k: v for k, v in scope.items() if k != "raw_path"}
-            scope["path"] = path[len(self.prefix) :] or "/"
+        scope = self._route(scope)
         request_id = "req_" + os.urandom(10).hex()
         scope.setdefault("state", {})["request_id"] = request_id
+        if scope["type"] == "websocket":
+            await self.app(scope, receive, send)  # a port's relay; its refusals carry the id
+            return
         rid_header = (b"x-request-id", request_id.encode())
         status = 500
         response_started = False
@@ -57,8 +64,7 @@ class Edge:
                 message["headers"] = [*message.get("headers", []), rid_header]
             await send(message)
 
-        is_upload = scope["method"] == "PUT" and scope["path"].endswith("/files")
-        limit = self.max_file if is_upload else self.max_json
+        limit = self.max_file if _large_body(scope) else self.max_json
         try:
             declared = _content_length(scope)
             if declared is not None and declared > limit:
@@ -95,6 +101,33 @@ class Edge:
                         }
                     },
                 )
+
+    def _route(self, scope: Scope) -> Scope:
+        """A preview host's request goes to the port relay, its path the app's
+        own (no API prefix is taken off it); else the API prefix comes off."""
+        path: str = scope["path"]
+        if self.preview_domain:
+            host = next((v for n, v in scope["headers"] if n == b"host"), b"")
+            found = preview_target(host.decode("latin-1"), self.preview_domain, self.burst_suffix)
+            if found is not None:
+                scope = {k: v for k, v in scope.items() if k != "raw_path"}
+                scope["path"] = PREVIEW_PATH + path
+                scope.setdefault("state", {})["preview"] = found
+                return scope
+        if self.prefix and (path == self.prefix or path.startswith(self.prefix + "/")):
+            scope = {k: v for k, v in scope.items() if k != "raw_path"}
+            scope["path"] = path[len(self.prefix) :] or "/"
+            scope.setdefault("state", {})["api_prefix"] = self.prefix
+        return scope
+
+
+def _large_body(scope: Scope) -> bool:
+    """File uploads and relayed requests may carry up to --max-file-bytes;
+    everything else is JSON."""
+    path: str = scope["path"]
+    if scope["method"] == "PUT" and path.endswith("/files"):
+        return True
+    return path.startswith(PREVIEW_PATH + "/") or _PORT_PATH.match(path) is not None
 
 
 def _content_length(scope: Scope) -> int | None:

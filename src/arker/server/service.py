@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -23,6 +24,7 @@ from arker.errors import ArkerError, ErrorCode
 from arker.server import uploads, wire
 from arker.server.config import Settings
 from arker.server.metrics import Metrics
+from arker.server.port_tokens import PortTokens
 from arker.server.retention import Retention
 from arker.server.runs import Runs
 from arker.server.runspec import request_hash
@@ -85,6 +87,7 @@ class Service:
         self.threads = Threads(settings.engine_threads)
         self.runs = Runs(settings, db, engine, self.threads, metrics)
         self.retention = Retention(db, settings.run_retention_s)
+        self.port_tokens = PortTokens(settings.data_dir)
         self._goldens: tuple[float, dict[str, GoldenInfo]] = (0.0, {})
         # VM rows change only when deleted (here) or marked lost (at start), so
         # every VM call may skip its lookup for a moment; see `_vm`.
@@ -102,6 +105,7 @@ class Service:
 
     # -- lifecycle
     async def start(self) -> None:
+        await self.threads.call(self.port_tokens.open)
         await self.threads.call(self.engine.open)
         try:
             await self._mark_lost()
@@ -535,6 +539,27 @@ class Service:
             except IntegrityError:
                 pass  # a concurrent retry recorded the same upload first
         return t.FileWritten(path=info.path, size=info.size, sha256=info.sha256)
+
+    # -- ports
+    async def connect_port(self, org: str, vm_id: str, port: int) -> socket.socket:
+        """A connection to `port` inside the caller's VM (started if stopped)."""
+        await self._usable_vm(org, vm_id, "reach a port of")
+        return await self.threads.call(self.engine.connect_port, vm_id, port)
+
+    async def port_token(self, org: str, vm_id: str, port: int, ttl_s: int) -> tuple[str, float]:
+        """(token, expires_at unix s) that opens `port` of the caller's VM
+        without the API key, bound to this org, VM and port."""
+        await self._usable_vm(org, vm_id, "open a port of")
+        return self.port_tokens.issue(org, vm_id, port, ttl_s)
+
+    def port_token_org(self, token: str, vm_id: str, port: int) -> tuple[str, float]:
+        """(org, expires_at) of a valid token for this VM and port. Anything
+        else, stale or forged or made for another VM or port, answers as a VM
+        that is not there, so a token cannot be used to probe for VMs."""
+        found = self.port_tokens.verify(token, vm_id, port)
+        if found is None:
+            raise ArkerError(ErrorCode.NOT_FOUND, f"vm {vm_id!r} not found")
+        return found
 
     # -- operations
     async def vms_running(self) -> int:
