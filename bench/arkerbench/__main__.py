@@ -18,6 +18,8 @@ Measured, each next to its floor from the same run:
   quota       fork and create on this server (every VM has a disk quota) and
               on a second one started with --vm-disk-mib 0, in turns: the
               cost of a quota is the ratio of the medians
+  network     create with egress (the default) and with {"egress": false}
+              on this server, in the same turns: the cost of a VM's network
 
 Goals are reported (PASS/MISS), never asserted. Everything the bench made is
 removed: VMs through the API, the server by SIGTERM, then its data directory.
@@ -107,8 +109,8 @@ def measure(server: LocalServer, bare: LocalServer, plan: Plan) -> Results:
         burst = crowd.burst(server.base_url, server.api_key, plan.burst)
         _say(f"idle memory of {plan.idle_vms} running VMs")
         memory = crowd.idle_memory(server.base_url, server.api_key, server.data_dir, plan.idle_vms)
-        _say(f"quota cost: {plan.quota_rounds} forks and creates with and without quotas")
-        quota = scenarios.quota_cost(fleet, bare_fleet, plan.quota_rounds)
+        _say(f"quota and network cost: {plan.quota_rounds} rounds, with and without each")
+        side = scenarios.side_by_side(fleet, bare_fleet, plan.quota_rounds)
     finally:
         fleet.delete_all_quietly()
         bare_fleet.delete_all_quietly()
@@ -125,7 +127,7 @@ def measure(server: LocalServer, bare: LocalServer, plan: Plan) -> Results:
         memory=memory,
         true_floor=true_floor,
         http_floor=http_floor,
-        quota=quota,
+        side=side,
     )
 
 

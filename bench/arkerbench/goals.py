@@ -14,6 +14,7 @@ from typing import Any
 __all__ = ["Goal", "judge"]
 
 QUOTA_COST = 1.1  # what a VM's disk quota may add to a fork or a create
+NETWORK_COST = 1.3  # what a VM's network may add to a create (issue 11)
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,16 @@ def judge(f: dict[str, float], burst_n: int, cpus: int) -> list[Goal]:
             f["quota_cost_create_ratio"] <= QUOTA_COST,
             f["quota_off_create_median_ms"],
             "same create, no quota",
+        ),
+        Goal(
+            "network cost: create to first command",
+            f["quota_on_create_median_ms"],
+            "ms",
+            f"<= {NETWORK_COST} x no egress "
+            f"({NETWORK_COST * f['net_off_create_median_ms']:.2f} ms)",
+            f["network_cost_create_ratio"] <= NETWORK_COST,
+            f["net_off_create_median_ms"],
+            "same create, no egress",
         ),
         Goal(
             "idle running VM",

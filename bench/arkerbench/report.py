@@ -35,6 +35,7 @@ def table(results: Results, goals: list[Goal]) -> str:
         ("fork, no quota", "quota_off_fork", None),
         ("create to first command, disk quota", "quota_on_create", "quota_off_create"),
         ("create to first command, no quota", "quota_off_create", None),
+        ("create to first command, no egress", "net_off_create", None),
         ("floor: snapshot ioctl (golden)", "floor_ioctl_golden", None),
         ("floor: subprocess.run(['true'])", "floor_subprocess_true", None),
         ("floor: HTTP GET /healthz", "floor_http_noop", None),
@@ -50,7 +51,8 @@ def table(results: Results, goals: list[Goal]) -> str:
     lines.append(
         f"cost of a disk quota (with / without, same run): fork "
         f"{f['quota_cost_fork_ratio']:.2f}x, create to first command "
-        f"{f['quota_cost_create_ratio']:.2f}x"
+        f"{f['quota_cost_create_ratio']:.2f}x; of a VM's network: create to first command "
+        f"{f['network_cost_create_ratio']:.2f}x"
     )
     mib = d["file_bytes"] / 2**20
     lines.append(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from arkerbench.crowd import Burst, IdleMemory
-from arkerbench.scenarios import ForkSeries, QuotaCost, Transfer
+from arkerbench.scenarios import ForkSeries, SideBySide, Transfer
 from arkerbench.stats import Series
 
 __all__ = ["Results"]
@@ -29,7 +29,7 @@ class Results:
     memory: IdleMemory
     true_floor: Series
     http_floor: Series
-    quota: QuotaCost
+    side: SideBySide
 
     def figures(self) -> dict[str, float]:
         """Every figure by name; each is a positive number in a sound run."""
@@ -51,7 +51,7 @@ class Results:
         f["file_read_mb_per_s"] = Transfer.mb_per_s(t.size_bytes, t.read)
         f["idle_vm_mib"] = self.memory.per_vm_bytes / MIB
         f["vms_in_20_gib"] = FIT_IN_BYTES / self.memory.per_vm_bytes
-        q = self.quota
+        q = self.side
         put("quota_on_fork", q.fork_on)
         put("quota_off_fork", q.fork_off)
         put("quota_on_create", q.create_on)
@@ -59,6 +59,9 @@ class Results:
         # The cost of a quota: the same work with it over without it.
         f["quota_cost_fork_ratio"] = q.fork_on.median_ms / q.fork_off.median_ms
         f["quota_cost_create_ratio"] = q.create_on.median_ms / q.create_off.median_ms
+        put("net_off_create", q.create_no_egress)
+        # The cost of a VM's network: a create with egress over one without.
+        f["network_cost_create_ratio"] = q.create_on.median_ms / q.create_no_egress.median_ms
         put("floor_ioctl_golden", self.fork_golden.ioctl)
         put("floor_ioctl_empty_vm", self.fork_empty.ioctl)
         put("floor_ioctl_big", self.fork_big.ioctl)
@@ -88,10 +91,11 @@ class Results:
             "run_round_trip": self.run,
             "file_write": self.transfer.write,
             "file_read": self.transfer.read,
-            "quota_on_fork": self.quota.fork_on,
-            "quota_off_fork": self.quota.fork_off,
-            "quota_on_create": self.quota.create_on,
-            "quota_off_create": self.quota.create_off,
+            "quota_on_fork": self.side.fork_on,
+            "quota_off_fork": self.side.fork_off,
+            "quota_on_create": self.side.create_on,
+            "quota_off_create": self.side.create_off,
+            "net_off_create": self.side.create_no_egress,
             "floor_ioctl_golden": self.fork_golden.ioctl,
             "floor_ioctl_empty_vm": self.fork_empty.ioctl,
             "floor_ioctl_big": self.fork_big.ioctl,

@@ -19,11 +19,11 @@ from arkerbench.stats import Series, time_ms
 __all__ = [
     "Fleet",
     "ForkSeries",
-    "QuotaCost",
+    "SideBySide",
     "Transfer",
     "create_to_first_command",
     "fork_series",
-    "quota_cost",
+    "side_by_side",
     "run_round_trip",
     "transfer",
     "vm_with_data",
@@ -43,9 +43,11 @@ class Fleet:
         self.arker = arker
         self.live: dict[str, Computer] = {}
 
-    def fork(self, source: str | Computer = GOLDEN) -> Computer:
+    def fork(
+        self, source: str | Computer = GOLDEN, network: dict[str, object] | None = None
+    ) -> Computer:
         handle = self.arker.vm(source) if isinstance(source, str) else source
-        vm = handle.fork()
+        vm = handle.fork(network=network)
         self.live[vm.vm_id] = vm
         return vm
 
@@ -127,26 +129,32 @@ def create_to_first_command(fleet: Fleet, n: int) -> Series:
 
 
 @dataclass(frozen=True)
-class QuotaCost:
-    """The same work on two servers: one that gives every VM a disk quota (the
-    default: a qgroup limit, and PID 1's supervisor answering statfs with the
-    quota), one started with `--vm-disk-mib 0` (no limit, no supervisor; the
-    pool keeps its simple-quota accounting, which a fork does not walk)."""
+class SideBySide:
+    """The same work with a feature and without, sampled in turns. The quota:
+    on two servers, one that gives every VM a disk quota (the default: a
+    qgroup limit, and PID 1's supervisor answering statfs with the quota), one
+    started with `--vm-disk-mib 0` (no limit, no supervisor; the pool keeps
+    its simple-quota accounting, which a fork does not walk). The network: on
+    the first server, a VM with egress (its default: a veth, an address, a
+    route) and one forked with `network: {"egress": false}` (loopback only)."""
 
     fork_on: Series
     fork_off: Series
-    create_on: Series  # fork + `true` in the new VM
-    create_off: Series
+    create_on: Series  # fork + `true` in the new VM; quota and egress both on
+    create_off: Series  # no quota
+    create_no_egress: Series  # a quota, no egress
 
 
-def quota_cost(on: Fleet, off: Fleet, n: int) -> QuotaCost:
-    """n rounds of a fork and a create on each server, in an order that flips
-    each round, so that both see the same background."""
+def side_by_side(on: Fleet, off: Fleet, n: int) -> SideBySide:
+    """n rounds of a fork and a create on each server, and a create without
+    egress on the first, in an order that flips each round, so that all see
+    the same background."""
     samples: dict[str, list[float]] = {
         "fork_on": [],
         "fork_off": [],
         "create_on": [],
         "create_off": [],
+        "create_no_egress": [],
     }
     made: list[tuple[Fleet, Computer]] = []
 
@@ -156,9 +164,11 @@ def quota_cost(on: Fleet, off: Fleet, n: int) -> QuotaCost:
 
         return take
 
-    def create(name: str, fleet: Fleet) -> Callable[[], None]:
+    def create(
+        name: str, fleet: Fleet, network: dict[str, object] | None = None
+    ) -> Callable[[], None]:
         def once() -> None:
-            vm = fleet.fork()
+            vm = fleet.fork(network=network)
             made.append((fleet, vm))
             _check_true(vm)
 
@@ -169,13 +179,14 @@ def quota_cost(on: Fleet, off: Fleet, n: int) -> QuotaCost:
         fork("fork_off", off),
         create("create_on", on),
         create("create_off", off),
+        create("create_no_egress", on, {"egress": False}),
     ]
     for round_ in range(n):
         for take in takes if round_ % 2 else reversed(takes):
             take()
     for fleet, vm in made:
         fleet.delete([vm])
-    return QuotaCost(**{name: Series(v) for name, v in samples.items()})
+    return SideBySide(**{name: Series(v) for name, v in samples.items()})
 
 
 def run_round_trip(vm: Computer, n: int) -> Series:

@@ -51,6 +51,7 @@ def test_quick_bench_reports_every_figure(tmp_path: Path) -> None:
         "quota_off_fork_median_ms",
         "quota_cost_fork_ratio",
         "quota_cost_create_ratio",
+        "network_cost_create_ratio",
     }
     assert expected <= figures.keys()
     for name, value in figures.items():
