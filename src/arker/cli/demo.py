@@ -10,6 +10,7 @@ ARKER_SOURCE_VM set, it tells the same story to that deployment.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -161,6 +162,61 @@ def _tell(arker: Arker, source: str, story: Story) -> None:
         return None, f"{status.state} after {polls} polls: {ticks}"
 
     story.step("background run, polled", background)
+
+    index = _package_index()
+    if index is not None:
+
+        def egress() -> tuple[None, str]:
+            # Any HTTP answer proves the way out: DNS through the VM's own
+            # resolver, then the internet (never the host or private ranges).
+            probe = (
+                "import http.client as h\n"
+                f"c = h.HTTPConnection({index!r}, 80, timeout=20)\n"
+                "c.request('HEAD', '/simple/')\n"
+                "r = c.getresponse()\n"
+                "print('HTTP/1.1', r.status, r.reason)\n"
+            )
+            head = f"HEAD /simple/ HTTP/1.0\\r\\nHost: {index}\\r\\n\\r\\n"
+            cmd = (
+                f"if command -v python3 >/dev/null; then python3 -c {shlex.quote(probe)}; "
+                f"else printf {shlex.quote(head)} | nc -w 20 {index} 80 | head -1; fi"
+            )
+            answer = _ok(vm.run(cmd, timeout_s=60))
+            if not answer.startswith("HTTP/"):
+                fail("demo_failed", f"no HTTP answer from {index}: {answer!r}")
+            return None, f"{index} answered {answer.strip()}"
+
+        story.step("reach the package index", egress)
+
+    def port() -> tuple[None, str]:
+        serve = (
+            "cd /home/user && if command -v python3 >/dev/null; then "
+            "python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1 </dev/null & "
+            "else httpd -p 127.0.0.1:8000 -h /home/user; fi"
+        )
+        _ok(vm.run(serve))
+        token = vm.port_token(8000)
+        url = token.url.replace("/?", "/hello.txt?", 1)
+        for _ in range(50):  # the server in the VM takes a moment to listen
+            r = httpx.get(url, timeout=10)
+            if r.status_code != 502:
+                break
+            time.sleep(0.1)
+        if r.status_code != 200:
+            fail("demo_failed", f"port 8000 answered {r.status_code}: {r.text[:200]}")
+        return None, f"{vm.port_url(8000)}hello.txt: {_first_line(r.content)!r}"
+
+    story.step("serve port 8000, open it", port)
+
+
+def _package_index() -> str | None:
+    """pip's default index host, as pip itself names it (None without pip)."""
+    try:
+        from pip._internal.models.index import PyPI
+    except ImportError:
+        return None
+    netloc: str = PyPI.netloc
+    return netloc
 
 
 def _print_steps(steps: list[Step], title: str) -> None:
