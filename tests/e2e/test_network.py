@@ -16,9 +16,11 @@ import shutil
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from live import Live, make_live, stop_live
 from pip._internal.models.index import PyPI
@@ -28,6 +30,7 @@ from arker import Arker, Computer
 INDEX = PyPI.netloc
 FILES = PyPI.file_storage_domain
 POOL = ipaddress.IPv4Network("10.208.0.0/12")  # engine/net.py's, 2**13 addresses a block
+PREVIEW = "preview.test"
 
 
 def _npm_registry() -> str:
@@ -43,7 +46,7 @@ def _npm_registry() -> str:
 
 @pytest.fixture(scope="module")
 def net_live() -> Iterator[Live]:
-    server = make_live(None, goldens=("debian",))
+    server = make_live(None, "--preview-domain", PREVIEW, goldens=("debian",))
     try:
         yield server
     finally:
@@ -277,3 +280,87 @@ def _has_table(name: str) -> bool:
 
 def _links() -> list[str]:
     return [p.name for p in Path("/sys/class/net").iterdir()]
+
+
+# A WebSocket echo server in the standard library only (the debian golden has
+# no websockets package): the handshake, then each masked frame sent back.
+WS_ECHO = r"""
+import base64, hashlib, socketserver, struct
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+class Echo(socketserver.StreamRequestHandler):
+    def handle(self):
+        headers = {}
+        while (line := self.rfile.readline().decode().strip()):
+            if ":" in line:
+                k, v = line.split(":", 1)
+                headers[k.strip().lower()] = v.strip()
+        digest = hashlib.sha1((headers["sec-websocket-key"] + GUID).encode()).digest()
+        accept = base64.b64encode(digest)
+        self.wfile.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                         b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        while (head := self.rfile.read(2)) and len(head) == 2:
+            op, n = head[0] & 0x0F, head[1] & 0x7F
+            if n == 126: n = struct.unpack(">H", self.rfile.read(2))[0]
+            elif n == 127: n = struct.unpack(">Q", self.rfile.read(8))[0]
+            mask = self.rfile.read(4)
+            data = bytes(b ^ mask[i % 4] for i, b in enumerate(self.rfile.read(n)))
+            if n < 126:
+                size = bytes([n])
+            elif n < 65536:
+                size = b"\x7e" + struct.pack(">H", n)
+            else:
+                size = b"\x7f" + struct.pack(">Q", n)
+            self.wfile.write(bytes([0x80 | op]) + size + data)
+            if op == 8:
+                return
+socketserver.ThreadingTCPServer(("127.0.0.1", 8765), Echo).serve_forever()
+"""
+
+
+def _until_listening(get: Callable[[], httpx.Response]) -> httpx.Response:
+    for _ in range(100):
+        r = get()
+        if r.status_code != 502:
+            return r
+        time.sleep(0.1)
+    return r
+
+
+def test_http_server_in_debian_through_the_api_and_a_preview_host(
+    net_live: Live, arker: Arker
+) -> None:
+    with arker.vm("debian").fork() as vm:
+        vm.sync.write_file("/home/user/hello.txt", b"hello through the port\n")
+        vm.run("python3 -m http.server 8000 --bind 127.0.0.1", background=True)
+        key = {"Authorization": f"Bearer {net_live.keys['acme']}"}
+        r = _until_listening(lambda: httpx.get(vm.port_url(8000) + "hello.txt", headers=key))
+        assert r.status_code == 200 and r.content == b"hello through the port\n", r.text
+        # By Host, as a browser behind a wildcard DNS name would ask, with a token.
+        token = vm.port_token(8000)
+        assert token.url.startswith(f"http://8000-{vm.vm_id.lower()}.{PREVIEW}/")
+        query = token.url.split("?", 1)[1]
+        host = {"Host": f"8000-{vm.vm_id.lower()}.{PREVIEW}"}
+        r = httpx.get(f"{net_live.url}/hello.txt?{query}", headers=host)
+        assert r.status_code == 200 and r.content == b"hello through the port\n", r.text
+        r = httpx.get(f"{net_live.url}/hello.txt", headers=host)  # neither key nor token
+        assert r.status_code == 401
+        other = {**host, "Authorization": f"Bearer {net_live.keys['globex']}"}
+        assert httpx.get(f"{net_live.url}/hello.txt", headers=other).status_code == 404
+        forged = query[:-4] + ("AAAA" if not query.endswith("AAAA") else "BBBB")
+        assert httpx.get(f"{net_live.url}/hello.txt?{forged}", headers=host).status_code == 404
+
+
+async def test_websocket_echo_in_the_vm(net_live: Live, arker: Arker) -> None:
+    import websockets
+
+    with arker.vm("debian").fork() as vm:
+        vm.sync.write_file("/home/user/ws.py", WS_ECHO.encode())
+        vm.run("python3 /home/user/ws.py", background=True)
+        key = {"Authorization": f"Bearer {net_live.keys['acme']}"}
+        _until_listening(lambda: httpx.get(vm.port_url(8765), headers=key))
+        url = vm.port_url(8765).replace("http://", "ws://")
+        async with websockets.connect(url, additional_headers=key) as ws:
+            await ws.send("hello")
+            assert await ws.recv() == "hello"
+            await ws.send(b"\x00\xff" * 40_000)
+            assert await ws.recv() == b"\x00\xff" * 40_000
