@@ -43,10 +43,11 @@ DataDir = Annotated[
 
 @contextmanager
 def engine_at(data_dir: Path) -> Iterator[Engine]:
-    """The local engine, opened on `data_dir` for the length of a command."""
+    """The local engine, opened on `data_dir` for the length of a command
+    (building or listing goldens: no VM runs, so no network is set up)."""
     from arker.engine.host import NamespaceEngine
 
-    engine = NamespaceEngine(data_dir)
+    engine = NamespaceEngine(data_dir, networking=False)
     engine.open()
     try:
         yield engine
