@@ -167,8 +167,7 @@ class Network:
                 self.prefix = f"ak{number:02x}"
                 self.table = f"arker_{number:02x}"
                 self._nft = _Nft()
-                self._remove_links()  # a crashed engine's, by this block's names
-                self._drop_table()  # a crashed engine's
+                self._sweep(number)  # what crashed engines left, this block's included
                 self._nft.run(
                     _RULESET.format(
                         table=self.table,
@@ -208,17 +207,35 @@ class Network:
             os.close(self._lock_fd)  # the block is free again
             self._lock_fd = None
 
-    def _drop_table(self) -> None:
+    def _drop_table(self, table: str | None = None) -> None:
         # nft 1.0.6 has no `destroy`: an add (a no-op if it exists) makes the delete safe.
+        table = table or self.table
         if self._nft is not None:
-            self._nft.run(f"add table inet {self.table}\ndelete table inet {self.table}")
+            self._nft.run(f"add table inet {table}\ndelete table inet {table}")
 
-    def _remove_links(self) -> None:
-        names = [n for n in os.listdir("/sys/class/net") if n.startswith(self.prefix)]
+    def _remove_links(self, prefix: str | None = None) -> None:
+        prefix = prefix or self.prefix
+        names = [n for n in os.listdir("/sys/class/net") if n.startswith(prefix)]
         if names:
             with contextlib.closing(_netlink.netlink_socket()) as sock:
                 for name in names:
                     _netlink.delete_link(sock, name)
+
+    def _sweep(self, mine: int) -> None:
+        """Remove the table and links of every block no engine holds (an
+        engine killed with SIGKILL leaves them), and of our own."""
+        for path in sorted(LOCK_DIR.glob("block-*")):
+            number = int(path.name.removeprefix("block-"), 16)
+            if number != mine:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live engine's
+                finally:
+                    os.close(fd)  # the lock goes with it; we hold the host lock
+            self._remove_links(f"ak{number:02x}")
+            self._drop_table(f"arker_{number:02x}")
 
     # -- VMs
     def attach(self, vm_id: str, init_pid: int, allow_cidrs: list[str] | None) -> Link:
