@@ -181,10 +181,13 @@ def _tell(arker: Arker, source: str, story: Story) -> None:
                 f"if command -v python3 >/dev/null; then python3 -c {shlex.quote(probe)}; "
                 f"else printf {shlex.quote(head)} | nc -w 20 {index} 80 | head -1; fi"
             )
-            answer = _ok(vm.run(cmd, timeout_s=60))
+            result = vm.run(cmd, timeout_s=60)
+            answer = result.stdout_text.strip() if result.type == "completed" else ""
             if not answer.startswith("HTTP/"):
-                fail("demo_failed", f"no HTTP answer from {index}: {answer!r}")
-            return None, f"{index} answered {answer.strip()}"
+                # The outside is not the demo's to promise (a host may have no
+                # way out): say so, and go on.
+                return None, f"no answer from {index}: this host may not reach it"
+            return None, f"{index} answered {answer}"
 
         story.step("reach the package index", egress)
 
