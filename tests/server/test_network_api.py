@@ -24,16 +24,17 @@ async def test_default_inherit_and_explicit(server: Server) -> None:
     assert server.engine.networks[default["vm_id"]] == NetworkPolicy(egress=True)
 
     listed = await _fork(
-        server, network={"egress": True, "allow": ["PyPI.org.", "*.Example.org", "10.1.0.0/16"]}
+        server,
+        network={"egress": True, "allow": ["Index.Example.org.", "*.Example.org", "10.1.0.0/16"]},
     )
     assert listed["network"] == {
         "egress": True,
-        "allow": ["pypi.org", "*.example.org", "10.1.0.0/16"],  # normalised
+        "allow": ["index.example.org", "*.example.org", "10.1.0.0/16"],  # normalised
     }
     child = await _fork(server, listed["vm_id"])
     assert child["network"] == listed["network"]  # a fork of a VM inherits
     assert server.engine.networks[child["vm_id"]] == NetworkPolicy(
-        True, ("pypi.org", "*.example.org", "10.1.0.0/16")
+        True, ("index.example.org", "*.example.org", "10.1.0.0/16")
     )
     opened = await _fork(server, listed["vm_id"], network={"egress": True})
     assert opened["network"] == {"egress": True, "allow": None}  # the request wins
@@ -50,12 +51,15 @@ async def test_server_default_off(start_server: Any) -> None:
 
 
 async def test_patch_changes_only_what_is_sent(server: Server) -> None:
-    vm = (await _fork(server, network={"egress": True, "allow": ["pypi.org"]}))["vm_id"]
+    vm = (await _fork(server, network={"egress": True, "allow": ["index.example.org"]}))["vm_id"]
     url = f"/v1/vms/{vm}/network"
     r = await server.client.patch(url, json={"egress": False})
-    assert r.status_code == 200 and r.json()["network"] == {"egress": False, "allow": ["pypi.org"]}
+    assert r.status_code == 200 and r.json()["network"] == {
+        "egress": False,
+        "allow": ["index.example.org"],
+    }
     r = await server.client.patch(url, json={"egress": True})
-    assert r.json()["network"] == {"egress": True, "allow": ["pypi.org"]}
+    assert r.json()["network"] == {"egress": True, "allow": ["index.example.org"]}
     r = await server.client.patch(url, json={"allow": None})
     assert r.json()["network"] == {"egress": True, "allow": None}
     assert server.engine.networks[vm] == NetworkPolicy(egress=True)
@@ -81,7 +85,7 @@ async def test_patch_not_found_other_org_and_lost(server: Server) -> None:
     ("allow", "says"),
     [
         (["10.0.0.0/33"], "network.allow[0]"),
-        (["pypi.org", "not a host"], "network.allow[1]"),
+        (["index.example.org", "not a host"], "network.allow[1]"),
         (["foo.*.com"], "wildcard"),
         (["*"], "network.allow[0]"),
         (["::1/128"], "IPv6"),
@@ -108,8 +112,8 @@ async def test_bad_allow_lists_are_422(server: Server, allow: list[str], says: s
 
 async def test_bad_shapes_are_422(server: Server) -> None:
     for body in (
-        {"network": {"allow": ["pypi.org"]}},  # egress is required
-        {"network": {"egress": True, "allow": "pypi.org"}},
+        {"network": {"allow": ["index.example.org"]}},  # egress is required
+        {"network": {"egress": True, "allow": "index.example.org"}},
         {"network": {"egress": True, "extra": 1}},
     ):
         r = await server.client.post("/v1/vms/busybox/fork", json=body)

@@ -184,7 +184,7 @@ class Computer(ComputerBase[Arker]):
     ) -> Computer:
         """A copy-on-write copy of this golden or VM, pinned to the same endpoint.
         `resources`, e.g. {"disk_mib": 2048} (or arker.Resources), and `network`,
-        e.g. {"egress": True, "allow": ["pypi.org"]} or {"egress": False}, override
+        e.g. {"egress": True, "allow": ["example.com"]} or {"egress": False}, override
         what the fork would inherit; omitted, the parent's or the server's default."""
         request = self._fork_request(name, durable, idempotency_key, resources, network)
         response = self._send(request)
