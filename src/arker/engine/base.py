@@ -14,7 +14,7 @@ import abc
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import socket
@@ -59,6 +59,18 @@ class NetworkPolicy:
 
     egress: bool = False
     allow: tuple[str, ...] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """As stored (the engine's state, the server's row) and as the wire has it."""
+        return {"egress": self.egress, "allow": None if self.allow is None else list(self.allow)}
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any] | None) -> NetworkPolicy:
+        """What `as_dict` made; None (a VM made before networking): loopback only."""
+        if not saved:
+            return cls()
+        allow = saved.get("allow")
+        return cls(bool(saved.get("egress")), None if allow is None else tuple(allow))
 
 
 @dataclass(frozen=True)

@@ -214,12 +214,12 @@ class NamespaceEngine(Engine):
             # conflict if vm_id exists: the snapshot says EEXIST
             self.pool.fork(source, vm_id, disk_bytes=limits.disk_bytes)
             state = {"hostname": hostname, "limits": asdict(limits), "init": None}
-            self._save(vm_id, {**state, "network": _policy_json(network or NetworkPolicy())})
+            self._save(vm_id, {**state, "network": (network or NetworkPolicy()).as_dict()})
 
     def set_network(self, vm_id: str, network: NetworkPolicy) -> None:
         self._require(vm_id)
         with self._lock(vm_id):
-            self._save(vm_id, {**self._load(vm_id), "network": _policy_json(network)})
+            self._save(vm_id, {**self._load(vm_id), "network": network.as_dict()})
             init = self._init(vm_id)
             if init is None:
                 return  # it takes effect when the VM starts
@@ -318,7 +318,7 @@ class NamespaceEngine(Engine):
         )
         self._save(vm_id, {**state, "init": [init.pid, init.start_time]})
         self._live[vm_id] = init
-        policy = _policy(state.get("network"))
+        policy = NetworkPolicy.from_dict(state.get("network"))
         if policy.egress:
             try:
                 self._attach(vm_id, init, policy)
@@ -485,18 +485,6 @@ class NamespaceEngine(Engine):
         tmp = path.with_name(f".{vm_id}.json.tmp")
         tmp.write_text(json.dumps(state))
         os.replace(tmp, path)
-
-
-def _policy_json(policy: NetworkPolicy) -> dict[str, Any]:
-    allow = None if policy.allow is None else list(policy.allow)
-    return {"egress": policy.egress, "allow": allow}
-
-
-def _policy(saved: dict[str, Any] | None) -> NetworkPolicy:
-    if not saved:
-        return NetworkPolicy()  # a VM made before networking: as it was, loopback only
-    allow = saved.get("allow")
-    return NetworkPolicy(bool(saved.get("egress")), None if allow is None else tuple(allow))
 
 
 def _egress_policy(policy: NetworkPolicy) -> Policy:

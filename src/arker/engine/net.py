@@ -226,14 +226,8 @@ class Network:
         engine killed with SIGKILL leaves them), and of our own."""
         for path in sorted(LOCK_DIR.glob("block-*")):
             number = int(path.name.removeprefix("block-"), 16)
-            if number != mine:
-                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # a live engine's
-                finally:
-                    os.close(fd)  # the lock goes with it; we hold the host lock
+            if number != mine and _held(path):
+                continue  # a live engine's
             self._remove_links(f"ak{number:02x}")
             self._drop_table(f"arker_{number:02x}")
 
@@ -407,6 +401,19 @@ def _claim_block() -> tuple[int, int]:
     raise ArkerError(ErrorCode.UNAVAILABLE, f"every address block of {POOL} is taken")
 
 
+def _held(block_file: Path) -> bool:
+    """Whether a live engine holds this block (probed under the host lock;
+    the probe's own lock goes with its descriptor)."""
+    fd = os.open(block_file, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def _host_routes() -> list[ipaddress.IPv4Network]:
     """The host's IPv4 routes other than the default one (/proc/net/route)."""
     found = []
@@ -441,13 +448,7 @@ def _forwarding_restore() -> None:
     """Put ip_forward back if an engine turned it on and none holds a block now."""
     if not _RESTORE.exists():
         return
-    for path in LOCK_DIR.glob("block-*"):
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return  # another engine is still up
-        finally:
-            os.close(fd)
+    if any(_held(path) for path in LOCK_DIR.glob("block-*")):
+        return  # another engine is still up
     _netlink.set_sysctl(_FORWARD, _RESTORE.read_text().strip() or "0")
     _RESTORE.unlink()

@@ -45,21 +45,15 @@ def _warnings(row: Run) -> list[t.RunWarning]:
 
 def stored_network(row: Vm) -> NetworkPolicy:
     """The policy a row holds; a VM made before networking had loopback only."""
-    if row.network is None:
-        return NetworkPolicy()
-    saved = json.loads(row.network)
-    allow = saved.get("allow")
-    return NetworkPolicy(bool(saved["egress"]), None if allow is None else tuple(allow))
+    return NetworkPolicy.from_dict(None if row.network is None else json.loads(row.network))
 
 
 def network_json(policy: NetworkPolicy) -> str:
-    allow = None if policy.allow is None else list(policy.allow)
-    return json.dumps({"egress": policy.egress, "allow": allow})
+    return json.dumps(policy.as_dict())
 
 
 def network(policy: NetworkPolicy) -> t.NetworkPolicy:
-    allow = None if policy.allow is None else list(policy.allow)
-    return t.NetworkPolicy(egress=policy.egress, allow=allow)
+    return t.NetworkPolicy.model_validate(policy.as_dict())
 
 
 def golden(info: GoldenInfo) -> t.Golden:
