@@ -16,6 +16,7 @@ import time
 import anyio.to_thread
 from sqlalchemy import delete
 
+from arker.server.batches import Batcher
 from arker.server.store import Database, Run
 
 __all__ = ["Retention", "parse_duration"]
@@ -42,6 +43,7 @@ class Retention:
         self.retention_s = retention_s
         self.interval_s = min(max(retention_s / 10, 1.0), 3600.0)
         self._task: asyncio.Task[None] | None = None
+        self._giver: Batcher[None] = Batcher(self._give_pass)
 
     def start(self) -> None:
         if self.retention_s > 0 and self._task is None:
@@ -53,6 +55,7 @@ class Retention:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        await self._giver.drain()
 
     async def _loop(self) -> None:
         while True:
@@ -77,10 +80,20 @@ class Retention:
         return count
 
     async def give_back(self) -> None:
-        """On SQLite, return freed pages to the filesystem (auto_vacuum=INCREMENTAL)."""
+        """On SQLite, return freed pages to the filesystem (auto_vacuum=INCREMENTAL).
+
+        Callers that come while a pass runs share the next one: its checkpoint
+        waits for every reader and holds up writers."""
+        if self.db.sqlite_path is not None:
+            await self._giver.submit(None)
+
+    async def _give_pass(self, _callers: list[None]) -> None:
         path = self.db.sqlite_path
-        if path is not None:
+        assert path is not None
+        try:
             await anyio.to_thread.run_sync(_give_back, path)
+        except sqlite3.Error:  # what was freed is given back on a later pass
+            log.warning("could not give the database's free pages back", exc_info=True)
 
 
 def _give_back(path: str) -> None:

@@ -18,8 +18,9 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 from ulid import ULID
 
 from arker import _types as t
@@ -359,6 +360,16 @@ class Runs:
             )
         if ids:
             await self._fail(ids, reason)
+
+    async def drop_vm_runs(self, s: AsyncSession, vm_ids: list[str]) -> None:
+        """In the caller's transaction, delete deleted VMs' runs; those still
+        in flight count as failed runs."""
+        in_flight = await s.scalar(
+            select(func.count()).where(Run.vm_id.in_(vm_ids), Run.state.in_(IN_FLIGHT))
+        )
+        await s.execute(delete(Run).where(Run.vm_id.in_(vm_ids)))
+        if in_flight:
+            self.metrics.runs_finished.inc(in_flight, state="failed")
 
     # -- reading and cancelling
     async def _row(self, org: str, vm_id: str, run_id: str) -> Run:

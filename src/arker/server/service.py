@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from ulid import ULID
 
@@ -22,6 +22,7 @@ from arker.engine.base import Engine, GoldenInfo, Limits, NetworkPolicy, VmPower
 from arker.engine.egress.policy import AllowEntryError, parse_allow
 from arker.errors import ArkerError, ErrorCode
 from arker.server import uploads, wire
+from arker.server.batches import Batcher
 from arker.server.config import Settings
 from arker.server.metrics import Metrics
 from arker.server.port_tokens import PortTokens
@@ -29,7 +30,6 @@ from arker.server.retention import Retention
 from arker.server.runs import Runs
 from arker.server.runspec import request_hash
 from arker.server.store import Database, Upload, Vm
-from arker.server.store import Run as RunRow
 from arker.server.threads import Threads
 
 __all__ = ["Service"]
@@ -102,6 +102,7 @@ class Service:
         # only writers of a VM's liveness (a query per fork cost 2 ms).
         self._live: dict[str, str] = {}
         self._host_memory = settings.host_memory_bytes or host_memory_bytes()
+        self._deletes: Batcher[str] = Batcher(self._record_deletes)
 
     # -- lifecycle
     async def start(self) -> None:
@@ -118,6 +119,7 @@ class Service:
 
     async def stop(self) -> None:
         await self.retention.stop()
+        await self._deletes.drain()
         await self.runs.stop()
         await self.threads.call(self.engine.close)
 
@@ -425,25 +427,24 @@ class Service:
         return wire.vm(row, self.settings.region, power)
 
     async def delete_vm(self, org: str, vm_id: str) -> None:
-        row = await self._vm(org, vm_id)
+        await self._vm(org, vm_id)
         self._vms.pop((org, vm_id), None)
         await self.threads.call(self.engine.delete, vm_id)
-        async with self.db.session() as s:
-            live = await s.get(Vm, row.id)
-            if live is not None:
-                live.deleted_at = time.time()
-            await s.commit()
+        await self._deletes.submit(vm_id)
         self._live.pop(vm_id, None)
         self._vms.pop((org, vm_id), None)  # a lookup may have cached it while we deleted
-        await self.runs.finish_vm_runs(vm_id, "the vm was deleted")
-        # A deleted VM's runs and uploads are answered not_found from now on
-        # (the VM lookup fails first, even for a retried Idempotency-Key), so
-        # their rows only take space: they go with the VM.
-        async with self.db.session() as s:
-            await s.execute(delete(RunRow).where(RunRow.vm_id == vm_id))
-            await s.execute(delete(Upload).where(Upload.vm_id == vm_id))
-            await s.commit()
         await self.retention.give_back()
+
+    async def _record_deletes(self, vm_ids: list[str]) -> None:
+        """Mark deleted VMs deleted, in one transaction for every delete that
+        came meanwhile (see `Batcher`). Their runs and uploads are answered
+        not_found from now on (the VM lookup fails first, even for a retried
+        Idempotency-Key), so their rows only take space: they go too."""
+        async with self.db.session() as s:
+            await s.execute(update(Vm).where(Vm.id.in_(vm_ids)).values(deleted_at=time.time()))
+            await self.runs.drop_vm_runs(s, vm_ids)
+            await s.execute(delete(Upload).where(Upload.vm_id.in_(vm_ids)))
+            await s.commit()
 
     async def update_network(self, org: str, vm_id: str, req: t.NetworkUpdate) -> t.Vm:
         """A new policy for the VM, live if it runs; fields not sent keep theirs."""
