@@ -20,6 +20,9 @@ Measured, each next to its floor from the same run:
               cost of a quota is the ratio of the medians
   network     create with egress (the default) and with {"egress": false}
               on this server, in the same turns: the cost of a VM's network
+  deletes     N networked VMs deleted at once while another VM runs `true`
+              again and again: that call's latency, over the same with
+              nothing going on (deleting VMs must not block other calls)
 
 Goals are reported (PASS/MISS), never asserted. Everything the bench made is
 removed: VMs through the API, the server by SIGTERM, then its data directory.
@@ -64,10 +67,11 @@ class Plan:
     big_bytes: int  # data held by the VM that is forked
     idle_vms: int
     quota_rounds: int  # forks and creates on each of the two servers
+    deleted_vms: int  # networked VMs deleted at once
 
 
-FULL = Plan(30, 30, 100, 200, 200, 5, 100 * MIB, 1000 * MB, 200, 30)
-QUICK = Plan(5, 5, 10, 20, 20, 2, 10 * MIB, 100 * MB, 10, 5)
+FULL = Plan(30, 30, 100, 200, 200, 5, 100 * MIB, 1000 * MB, 200, 30, 1000)
+QUICK = Plan(5, 5, 10, 20, 20, 2, 10 * MIB, 100 * MB, 10, 5, 20)
 NO_QUOTA = ("--vm-disk-mib", "0")
 
 
@@ -111,6 +115,8 @@ def measure(server: LocalServer, bare: LocalServer, plan: Plan) -> Results:
         memory = crowd.idle_memory(server.base_url, server.api_key, server.data_dir, plan.idle_vms)
         _say(f"quota and network cost: {plan.quota_rounds} rounds, with and without each")
         side = scenarios.side_by_side(fleet, bare_fleet, plan.quota_rounds)
+        _say(f"{plan.deleted_vms} networked VMs deleted while another VM runs `true`")
+        deletes = crowd.delete_crowd(server.base_url, server.api_key, plan.deleted_vms)
     finally:
         fleet.delete_all_quietly()
         bare_fleet.delete_all_quietly()
@@ -128,6 +134,7 @@ def measure(server: LocalServer, bare: LocalServer, plan: Plan) -> Results:
         true_floor=true_floor,
         http_floor=http_floor,
         side=side,
+        deletes=deletes,
     )
 
 
@@ -155,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         "--quick",
         action="store_true",
         help="a few iterations, 10 VMs instead of 200, 10 MiB files, a 100 MB VM, "
-        "10 at once (CI runs this)",
+        "10 at once, 20 deletes instead of 1000 (CI runs this)",
     )
     ap.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help=f"where outputs go (default {DEFAULT_OUT})"

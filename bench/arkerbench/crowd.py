@@ -13,12 +13,20 @@ from pathlib import Path
 
 import httpx
 
-from arker import AsyncArker
+from arker import AsyncArker, AsyncComputer
 from arker.engine._cgroups import Cgroups
 from arkerbench.scenarios import GOLDEN
 from arkerbench.stats import Series
 
-__all__ = ["Burst", "IdleMemory", "burst", "idle_memory", "mem_available_bytes"]
+__all__ = [
+    "Burst",
+    "DeleteCrowd",
+    "IdleMemory",
+    "burst",
+    "delete_crowd",
+    "idle_memory",
+    "mem_available_bytes",
+]
 
 SETTLE_S = 2.0  # let page reclaim and the pool flusher settle before reading memory
 
@@ -138,3 +146,56 @@ def idle_memory(base_url: str, api_key: str, data_dir: Path, n: int) -> IdleMemo
     """Start n VMs (fork + `true`, 16 at a time) and leave them running idle;
     read their memory, then delete them."""
     return asyncio.run(_idle_memory(base_url, api_key, data_dir, n))
+
+
+@dataclass(frozen=True)
+class DeleteCrowd:
+    vms: int  # networked VMs deleted at once
+    quiet: Series  # the probe call with nothing else going on
+    busy: Series  # the same call while the VMs are being deleted
+    wall_ms: float  # from the first delete sent to the last answer
+
+
+async def _probe(vm: AsyncComputer, until: asyncio.Event, samples: list[float]) -> None:
+    """Run `true` in `vm` again and again until `until` is set."""
+    while not until.is_set():
+        start = time.perf_counter()
+        result = await vm.run("true")
+        samples.append((time.perf_counter() - start) * 1000)
+        if result.type != "completed" or result.exit_code != 0:
+            raise RuntimeError(f"the probe's `true` failed: {result}")
+
+
+async def _delete_crowd(base_url: str, api_key: str, n: int, quiet_n: int) -> DeleteCrowd:
+    made: list[str] = []
+    async with _client(base_url, api_key, 80) as arker:
+        probe = await arker.vm(GOLDEN).fork()
+        try:
+            await probe.run("true")
+            quiet: list[float] = []
+            for _ in range(quiet_n):
+                start = time.perf_counter()
+                await probe.run("true")
+                quiet.append((time.perf_counter() - start) * 1000)
+            await _start_many(arker, n, 16, made)
+            done = asyncio.Event()
+            busy: list[float] = []
+            prober = asyncio.create_task(_probe(probe, done, busy))
+            start = time.perf_counter()
+            try:
+                await _delete_all(arker, made, at_once=64)
+                made.clear()
+            finally:
+                wall = (time.perf_counter() - start) * 1000
+                done.set()
+                await prober
+        finally:
+            await _delete_all(arker, [*made, probe.vm_id])
+    return DeleteCrowd(n, Series(quiet), Series(busy), wall)
+
+
+def delete_crowd(base_url: str, api_key: str, n: int, quiet_n: int = 20) -> DeleteCrowd:
+    """Start n VMs with the server's default network (egress on), then delete
+    them all, 64 at a time, while another VM runs `true` over and over: the
+    probe's latency while they go, next to the same with nothing going on."""
+    return asyncio.run(_delete_crowd(base_url, api_key, n, quiet_n))

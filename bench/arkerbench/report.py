@@ -36,6 +36,12 @@ def table(results: Results, goals: list[Goal]) -> str:
         ("create to first command, disk quota", "quota_on_create", "quota_off_create"),
         ("create to first command, no quota", "quota_off_create", None),
         ("create to first command, no egress", "net_off_create", None),
+        (
+            f"run `true`, {d['deleted_vms']} VMs being deleted",
+            "probe_during_deletes",
+            "probe_quiet",
+        ),
+        ("run `true`, quiet", "probe_quiet", None),
         ("floor: snapshot ioctl (golden)", "floor_ioctl_golden", None),
         ("floor: subprocess.run(['true'])", "floor_subprocess_true", None),
         ("floor: HTTP GET /healthz", "floor_http_noop", None),
@@ -53,6 +59,10 @@ def table(results: Results, goals: list[Goal]) -> str:
         f"{f['quota_cost_fork_ratio']:.2f}x, create to first command "
         f"{f['quota_cost_create_ratio']:.2f}x; of a VM's network: create to first command "
         f"{f['network_cost_create_ratio']:.2f}x"
+    )
+    lines.append(
+        f"{d['deleted_vms']} networked VMs deleted, 64 at a time: wall "
+        f"{_num(f['delete_crowd_wall_ms'], 'ms')}"
     )
     mib = d["file_bytes"] / 2**20
     lines.append(

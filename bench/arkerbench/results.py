@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from arkerbench.crowd import Burst, IdleMemory
+from arkerbench.crowd import Burst, DeleteCrowd, IdleMemory
 from arkerbench.scenarios import ForkSeries, SideBySide, Transfer
 from arkerbench.stats import Series
 
@@ -30,6 +30,7 @@ class Results:
     true_floor: Series
     http_floor: Series
     side: SideBySide
+    deletes: DeleteCrowd
 
     def figures(self) -> dict[str, float]:
         """Every figure by name; each is a positive number in a sound run."""
@@ -62,6 +63,14 @@ class Results:
         put("net_off_create", q.create_no_egress)
         # The cost of a VM's network: a create with egress over one without.
         f["network_cost_create_ratio"] = q.create_on.median_ms / q.create_no_egress.median_ms
+        d = self.deletes
+        put("probe_quiet", d.quiet)
+        put("probe_during_deletes", d.busy)
+        f["delete_crowd_wall_ms"] = d.wall_ms
+        f["deleted_vms"] = d.vms
+        # Deleting many VMs must not block other calls: the probe's p99 while
+        # they go over its median with nothing going on.
+        f["delete_crowd_probe_p99_ratio"] = d.busy.p99_ms / d.quiet.median_ms
         put("floor_ioctl_golden", self.fork_golden.ioctl)
         put("floor_ioctl_empty_vm", self.fork_empty.ioctl)
         put("floor_ioctl_big", self.fork_big.ioctl)
@@ -79,6 +88,7 @@ class Results:
             "idle_vms": self.memory.vms,
             "idle_vm_cgroup_mib": self.memory.cgroup_bytes_per_vm / MIB,
             "idle_vm_host_mib": self.memory.host_bytes_per_vm / MIB,
+            "deleted_vms": self.deletes.vms,
         }
 
     def series(self) -> dict[str, dict[str, Any]]:
@@ -96,6 +106,8 @@ class Results:
             "quota_on_create": self.side.create_on,
             "quota_off_create": self.side.create_off,
             "net_off_create": self.side.create_no_egress,
+            "probe_quiet": self.deletes.quiet,
+            "probe_during_deletes": self.deletes.busy,
             "floor_ioctl_golden": self.fork_golden.ioctl,
             "floor_ioctl_empty_vm": self.fork_empty.ioctl,
             "floor_ioctl_big": self.fork_big.ioctl,
