@@ -116,6 +116,12 @@ class RunRequest(BaseModel):
         ),
     ] = None
     user: Literal["user", "root"] | None = None
+    stdin_open: Annotated[
+        bool | None,
+        Field(
+            description="Keep the command's stdin open after `stdin` (a background run): more bytes go in through POST .../runs/{run_id}/stdin, and the command reads end-of-file only when that is called with close=true. Without it stdin ends after `stdin`."
+        ),
+    ] = False
 
 
 class Output(BaseModel):
@@ -270,6 +276,46 @@ class PortToken(BaseModel):
         ),
     ]
     expires_at: AwareDatetime
+
+
+class RunOutputGap(BaseModel):
+    """
+    The data of a `gap` event: bytes of one stream the server no longer holds (the middle of a stream longer than its cap).
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    stream: Literal["stdout", "stderr"]
+    from_: Annotated[int, Field(alias="from", ge=0)]
+    to: Annotated[int, Field(ge=0)]
+    bytes: Annotated[int, Field(ge=0)]
+
+
+class RunStdinWritten(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    bytes_written: Annotated[
+        int,
+        Field(description="Bytes of the body that went into the run's stdin.", ge=0),
+    ]
+    closed: Annotated[bool, Field(description="Whether stdin is now closed.")]
+
+
+class RunSignal(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    signal: Annotated[
+        str,
+        Field(
+            description="A signal name: SIGINT, SIGTERM, SIGKILL, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGSTOP, SIGCONT, SIGWINCH, SIGALRM or SIGPIPE.",
+            max_length=16,
+            min_length=4,
+            pattern="^SIG[A-Z0-9+-]+$",
+        ),
+    ]
 
 
 class Vm(BaseModel):
@@ -547,6 +593,34 @@ class RunStatus(BaseModel):
         list[RunWarning] | None,
         Field(
             description="Empty when there is nothing to say; older servers leave it out."
+        ),
+    ] = None
+    stdout_bytes: Annotated[
+        int | None,
+        Field(
+            description="Bytes the run has written to stdout in all (more than `stdout` holds when it is truncated: then `stdout` is its head and its tail, half each, head first).",
+            ge=0,
+        ),
+    ] = None
+    stdout_start: Annotated[
+        int | None,
+        Field(
+            description="The offset in the stream of the first byte of `stdout`: 0, or where a `stdout_after` window starts (past the offset asked for when the bytes there were dropped).",
+            ge=0,
+        ),
+    ] = None
+    stderr_bytes: Annotated[
+        int | None,
+        Field(
+            description="Bytes the run has written to stderr in all (more than `stderr` holds when it is truncated: then `stderr` is its head and its tail, half each, head first).",
+            ge=0,
+        ),
+    ] = None
+    stderr_start: Annotated[
+        int | None,
+        Field(
+            description="The offset in the stream of the first byte of `stderr`: 0, or where a `stderr_after` window starts (past the offset asked for when the bytes there were dropped).",
+            ge=0,
         ),
     ] = None
 

@@ -163,9 +163,7 @@ class Computer(ComputerBase[Arker]):
     """A golden or a VM. Every call goes to the endpoint it is pinned to; on
     leaving `async with`, the VM is deleted."""
 
-    def __init__(
-        self, arker: Arker, vm_id: str, endpoint: str, info: Vm | None = None
-    ) -> None:
+    def __init__(self, arker: Arker, vm_id: str, endpoint: str, info: Vm | None = None) -> None:
         super().__init__(arker, vm_id, endpoint, info)
         self.sync = FileSync(self)
         self.network = Network(self)

@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
 from arker import __version__
 from arker import _types as t
 from arker.server.auth import Authenticator
+from arker.server.events import parse_offsets
+from arker.server.runs import Window
 from arker.server.service import Service
 
 __all__ = ["metrics_response", "router"]
@@ -138,9 +140,53 @@ async def run_command(
     return _json(result, status)
 
 
+Offset = Annotated[int | None, Query(ge=0, le=2**62)]
+
+
 @router.get("/v1/vms/{vm_id}/runs/{run_id}")
-async def get_run(vm_id: VmId, run_id: RunId, org: Org, svc: Svc) -> Response:
-    return _json(await svc.run_status(org, vm_id, run_id))
+async def get_run(
+    vm_id: VmId,
+    run_id: RunId,
+    org: Org,
+    svc: Svc,
+    output: bool = True,
+    stdout_after: Offset = None,
+    stderr_after: Offset = None,
+) -> Response:
+    window = None
+    if not output or stdout_after is not None or stderr_after is not None:
+        window = Window(output, stdout_after, stderr_after)
+    return _json(await svc.run_status(org, vm_id, run_id, window))
+
+
+@router.get("/v1/vms/{vm_id}/runs/{run_id}/events")
+async def run_events(
+    vm_id: VmId,
+    run_id: RunId,
+    org: Org,
+    svc: Svc,
+    stdout_after: Offset = None,
+    stderr_after: Offset = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
+) -> Response:
+    offsets = parse_offsets(last_event_id, stdout_after, stderr_after)
+    events = await svc.run_events(org, vm_id, run_id, offsets)
+    # No buffering on the way (nginx honours the header): each event as it comes.
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+
+@router.post("/v1/vms/{vm_id}/runs/{run_id}/stdin")
+async def write_run_stdin(
+    vm_id: VmId, run_id: RunId, request: Request, org: Org, svc: Svc, close: bool = False
+) -> Response:
+    data = await request.body()  # bounded by the edge's body limit
+    return _json(await svc.write_run_stdin(org, vm_id, run_id, data, close))
+
+
+@router.post("/v1/vms/{vm_id}/runs/{run_id}/signal")
+async def signal_run(vm_id: VmId, run_id: RunId, body: t.RunSignal, org: Org, svc: Svc) -> Response:
+    return _json(await svc.signal_run(org, vm_id, run_id, body.signal))
 
 
 @router.post("/v1/vms/{vm_id}/runs/{run_id}/cancel")

@@ -27,7 +27,7 @@ from arker.server.config import Settings
 from arker.server.metrics import Metrics
 from arker.server.port_tokens import PortTokens
 from arker.server.retention import Retention
-from arker.server.runs import Runs
+from arker.server.runs import Runs, Window
 from arker.server.runspec import request_hash
 from arker.server.store import Database, Upload, Vm
 from arker.server.threads import Threads
@@ -480,9 +480,27 @@ class Service:
         vm_row = await self._vm(org, vm_id)
         return await self.runs.run(vm_row, req, idem_key)
 
-    async def run_status(self, org: str, vm_id: str, run_id: str) -> t.RunStatus:
+    async def run_status(
+        self, org: str, vm_id: str, run_id: str, window: Window | None = None
+    ) -> t.RunStatus:
         await self._vm(org, vm_id)
-        return await self.runs.status(org, vm_id, run_id)
+        return await self.runs.status(org, vm_id, run_id, window)
+
+    async def run_events(
+        self, org: str, vm_id: str, run_id: str, offsets: tuple[int, int]
+    ) -> AsyncIterator[bytes]:
+        await self._vm(org, vm_id)
+        return await self.runs.events(org, vm_id, run_id, offsets)
+
+    async def write_run_stdin(
+        self, org: str, vm_id: str, run_id: str, data: bytes, close: bool
+    ) -> t.RunStdinWritten:
+        await self._usable_vm(org, vm_id, "write to a run of")
+        return await self.runs.write_stdin(org, vm_id, run_id, data, close)
+
+    async def signal_run(self, org: str, vm_id: str, run_id: str, name: str) -> t.RunStatus:
+        await self._usable_vm(org, vm_id, "signal a run of")
+        return await self.runs.signal(org, vm_id, run_id, name)
 
     async def cancel_run(self, org: str, vm_id: str, run_id: str) -> t.RunStatus:
         await self._vm(org, vm_id)

@@ -85,6 +85,10 @@ class Run(Base):
     stderr: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
     stdout_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
     stderr_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Bytes each stream carried in all; past what is kept, stdout holds its
+    # head and its tail (half each). None: a row from before they were counted.
+    stdout_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    stderr_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
     oom_killed: Mapped[bool] = mapped_column(Boolean, default=False)
     retry_count: Mapped[int] = mapped_column(Integer, default=0)
     failure_reason: Mapped[str | None] = mapped_column(Text, default=None)
