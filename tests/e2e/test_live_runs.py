@@ -205,3 +205,51 @@ def test_another_orgs_run_and_bad_offsets(live: Live, api: httpx.Client, vm: str
     r = api.get(f"/v1/vms/{vm}/runs/nope/events")
     check(r)
     assert r.status_code == 404
+
+
+def test_sdk_streams_a_foreground_run_and_follows_a_handle(live: Live) -> None:
+    from arker import RunHandle
+
+    with live.client() as client:
+        vm = client.vm("busybox").fork()
+        try:
+            seen: list[str] = []
+            result = vm.run("echo a; sleep 0.3; echo b >&2; exit 2", on_stdout=seen.append,
+                            on_stderr=seen.append)  # fmt: skip
+            assert result.type == "completed" and result.exit_code == 2
+            assert (result.stdout, result.stderr) == (b"a\n", b"b\n")
+            assert "".join(seen) == "a\nb\n"
+            handle = vm.run("cat; echo end", background=True, stdin_open=True)
+            assert isinstance(handle, RunHandle) and handle.type == "started"
+            assert handle.send_stdin("x\n").bytes_written == 2
+            handle.close_stdin()
+            # A new process would have only the id: rebuild the handle from it.
+            again = vm.run_handle(handle.run_id)
+            events = list(again.events())
+            assert events[-1].type == "end" and events[-1].status is not None
+            assert b"".join(e.data for e in events if e.type == "stdout") == b"x\nend\n"
+            final = again.wait()
+            assert final.state == "completed" and final.stdout == b"x\nend\n"
+            assert final.stdout_bytes == 6
+            sig = vm.run("trap 'exit 7' TERM; while :; do sleep 0.1; done", background=True)
+            time.sleep(0.5)
+            sig.signal("SIGTERM")
+            assert sig.wait().exit_code == 7
+        finally:
+            vm.delete()
+
+
+async def test_async_sdk_events_iterate(live: Live) -> None:
+    async with live.aclient() as client:
+        vm = await client.vm("busybox").fork()
+        try:
+            handle = await vm.run("for i in 1 2 3; do echo $i; sleep 0.1; done", background=True)
+            out = b""
+            async for event in handle.events():
+                if event.type == "stdout":
+                    out += event.data
+            assert out == b"1\n2\n3\n"
+            status = await handle.status(output=False)
+            assert status.stdout == b"" and status.stdout_bytes == 6
+        finally:
+            await vm.delete()

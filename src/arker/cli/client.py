@@ -9,6 +9,7 @@ bytes, JSON) goes to stdout; notes for people go to stderr.
 from __future__ import annotations
 
 import enum
+import shlex
 import sys
 from datetime import UTC
 from pathlib import Path, PurePosixPath
@@ -28,6 +29,7 @@ from arker.cli._output import (
     write_stderr,
     write_stdout,
 )
+from arker.cli.follow import exit_with, follow, notes
 
 if TYPE_CHECKING:
     from arker import Arker
@@ -39,13 +41,6 @@ PROGRESS_MIN_BYTES = 8 * 1024 * 1024
 CHUNK_BYTES = 1024 * 1024
 # The contract caps a run's stdin at 8 MiB decoded.
 STDIN_MAX_BYTES = 8 * 1024 * 1024
-# Exit statuses for runs that did not end by themselves, after coreutils'
-# `timeout` (124) and the shell's convention for SIGINT (130).
-EXIT_TIMED_OUT = 124
-EXIT_CANCELLED = 130
-# How long `arker run` waits for a foreground run with no --timeout: the
-# contract's longest timeout_s.
-RUN_WAIT_S = 86400.0
 
 
 class RunUser(enum.StrEnum):
@@ -157,14 +152,6 @@ def _parse_env(pairs: list[str]) -> dict[str, str] | None:
     return env or None
 
 
-def _notes(result: Any) -> None:
-    for stream in ("stdout", "stderr"):
-        if getattr(result, f"{stream}_truncated", False):
-            err_console.print(f"arker: {stream} was cut at the server's output cap")
-    if getattr(result, "oom_killed", False):
-        err_console.print("arker: the VM's memory limit killed the command")
-
-
 def run(
     vm: VmId,
     command: Annotated[
@@ -191,43 +178,52 @@ def run(
     region: Region = None,
     base_url: BaseUrl = None,
 ) -> None:
-    """Run a command in a VM; its output and exit status become arker's.
+    """Run a command in a VM; its output (as it arrives) and exit status become arker's.
 
-    Several words are joined with spaces, as ssh does: quote a pipeline once,
-    `arker run VM -- 'ls | wc -l'`. A timeout exits 124, a cancelled run 130.
+    Several words are the command's argv, exactly, as `docker exec` takes
+    them: `arker run VM -- sh -c 'exit 3'`. One word is a shell command line:
+    `arker run VM -- 'ls | wc -l'`. A timeout exits 124, a cancelled run (or
+    Ctrl-C, which cancels it) 130.
     """
     data = _read_stdin(stdin_file, no_stdin)
-    # A foreground run with no timeout may take as long as the command does:
-    # wait for it (the SDK adds its own slack when --timeout is given).
-    wait_s = RUN_WAIT_S if timeout is None and not background else 60.0
-    with _client(api_key, region, base_url, wait_s) as arker:
-        result = arker.vm(vm).run(
-            " ".join(command),
-            background=background,
+    line = command[0] if len(command) == 1 else shlex.join(command)
+    with _client(api_key, region, base_url, 60.0) as arker:
+        handle = arker.vm(vm).run(
+            line,
+            background=True,
             timeout_s=timeout,
             env=_parse_env(env or []),
             cwd=cwd,
             stdin=data,
             user=None if user is None else user.value,
         )
-    if result.type == "started":
-        print(result.run_id)
-        return
-    write_stdout(result.stdout)
-    write_stderr(result.stderr)
-    _notes(result)
-    if result.type == "completed":
-        # A status the shell cannot hold (it keeps the low 8 bits) must not
-        # turn a failure into 0.
-        raise typer.Exit(result.exit_code if 0 <= result.exit_code <= 255 else 1)
-    if result.type == "timed_out":
-        err_console.print(f"arker: timed out after {result.timeout_s:g} s (run {result.run_id})")
-        raise typer.Exit(EXIT_TIMED_OUT)
-    if result.type == "failed":
-        err_console.print(f"arker: run {result.run_id} failed: {result.failure_reason}")
-        raise typer.Exit(1)
-    err_console.print(f"arker: run {result.run_id} was cancelled")
-    raise typer.Exit(EXIT_CANCELLED)
+        if background:
+            print(handle.run_id)
+            return
+        status = follow(handle, cancel_on_interrupt=True)
+    exit_with(status, timeout)
+
+
+def logs(
+    vm: VmId,
+    run_id: RunId,
+    follow_it: Annotated[
+        bool, typer.Option("--follow", "-f", help="Go on printing until the run ends.")
+    ] = False,
+    api_key: ApiKey = None,
+    region: Region = None,
+    base_url: BaseUrl = None,
+) -> None:
+    """A run's output: what there is so far, or with --follow all of it as it
+    comes, then the run's exit status as arker's (Ctrl-C stops following)."""
+    with _client(api_key, region, base_url, 60.0) as arker:
+        handle = arker.vm(vm).run_handle(run_id)
+        if follow_it:
+            exit_with(follow(handle, cancel_on_interrupt=False))
+        status = handle.status()
+    write_stdout(status.stdout)
+    write_stderr(status.stderr)
+    notes(status)
 
 
 def _print_status(status: Any, as_json: bool) -> None:
@@ -243,7 +239,7 @@ def _print_status(status: Any, as_json: bool) -> None:
         return
     write_stdout(status.stdout)
     write_stderr(status.stderr)
-    _notes(status)
+    notes(status)
     exit_code = "-" if status.exit_code is None else status.exit_code
     line = f"state: {status.state}  exit code: {exit_code}  retries: {status.retry_count}"
     if status.failure_reason:
@@ -449,7 +445,7 @@ def cat(
         write_stdout(arker.vm(remote[0]).sync.read_file(remote[1]))
 
 
-_COMMANDS = (fork, run, status, cancel, ls, get, restart, rm, cp, cat)
+_COMMANDS = (fork, run, logs, status, cancel, ls, get, restart, rm, cp, cat)
 
 
 def register(app: typer.Typer) -> None:

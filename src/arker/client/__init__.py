@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from arker.client._async import AsyncArker, AsyncComputer, AsyncFileSync, AsyncNetwork
+from arker.client._async import (
+    AsyncArker,
+    AsyncComputer,
+    AsyncFileSync,
+    AsyncNetwork,
+    AsyncRunHandle,
+)
 from arker.client._models import (
     CancelledRun,
     CompletedRun,
@@ -10,9 +16,11 @@ from arker.client._models import (
     FileWritten,
     Golden,
     PortToken,
+    RunEvent,
     RunResult,
     RunState,
     RunStatus,
+    RunStdinWritten,
     StartedRun,
     TimedOutRun,
     Vm,
@@ -20,7 +28,7 @@ from arker.client._models import (
 )
 from arker.client._retry import RetryPolicy
 from arker.client._routing import BURST_GOLDENS, is_burst_vm_id
-from arker.client._sync import Arker, Computer, FileSync, Network
+from arker.client._sync import Arker, Computer, FileSync, Network, RunHandle
 
 __all__ = [
     "Arker",
@@ -28,6 +36,7 @@ __all__ = [
     "AsyncComputer",
     "AsyncFileSync",
     "AsyncNetwork",
+    "AsyncRunHandle",
     "BURST_GOLDENS",
     "CancelledRun",
     "FailedRun",
@@ -39,9 +48,12 @@ __all__ = [
     "Golden",
     "PortToken",
     "RetryPolicy",
+    "RunEvent",
+    "RunHandle",
     "RunResult",
     "RunState",
     "RunStatus",
+    "RunStdinWritten",
     "StartedRun",
     "TimedOutRun",
     "Vm",

@@ -96,6 +96,12 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _offset(value: int, what: str) -> int:
+    if not _is_int(value) or value < 0:
+        raise ArkerError(ErrorCode.INVALID_REQUEST, f"{what} must be an int >= 0, not {value!r}")
+    return value
+
+
 def _port(port: int) -> int:
     if not _is_int(port) or not 1 <= port <= 65535:
         raise ArkerError(ErrorCode.INVALID_REQUEST, f"port must be 1..65535, not {port!r}")
@@ -245,6 +251,7 @@ class ComputerBase(Generic[ArkerT]):
         stdin: bytes | str | None,
         user: Literal["user", "root"] | None,
         idempotency_key: str | None,
+        stdin_open: bool = False,
     ) -> Request:
         stdin_b64 = None
         if stdin is not None:
@@ -258,6 +265,7 @@ class ComputerBase(Generic[ArkerT]):
             cwd=cwd,
             stdin=stdin_b64,
             user=user,
+            stdin_open=True if stdin_open else None,  # sent only when set
         )
         http_timeout_s = self._arker.timeout_s
         if not background and timeout_s is not None:
@@ -270,8 +278,40 @@ class ComputerBase(Generic[ArkerT]):
             timeout_s=http_timeout_s,
         )
 
-    def _run_status_request(self, run_id: str) -> Request:
-        return self._call("GET", f"/runs/{_segment(run_id, 'run_id')}")
+    def _run_status_request(
+        self,
+        run_id: str,
+        output: bool = True,
+        stdout_after: int | None = None,
+        stderr_after: int | None = None,
+    ) -> Request:
+        params: dict[str, str | int] = {} if output else {"output": "false"}
+        for name, at in (("stdout_after", stdout_after), ("stderr_after", stderr_after)):
+            if at is not None:
+                params[name] = _offset(at, name)
+        return self._call("GET", f"/runs/{_segment(run_id, 'run_id')}", params=params or None)
+
+    def _run_events_request(self, run_id: str, stdout_after: int, stderr_after: int) -> Request:
+        params: dict[str, str | int] = {
+            "stdout_after": _offset(stdout_after, "stdout_after"),
+            "stderr_after": _offset(stderr_after, "stderr_after"),
+        }
+        return self._call("GET", f"/runs/{_segment(run_id, 'run_id')}/events", params=params)
+
+    def _stdin_request(self, run_id: str, data: bytes | str, close: bool) -> Request:
+        params: dict[str, str | int] | None = {"close": "true"} if close else None
+        return self._call(
+            "POST",
+            f"/runs/{_segment(run_id, 'run_id')}/stdin",
+            params=params,
+            content=_as_bytes(data, "data"),
+            # The server waits up to a minute for the command to read it.
+            timeout_s=max(self._arker.timeout_s, 60 + RUN_TIMEOUT_SLACK_S),
+        )
+
+    def _signal_request(self, run_id: str, name: str) -> Request:
+        body = _body(wire.RunSignal, signal=name)
+        return self._call("POST", f"/runs/{_segment(run_id, 'run_id')}/signal", json=body)
 
     def _cancel_run_request(self, run_id: str) -> Request:
         return self._call("POST", f"/runs/{_segment(run_id, 'run_id')}/cancel")
