@@ -20,6 +20,9 @@ Measured, each next to its floor from the same run:
               cost of a quota is the ratio of the medians
   network     create with egress (the default) and with {"egress": false}
               on this server, in the same turns: the cost of a VM's network
+  stream      a line sent to a run's stdin, echoed by the shell, received
+              as an event of its SSE stream: an upper bound of byte-in-VM to
+              event-on-client; floor: the stdin POST alone
   deletes     N networked VMs deleted at once while another VM runs `true`
               again and again: that call's latency, over the same with
               nothing going on (deleting VMs must not block other calls)
@@ -105,6 +108,8 @@ def measure(server: LocalServer, bare: LocalServer, plan: Plan) -> Results:
         _say("run round trip, file transfer")
         vm = fleet.fork()
         run = scenarios.run_round_trip(vm, plan.runs)
+        _say("stream latency: a line to a run's stdin, its echo as an event")
+        stream = scenarios.stream_latency(vm, plan.runs)
         transfer = scenarios.transfer(vm, plan.file_bytes, plan.transfers)
         fleet.delete()
         _say("create to first command, sequential")
@@ -135,6 +140,7 @@ def measure(server: LocalServer, bare: LocalServer, plan: Plan) -> Results:
         http_floor=http_floor,
         side=side,
         deletes=deletes,
+        stream=stream,
     )
 
 

@@ -140,6 +140,15 @@ def judge(f: dict[str, float], burst_n: int, cpus: int) -> list[Goal]:
             "same call, quiet",
         ),
         Goal(
+            "output to event, upper bound (median)",
+            f["stream_echo_median_ms"],
+            "ms",
+            "<= 5 ms",
+            f["stream_echo_median_ms"] <= 5,
+            f["floor_stdin_post_median_ms"],
+            "the stdin POST alone",
+        ),
+        Goal(
             "idle running VM",
             f["idle_vm_mib"],
             "MiB",

@@ -42,6 +42,8 @@ def table(results: Results, goals: list[Goal]) -> str:
             "probe_quiet",
         ),
         ("run `true`, quiet", "probe_quiet", None),
+        ("stdin line -> its echo's event", "stream_echo", "floor_stdin_post"),
+        ("floor: the stdin POST alone", "floor_stdin_post", None),
         ("floor: snapshot ioctl (golden)", "floor_ioctl_golden", None),
         ("floor: subprocess.run(['true'])", "floor_subprocess_true", None),
         ("floor: HTTP GET /healthz", "floor_http_noop", None),
