@@ -253,3 +253,36 @@ async def test_async_sdk_events_iterate(live: Live) -> None:
             assert status.stdout == b"" and status.stdout_bytes == 6
         finally:
             await vm.delete()
+
+
+def test_a_restart_ends_streams_at_once_and_a_durable_run_streams_on() -> None:
+    from live import make_live, stop_live
+
+    own = make_live(None)
+    try:
+        headers = {"Authorization": f"Bearer {own.keys['acme']}"}
+        api = httpx.Client(base_url=own.url, headers=headers, timeout=60)
+        vm = api.post("/v1/vms/busybox/fork", json={"durable": True}).json()["vm_id"]
+        cmd = "echo go; sleep 3; echo done"
+        run_id = _start(api, vm, cmd)
+        last = None
+        with api.stream("GET", f"/v1/vms/{vm}/runs/{run_id}/events") as r:
+            stream = events(r)
+            ev = next(e for e in stream if e is not None)
+            assert (ev.event, base64.b64decode(ev.data)) == ("stdout", b"go\n")
+            last = ev.id
+            t0 = time.monotonic()
+            own.server.proc.send_signal(15)  # type: ignore[union-attr]
+            rest = [e for e in stream if e is not None]
+        assert time.monotonic() - t0 < 4.5  # not held for uvicorn's 5 s of grace
+        assert all(e.event != "end" for e in rest)
+        own.server.proc.wait(30)  # type: ignore[union-attr]
+        own.server.proc = None
+        own.server.start()  # the durable run starts again from its checkpoint
+        api = httpx.Client(base_url=own.url, headers=headers, timeout=60)
+        got, _, end = _read(api, vm, run_id, headers={"Last-Event-ID": last or "0:0"})
+        assert end is not None and end["retry_count"] == 1 and end["state"] == "completed"
+        assert got["stdout"] == b"done\n"  # "go\n" was seen before: not again
+        api.delete(f"/v1/vms/{vm}")
+    finally:
+        stop_live(own)
