@@ -84,25 +84,21 @@ class Retention:
 
         Callers that come while a pass runs share the next one: its checkpoint
         waits for every reader and holds up writers."""
-        if self.db.sqlite_path is not None:
+        if self.db.blocking is not None:
             await self._giver.submit(None)
 
     async def _give_pass(self, _callers: list[None]) -> None:
-        path = self.db.sqlite_path
-        assert path is not None
+        writer = self.db.blocking
+        assert writer is not None
         try:
-            await anyio.to_thread.run_sync(_give_back, path)
+            await anyio.to_thread.run_sync(writer.in_turn, _give_back)
         except sqlite3.Error:  # what was freed is given back on a later pass
             log.warning("could not give the database's free pages back", exc_info=True)
 
 
-def _give_back(path: str) -> None:
-    conn = sqlite3.connect(path, isolation_level=None, timeout=10)
-    try:
-        # The pragma frees one page per step, and execute() steps it once;
-        # executescript steps every statement to its end.
-        conn.executescript("PRAGMA incremental_vacuum;")
-        # In WAL mode the file shrinks when the log is written back into it.
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-    finally:
-        conn.close()
+def _give_back(conn: sqlite3.Connection) -> None:
+    # The pragma frees one page per step, and execute() steps it once;
+    # executescript steps every statement to its end.
+    conn.executescript("PRAGMA incremental_vacuum;")
+    # In WAL mode the file shrinks when the log is written back into it.
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()

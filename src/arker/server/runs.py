@@ -23,7 +23,6 @@ from typing import Any
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 from ulid import ULID
 
 from arker import _types as t
@@ -394,15 +393,18 @@ class Runs:
         if ids:
             await self._fail(ids, reason)
 
-    async def drop_vm_runs(self, s: AsyncSession, vm_ids: list[str]) -> None:
-        """In the caller's transaction, delete deleted VMs' runs; those still
-        in flight count as failed runs."""
-        in_flight = await s.scalar(
-            select(func.count()).where(Run.vm_id.in_(vm_ids), Run.state.in_(IN_FLIGHT))
-        )
-        await s.execute(delete(Run).where(Run.vm_id.in_(vm_ids)))
-        if in_flight:
-            self.metrics.runs_finished.inc(in_flight, state="failed")
+    async def in_flight_count(self, vm_ids: list[str]) -> int:
+        """How many runs of these VMs are still in flight (deleted VMs' runs
+        count as failed when their rows go)."""
+        async with self.db.session() as s:
+            count = await s.scalar(
+                select(func.count()).where(Run.vm_id.in_(vm_ids), Run.state.in_(IN_FLIGHT))
+            )
+        return count or 0
+
+    def count_failed(self, n: int) -> None:
+        if n:
+            self.metrics.runs_finished.inc(n, state="failed")
 
     # -- reading and cancelling
     async def _row(self, org: str, vm_id: str, run_id: str) -> Run:

@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from ulid import ULID
 
@@ -30,6 +30,7 @@ from arker.server.retention import Retention
 from arker.server.runs import Runs, Window
 from arker.server.runspec import request_hash
 from arker.server.store import Database, Upload, Vm
+from arker.server.store import Run as RunRow
 from arker.server.threads import Threads
 
 __all__ = ["Service"]
@@ -76,6 +77,13 @@ def host_memory_bytes() -> int:
 
 
 _INSERT_VM = insert(Vm)  # built once, as the run path's statements are
+_MARK_DELETED = (
+    update(Vm)
+    .where(Vm.id.in_(bindparam("deleted_ids", expanding=True)))
+    .values(deleted_at=bindparam("deleted_at"))
+)
+_DROP_RUNS = delete(RunRow).where(RunRow.vm_id.in_(bindparam("dropped_ids", expanding=True)))
+_DROP_UPLOADS = delete(Upload).where(Upload.vm_id.in_(bindparam("dropped_ids", expanding=True)))
 
 
 class Service:
@@ -440,11 +448,15 @@ class Service:
         came meanwhile (see `Batcher`). Their runs and uploads are answered
         not_found from now on (the VM lookup fails first, even for a retried
         Idempotency-Key), so their rows only take space: they go too."""
-        async with self.db.session() as s:
-            await s.execute(update(Vm).where(Vm.id.in_(vm_ids)).values(deleted_at=time.time()))
-            await self.runs.drop_vm_runs(s, vm_ids)
-            await s.execute(delete(Upload).where(Upload.vm_id.in_(vm_ids)))
-            await s.commit()
+        in_flight = await self.runs.in_flight_count(vm_ids)
+        await self.db.write_all(
+            [
+                (_MARK_DELETED, {"deleted_ids": vm_ids, "deleted_at": time.time()}),
+                (_DROP_RUNS, {"dropped_ids": vm_ids}),
+                (_DROP_UPLOADS, {"dropped_ids": vm_ids}),
+            ]
+        )
+        self.runs.count_failed(in_flight)
 
     async def update_network(self, org: str, vm_id: str, req: t.NetworkUpdate) -> t.Vm:
         """A new policy for the VM, live if it runs; fields not sent keep theirs."""
