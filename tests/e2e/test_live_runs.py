@@ -286,3 +286,73 @@ def test_a_restart_ends_streams_at_once_and_a_durable_run_streams_on() -> None:
         api.delete(f"/v1/vms/{vm}")
     finally:
         stop_live(own)
+
+
+def _rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_slow_readers_and_polls_of_a_chatty_run_keep_the_server_small() -> None:
+    """8 streams read a trickle of a run writing 200 MB, and 12 pollers ask its
+    status without output: the server's memory stays within a few times the
+    output it holds (the cap), and the run is not held up by its readers."""
+    import threading
+
+    from live import make_live, stop_live
+
+    own = make_live(None)
+    try:
+        assert own.server.proc is not None
+        pid = own.server.proc.pid
+        headers = {"Authorization": f"Bearer {own.keys['acme']}"}
+        api = httpx.Client(base_url=own.url, headers=headers, timeout=60)
+        vm = api.post("/v1/vms/busybox/fork", json={}).json()["vm_id"]
+        before = _rss_bytes(pid)
+        run_id = _start(api, vm, "yes | head -c 200000000")
+        stop = threading.Event()
+
+        def slow_reader() -> None:
+            url = f"/v1/vms/{vm}/runs/{run_id}/events"
+            with (
+                httpx.Client(base_url=own.url, headers=headers, timeout=60) as c,
+                c.stream("GET", url) as r,
+            ):
+                for _ in r.iter_raw(4096):
+                    if stop.wait(0.05):
+                        return
+
+        def poller() -> None:
+            with httpx.Client(base_url=own.url, headers=headers, timeout=60) as c:
+                while not stop.is_set():
+                    r = c.get(f"/v1/vms/{vm}/runs/{run_id}", params={"output": "false"})
+                    assert r.status_code == 200 and r.json()["stdout"] == ""
+
+        threads = [threading.Thread(target=slow_reader) for _ in range(8)]
+        threads += [threading.Thread(target=poller) for _ in range(12)]
+        for th in threads:
+            th.start()
+        peak = before
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                peak = max(peak, _rss_bytes(pid))
+                status = api.get(f"/v1/vms/{vm}/runs/{run_id}", params={"output": "false"})
+                if status.json()["state"] != "running":
+                    break
+                time.sleep(0.2)
+            body = status.json()
+            # The run went to its end while its readers had read almost nothing.
+            assert body["state"] == "completed" and body["stdout_bytes"] == 200_000_000
+        finally:
+            stop.set()
+            for th in threads:
+                th.join(30)
+        print(f"server rss {before / 2**20:.0f} MiB -> peak {peak / 2**20:.0f} MiB")
+        assert peak - before < 100 * 1024 * 1024, (before, peak)  # not 200 MB, nor 20 x 16
+        api.delete(f"/v1/vms/{vm}")
+    finally:
+        stop_live(own)
