@@ -14,10 +14,12 @@
 from __future__ import annotations
 
 from arker.client import (
+    ArchiveUnpacked,
     Arker,
     AsyncArker,
     AsyncComputer,
     AsyncFileSync,
+    AsyncFs,
     AsyncNetwork,
     AsyncRunHandle,
     CancelledRun,
@@ -26,6 +28,9 @@ from arker.client import (
     FailedRun,
     FileSync,
     FileWritten,
+    Fs,
+    FsEntry,
+    FsList,
     Golden,
     Network,
     PortToken,
@@ -46,11 +51,13 @@ from arker.errors import ArkerError, ErrorCode
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArchiveUnpacked",
     "Arker",
     "ArkerError",
     "AsyncArker",
     "AsyncComputer",
     "AsyncFileSync",
+    "AsyncFs",
     "AsyncNetwork",
     "AsyncRunHandle",
     "CancelledRun",
@@ -59,7 +66,10 @@ __all__ = [
     "Computer",
     "ErrorCode",
     "FileSync",
+    "Fs",
     "FileWritten",
+    "FsEntry",
+    "FsList",
     "Golden",
     "Network",
     "PortToken",

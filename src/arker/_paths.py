@@ -12,10 +12,11 @@ __all__ = ["HOME", "check_path"]
 HOME = "/home/user"
 
 
-def check_path(path: str, *, anywhere: bool = False) -> str:
+def check_path(path: str, *, anywhere: bool = False, home: bool = False) -> str:
     """Return `path` normalised (no `.` or empty components), or raise
     `ArkerError(invalid_path)`. `anywhere`: any file of the VM, not only
-    under /home/user (the engine's own writes, such as /etc/resolv.conf)."""
+    under /home/user (the engine's own writes, such as /etc/resolv.conf).
+    `home`: /home/user itself is accepted too (a directory to list or pack)."""
     if not isinstance(path, str) or not path:
         raise ArkerError(ErrorCode.INVALID_PATH, "path must be a non-empty string")
     if "\x00" in path:
@@ -27,7 +28,7 @@ def check_path(path: str, *, anywhere: bool = False) -> str:
         raise ArkerError(ErrorCode.INVALID_PATH, f"path must not contain '..': {path!r}")
     if not parts:
         raise ArkerError(ErrorCode.INVALID_PATH, f"path must name a file: {path!r}")
-    if not anywhere and (parts[:2] != ["home", "user"] or len(parts) < 3):
+    if not anywhere and (parts[:2] != ["home", "user"] or len(parts) < (2 if home else 3)):
         raise ArkerError(ErrorCode.INVALID_PATH, f"path must be under {HOME}/: {path!r}")
     if len(path) > 4096 or any(len(p) > 255 for p in parts):
         raise ArkerError(ErrorCode.INVALID_PATH, "path is too long")

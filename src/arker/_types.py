@@ -318,6 +318,110 @@ class RunSignal(BaseModel):
     ]
 
 
+class FsEntry(BaseModel):
+    """
+    One file, as lstat sees it: a symlink is reported as itself, not what it points to.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    name: Annotated[
+        str,
+        Field(
+            description="Relative to the listed directory (`a/b.txt` at depth 2); for stat, the last component."
+        ),
+    ]
+    path: Annotated[str, Field(description="Absolute, as the VM sees it.")]
+    type: Annotated[
+        Literal["file", "dir", "symlink", "other"],
+        Field(description="`other`: a FIFO, socket or device node."),
+    ]
+    size: Annotated[
+        int, Field(description="Bytes (of a symlink: its target's length).", ge=0)
+    ]
+    mode: Annotated[
+        int,
+        Field(
+            description="Permission bits with setuid, setgid and sticky (0o7777), as an integer.",
+            ge=0,
+            le=4095,
+        ),
+    ]
+    mtime: AwareDatetime
+    link_target: Annotated[
+        str | None,
+        Field(
+            description="What a symlink points to, as written; null for other types."
+        ),
+    ] = None
+
+
+class FsList(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    path: str
+    entries: list[FsEntry]
+    next_offset: Annotated[
+        int | None,
+        Field(
+            description="The `offset` of the next page; null on the last page.", ge=0
+        ),
+    ]
+    truncated: Annotated[
+        bool,
+        Field(
+            description="The walk stopped at the server's bound on names read in one request (100 000): entries past it are not listed, on any page."
+        ),
+    ]
+
+
+class FsMkdirRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    path: Annotated[str, Field(max_length=4096, min_length=1)]
+    parents: Annotated[
+        bool | None,
+        Field(
+            description="Make missing parents too, and accept a directory already there (as `mkdir -p`)."
+        ),
+    ] = False
+
+
+class FsMoveRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    source: Annotated[str, Field(max_length=4096, min_length=1)]
+    destination: Annotated[
+        str,
+        Field(
+            description="The new name (not a directory to move into); its parent must exist.",
+            max_length=4096,
+            min_length=1,
+        ),
+    ]
+    overwrite: Annotated[
+        bool | None,
+        Field(
+            description="Replace a file, symlink or empty directory at `destination`; without it, anything there is `conflict`."
+        ),
+    ] = False
+
+
+class ArchiveUnpacked(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    path: str
+    entries: Annotated[
+        int, Field(description="Members unpacked (files, directories, links).", ge=0)
+    ]
+    bytes: Annotated[int, Field(description="Bytes of file data written.", ge=0)]
+
+
 class Vm(BaseModel):
     model_config = ConfigDict(
         extra="forbid",

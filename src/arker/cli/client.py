@@ -397,19 +397,28 @@ def _write_local(path: Path, data: bytes) -> None:
 def cp(
     src: Annotated[str, typer.Argument(help="LOCAL or VM:/home/user/PATH")],
     dst: Annotated[str, typer.Argument(help="LOCAL or VM:/home/user/PATH")],
+    recursive: Annotated[
+        bool, typer.Option("-r", "--recursive", help="Copy a directory and all in it")
+    ] = False,
     api_key: ApiKey = None,
     region: Region = None,
     base_url: BaseUrl = None,
 ) -> None:
-    """Copy a file into, out of, or between VMs; `VM:` marks the VM side.
+    """Copy a file (or with -r a directory) into, out of, or between VMs;
+    `VM:` marks the VM side.
 
     Large files show a bar while they are read or written locally; the SDK
     sends a file in one request, so the network part shows a spinner with
-    the time taken, not a byte count it does not have.
+    the time taken, not a byte count it does not have. With -r, as cp -r: a
+    destination that is a directory already gets the source inside it.
     """
     remote_src, remote_dst = _split_remote(src), _split_remote(dst)
     if remote_src is None and remote_dst is None:
         fail("invalid_request", "one side must be VM:/home/user/PATH")
+    if recursive:
+        with _client(api_key, region, base_url) as arker:
+            _cp_dir(arker, src, dst, remote_src, remote_dst)
+        return
     with _client(api_key, region, base_url) as arker:
         if remote_src is None:
             data = _read_local(Path(src))
@@ -429,6 +438,53 @@ def cp(
     if local.is_dir():
         local = local / name
     _write_local(local, data)
+
+
+def _cp_dir(
+    arker: Arker,
+    src: str,
+    dst: str,
+    remote_src: tuple[str, str] | None,
+    remote_dst: tuple[str, str] | None,
+) -> None:
+    name = PurePosixPath(remote_src[1]).name if remote_src else Path(src).resolve().name
+    if remote_dst is None:
+        local = Path(dst)
+        if local.is_dir():
+            local = local / name
+        assert remote_src is not None
+        with spinner(f"fetching {src}"):
+            arker.vm(remote_src[0]).fs.download_dir(remote_src[1], local)
+        return
+    vm_id, path = remote_dst
+    target = arker.vm(vm_id)
+    if path.endswith("/") or _remote_is_dir(target.fs, path):
+        path = path.rstrip("/") + "/" + name
+    if remote_src is None:
+        with spinner(f"sending {src} to {vm_id}:{path}"):
+            done = target.fs.upload_dir(src, path)
+    else:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="arker-cp-") as tmp:
+            with spinner(f"fetching {src}"):
+                arker.vm(remote_src[0]).fs.download_dir(remote_src[1], tmp)
+            with spinner(f"sending to {vm_id}:{path}"):
+                done = target.fs.upload_dir(tmp, path)
+    err_console.print(
+        f"{done.entries} entries, {done.bytes:,} bytes to {vm_id}:{done.path}", highlight=False
+    )
+
+
+def _remote_is_dir(fs: Any, path: str) -> bool:
+    from arker import ArkerError
+
+    try:
+        return bool(fs.stat(path).type == "dir")
+    except ArkerError as error:
+        if error.code == "not_found":
+            return False
+        raise
 
 
 def cat(

@@ -6,14 +6,18 @@ from arker.client._async import (
     AsyncArker,
     AsyncComputer,
     AsyncFileSync,
+    AsyncFs,
     AsyncNetwork,
     AsyncRunHandle,
 )
 from arker.client._models import (
+    ArchiveUnpacked,
     CancelledRun,
     CompletedRun,
     FailedRun,
     FileWritten,
+    FsEntry,
+    FsList,
     Golden,
     PortToken,
     RunEvent,
@@ -28,13 +32,15 @@ from arker.client._models import (
 )
 from arker.client._retry import RetryPolicy
 from arker.client._routing import BURST_GOLDENS, is_burst_vm_id
-from arker.client._sync import Arker, Computer, FileSync, Network, RunHandle
+from arker.client._sync import Arker, Computer, FileSync, Fs, Network, RunHandle
 
 __all__ = [
+    "ArchiveUnpacked",
     "Arker",
     "AsyncArker",
     "AsyncComputer",
     "AsyncFileSync",
+    "AsyncFs",
     "AsyncNetwork",
     "AsyncRunHandle",
     "BURST_GOLDENS",
@@ -43,7 +49,10 @@ __all__ = [
     "CompletedRun",
     "Computer",
     "FileSync",
+    "Fs",
     "FileWritten",
+    "FsEntry",
+    "FsList",
     "Network",
     "Golden",
     "PortToken",

@@ -364,3 +364,47 @@ class ComputerBase(Generic[ArkerT]):
             content=_as_bytes(data, "data"),
             upload_id=upload_id,
         )
+
+    # -- directories and archives (vm.fs)
+    def _fs_list_request(self, path: str, depth: int, limit: int, offset: int) -> Request:
+        # The contract's bounds on GET .../fs/list (query parameters get no model).
+        if not all(_is_int(v) for v in (depth, limit, offset)) or not (
+            1 <= depth <= 5 and 1 <= limit <= 1000 and 0 <= offset <= 100_000
+        ):
+            raise ArkerError(
+                ErrorCode.INVALID_REQUEST,
+                "list needs 1 <= depth <= 5, 1 <= limit <= 1000 and 0 <= offset <= 100000",
+            )
+        params: dict[str, str | int] = {"path": check_path(path, home=True)}
+        params.update(depth=depth, limit=limit, offset=offset)
+        return self._call("GET", "/fs/list", params=params)
+
+    def _fs_stat_request(self, path: str) -> Request:
+        return self._call("GET", "/fs/stat", params={"path": check_path(path, home=True)})
+
+    def _fs_mkdir_request(self, path: str, parents: bool) -> Request:
+        body = _body(wire.FsMkdirRequest, path=check_path(path), parents=True if parents else None)
+        return self._call("POST", "/fs/mkdir", json=body)
+
+    def _fs_move_request(self, source: str, destination: str, overwrite: bool) -> Request:
+        body = _body(
+            wire.FsMoveRequest,
+            source=check_path(source),
+            destination=check_path(destination),
+            overwrite=True if overwrite else None,
+        )
+        return self._call("POST", "/fs/move", json=body)
+
+    def _fs_remove_request(self, path: str, recursive: bool) -> Request:
+        params: dict[str, str | int] = {"path": check_path(path)}
+        if recursive:
+            params["recursive"] = "true"
+        return self._call("DELETE", "/fs", params=params)
+
+    def _archive_download_request(self, path: str) -> Request:
+        return self._call("GET", "/archive", params={"path": check_path(path, home=True)})
+
+    def _archive_upload_request(self, path: str, data: bytes) -> Request:
+        return self._call(
+            "PUT", "/archive", params={"path": check_path(path, home=True)}, content=data
+        )

@@ -3,8 +3,8 @@
 The wire carries output base64-encoded; these classes hold it decoded. They are
 built from the generated `arker._types` models after validation (see
 `_base.decode_*`), so their fields follow the contract. `Vm`, `Golden`,
-`FileWritten` and `PortToken` carry no bytes and are the generated models
-themselves.
+`FileWritten`, `PortToken`, `FsEntry`, `FsList` and `ArchiveUnpacked` carry
+no bytes and are the generated models themselves.
 
     RunResult = CompletedRun | TimedOutRun | CancelledRun | FailedRun | StartedRun
     (narrow with `if result.type == "completed": ...`)
@@ -16,13 +16,26 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from arker._types import FileWritten, Golden, PortToken, RunStdinWritten, RunWarning, Vm
+from arker._types import (
+    ArchiveUnpacked,
+    FileWritten,
+    FsEntry,
+    FsList,
+    Golden,
+    PortToken,
+    RunStdinWritten,
+    RunWarning,
+    Vm,
+)
 
 __all__ = [
+    "ArchiveUnpacked",
     "CancelledRun",
     "FailedRun",
     "CompletedRun",
     "FileWritten",
+    "FsEntry",
+    "FsList",
     "Golden",
     "PortToken",
     "RunEvent",

@@ -17,8 +17,10 @@ Only I/O lives here; requests are built, and answers decoded, in `_base` and `_w
 from __future__ import annotations
 
 import builtins
+import os
 from collections.abc import Iterator, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, overload
 
@@ -35,8 +37,12 @@ from arker.client._base import (
     RetryArg,
 )
 from arker.client._events import EventParser, Printer, result_of
+from arker.client._localtar import pack_dir, unpack_into
 from arker.client._models import (
+    ArchiveUnpacked,
     FileWritten,
+    FsEntry,
+    FsList,
     Golden,
     PortToken,
     RunEvent,
@@ -49,7 +55,10 @@ from arker.client._models import (
 )
 from arker.client._retry import RetryPolicy
 from arker.client._wire import (
+    decode_archive_unpacked,
     decode_file_written,
+    decode_fs_entry,
+    decode_fs_list,
     decode_goldens,
     decode_port_token,
     decode_run,
@@ -62,7 +71,7 @@ from arker.client._wire import (
 )
 from arker.errors import ArkerError, ErrorCode
 
-__all__ = ["Arker", "Computer", "FileSync", "RunHandle"]
+__all__ = ["Arker", "Computer", "FileSync", "Fs", "RunHandle"]
 
 DEFAULT_RETRY = RetryPolicy()
 EVENTS_READ_TIMEOUT_S = 60.0
@@ -213,6 +222,7 @@ class Computer(ComputerBase[Arker]):
     ) -> None:
         super().__init__(arker, vm_id, endpoint, info)
         self.sync = FileSync(self)
+        self.fs = Fs(self)
         self.network = Network(self)
 
     def _send(self, request: Request) -> httpx.Response:
@@ -483,3 +493,58 @@ class FileSync:
         Upload-Id, so the file is written once; pass your own to span processes."""
         request = self._computer._write_file_request(path, data, upload_id)
         return decode_file_written(self._computer._send(request))
+
+
+class Fs:
+    """A VM's directories: list, stat, mkdir, move, remove, and whole
+    directories to and from this machine. Paths must be absolute and under
+    /home/user (`/home/user` itself may be listed, stat'ed and copied); they
+    are checked before any request is sent."""
+
+    def __init__(self, computer: Computer) -> None:
+        self._computer = computer
+
+    def list(
+        self, path: str = "/home/user", *, depth: int = 1, limit: int = 200, offset: int = 0
+    ) -> FsList:
+        """One page of the directory's entries (`.entries`, each with name,
+        type, size, mode, mtime), `depth` levels down (1..5), sorted by name
+        within each directory; `.next_offset` is the next page's offset, or
+        None on the last page."""
+        request = self._computer._fs_list_request(path, depth, limit, offset)
+        return decode_fs_list(self._computer._send(request))
+
+    def stat(self, path: str) -> FsEntry:
+        """One file's entry; a symlink is reported as itself (`.link_target`)."""
+        return decode_fs_entry(self._computer._send(self._computer._fs_stat_request(path)))
+
+    def mkdir(self, path: str, *, parents: bool = False) -> FsEntry:
+        """Make a directory; `parents` makes missing parents and accepts one
+        already there, as `mkdir -p`."""
+        request = self._computer._fs_mkdir_request(path, parents)
+        return decode_fs_entry(self._computer._send(request))
+
+    def move(self, source: str, destination: str, *, overwrite: bool = False) -> FsEntry:
+        """Rename within the VM; anything at `destination` is a conflict
+        unless `overwrite`."""
+        request = self._computer._fs_move_request(source, destination, overwrite)
+        return decode_fs_entry(self._computer._send(request))
+
+    def remove(self, path: str, *, recursive: bool = False) -> None:
+        """Remove a file or symlink; a directory only with `recursive`."""
+        self._computer._send(self._computer._fs_remove_request(path, recursive))
+
+    def download_dir(self, remote: str, local: str | os.PathLike[str]) -> Path:
+        """Copy the VM's directory `remote` into the local directory `local`
+        (made if missing; names already there are replaced); returns it."""
+        request = self._computer._archive_download_request(remote)
+        data = (self._computer._send(request)).content
+        unpack_into(data, local)
+        return Path(local)
+
+    def upload_dir(self, local: str | os.PathLike[str], remote: str) -> ArchiveUnpacked:
+        """Copy the local directory `local` into the VM's directory `remote`
+        (made if missing, its parent must exist; names already there are
+        replaced), all or nothing."""
+        request = self._computer._archive_upload_request(remote, pack_dir(local))
+        return decode_archive_unpacked(self._computer._send(request))

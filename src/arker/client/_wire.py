@@ -24,10 +24,13 @@ from pydantic import BaseModel, ValidationError
 
 from arker import _types as wire
 from arker.client._models import (
+    ArchiveUnpacked,
     CancelledRun,
     CompletedRun,
     FailedRun,
     FileWritten,
+    FsEntry,
+    FsList,
     Golden,
     PortToken,
     RunResult,
@@ -40,7 +43,10 @@ from arker.client._models import (
 from arker.errors import ArkerError, ErrorCode
 
 __all__ = [
+    "decode_archive_unpacked",
     "decode_file_written",
+    "decode_fs_entry",
+    "decode_fs_list",
     "decode_goldens",
     "decode_port_token",
     "decode_run",
@@ -215,3 +221,18 @@ def decode_file_written(response: httpx.Response) -> FileWritten:
 
 def decode_port_token(response: httpx.Response) -> PortToken:
     return _validate(PortToken, _json(response), response)
+
+
+def decode_fs_entry(response: httpx.Response) -> FsEntry:
+    return _validate(FsEntry, _json(response), response)
+
+
+def decode_fs_list(response: httpx.Response) -> FsList:
+    data = _json(response)
+    if isinstance(data, dict) and isinstance(data.get("entries"), list):
+        data = {**data, "entries": [_known(FsEntry, item) for item in data["entries"]]}
+    return _validate(FsList, data, response)
+
+
+def decode_archive_unpacked(response: httpx.Response) -> ArchiveUnpacked:
+    return _validate(ArchiveUnpacked, _json(response), response)

@@ -15,6 +15,11 @@ write them) are not created either, but skipped: a VM gets a fresh /dev of its
 own at start, so they would be dead weight; the count is reported as progress.
 Modes (setuid included) and numeric ownership are kept; extended attributes
 are not.
+
+`Rules` makes the same extractor strict enough for archives a user PUTs into
+a VM's directory (archive.py): every member owned by one uid, no setuid or
+setgid, symlinks only to names inside the target, no special member anywhere,
+and bounds on members, depth and bytes.
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import posixpath
 import stat
 import subprocess
 import tarfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from arker.engine._openat2 import (
@@ -40,7 +47,7 @@ from arker.engine.base import GoldenInfo, Progress
 from arker.engine.pool import Pool, check_name
 from arker.errors import ArkerError, ErrorCode
 
-__all__ = ["import_tarball"]
+__all__ = ["ROOTFS", "Rules", "Tar", "import_tarball", "tar_stream"]
 
 _STRICT = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -52,6 +59,20 @@ _Position = Callable[[], int]
 
 class _Refused(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What an extraction accepts. The default is a root filesystem's."""
+
+    owner: tuple[int, int] | None = None  # uid, gid of everything; None: the archive's
+    contained: bool = False  # links stay inside, no special members at all
+    max_members: int | None = None
+    max_depth: int | None = None  # components of a member's name
+    max_bytes: int | None = None  # of file data in all
+
+
+ROOTFS = Rules()
 
 
 def import_tarball(
@@ -75,7 +96,7 @@ def import_tarball(
     staging = pool.new_golden(name)
     try:
         try:
-            with _tar_stream(tarball) as (tar, position):
+            with tar_stream(tarball) as (tar, position):
                 _Extractor(staging, tar, position, total, progress).run()
         except (tarfile.TarError, EOFError) as exc:
             raise ArkerError(
@@ -92,7 +113,9 @@ def import_tarball(
 
 
 @contextlib.contextmanager
-def _tar_stream(tarball: Path) -> Iterator[tuple[tarfile.TarFile, _Position]]:
+def tar_stream(tarball: Path) -> Iterator[tuple[tarfile.TarFile, _Position]]:
+    """The tar in the file (plain, or compressed as its first bytes say), and
+    how far into the file it has been read."""
     with open(tarball, "rb", buffering=0) as f:
         magic = f.read(4)
         f.seek(0)
@@ -128,58 +151,96 @@ def _tar_stream(tarball: Path) -> Iterator[tuple[tarfile.TarFile, _Position]]:
             raise ArkerError(ErrorCode.INVALID_REQUEST, f"zstd could not decompress: {err}")
 
 
-class _Extractor:
+class Tar:
+    """Extract a tar stream into a directory given by its fd, under `rules`;
+    `run` returns (members extracted, bytes of file data)."""
+
     def __init__(
         self,
-        root: Path,
         tar: tarfile.TarFile,
-        position: Callable[[], int],
-        total: int,
-        progress: Progress | None,
+        rules: Rules = ROOTFS,
+        position: Callable[[], int] = lambda: 0,
+        total: int = 0,
+        progress: Progress | None = None,
     ) -> None:
-        self.root = root
         self.tar = tar
+        self.rules = rules
         self.position = position
         self.total = total
         self.progress = progress
         self.dir_times: list[tuple[list[str], float]] = []
         self.skipped_dev_nodes = 0
+        self.members = 0
+        self.bytes = 0
 
-    def run(self) -> None:
+    def run(self, root_fd: int) -> tuple[int, int]:
         last = 0.0
-        root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            for member in self.tar:
-                try:
-                    self._member(root_fd, member)
-                except _Refused as why:
-                    raise ArkerError(
-                        ErrorCode.INVALID_REQUEST, f"refusing tar member {member.name!r}: {why}"
-                    ) from None
-                except OSError as exc:  # e.g. a hard link to a directory, a name too long
-                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                        raise
-                    raise ArkerError(
-                        ErrorCode.INVALID_REQUEST,
-                        f"cannot extract tar member {member.name!r}: {exc.strerror}",
-                    ) from exc
-                now = time.monotonic()
-                if self.progress is not None and now - last > 0.2:
-                    last = now
-                    self.progress(self.position(), self.total, f"extracting {member.name}")
-            for parts, mtime in reversed(self.dir_times):  # children first, parents last
-                with self._parent(root_fd, parts[:-1], create=False) as parent:
-                    os.utime(parts[-1], (mtime, mtime), dir_fd=parent, follow_symlinks=False)
-        finally:
-            os.close(root_fd)
+        for member in self.tar:
+            try:
+                self._check(member)
+            except _Refused as why:
+                raise ArkerError(
+                    ErrorCode.INVALID_REQUEST, f"refusing tar member {member.name!r}: {why}"
+                ) from None
+            self._one(root_fd, member)
+            now = time.monotonic()
+            if self.progress is not None and now - last > 0.2:
+                last = now
+                self.progress(self.position(), self.total, f"extracting {member.name}")
+        for parts, mtime in reversed(self.dir_times):  # children first, parents last
+            with self._parent(root_fd, parts[:-1], create=False) as parent:
+                os.utime(parts[-1], (mtime, mtime), dir_fd=parent, follow_symlinks=False)
         if self.progress is not None:
             skipped = self.skipped_dev_nodes
             note = f" (skipped {skipped} dev/ nodes)" if skipped else ""
             self.progress(self.total, self.total, f"extracted{note}")
+        return self.members, self.bytes
+
+    def _check(self, m: tarfile.TarInfo) -> None:
+        """The rules' bounds and containment, before the member is touched."""
+        r = self.rules
+        self.members += 1
+        if r.max_members is not None and self.members > r.max_members:
+            raise _Refused(f"the archive has more than {r.max_members} members")
+        if m.isreg():
+            self.bytes += m.size
+            if r.max_bytes is not None and self.bytes > r.max_bytes:
+                raise _Refused(f"the archive holds more than {r.max_bytes} bytes of files")
+        parts = _parts(m.name)
+        if r.max_depth is not None and len(parts) > r.max_depth:
+            raise _Refused(f"nested deeper than {r.max_depth} directories")
+        if not r.contained:
+            return
+        if m.ischr() or m.isblk():
+            raise _Refused("device nodes are not allowed")
+        if m.isfifo():
+            raise _Refused("FIFOs are not allowed")
+        if m.issym():
+            if m.linkname.startswith("/"):
+                raise _Refused(f"a symlink to the absolute path {m.linkname!r}")
+            joined = posixpath.normpath(posixpath.join("/".join(parts[:-1]), m.linkname))
+            if joined == ".." or joined.startswith("../") or not m.linkname:
+                raise _Refused(f"a symlink to {m.linkname!r}, outside the archive")
+
+    def _one(self, root_fd: int, member: tarfile.TarInfo) -> None:
+        try:
+            self._member(root_fd, member)
+        except _Refused as why:
+            raise ArkerError(
+                ErrorCode.INVALID_REQUEST, f"refusing tar member {member.name!r}: {why}"
+            ) from None
+        except OSError as exc:  # e.g. a hard link to a directory, a name too long
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise ArkerError(
+                ErrorCode.INVALID_REQUEST,
+                f"cannot extract tar member {member.name!r}: {exc.strerror}",
+            ) from exc
 
     def _member(self, root_fd: int, m: tarfile.TarInfo) -> None:
         parts = _parts(m.name)
-        if (m.ischr() or m.isblk() or m.isfifo()) and parts[:1] == ["dev"]:
+        special = m.ischr() or m.isblk() or m.isfifo()
+        if special and parts[:1] == ["dev"] and not self.rules.contained:
             self.skipped_dev_nodes += 1
             return
         if m.ischr() or m.isblk():
@@ -188,9 +249,9 @@ class _Extractor:
             raise _Refused("FIFOs are not allowed")
         if not parts:  # "./": the root directory itself
             if m.isdir():
-                fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=root_fd)
                 try:
-                    _own(fd, m)
+                    self._own(fd, m)
                 finally:
                     os.close(fd)
                 return
@@ -203,7 +264,7 @@ class _Extractor:
                     os.mkdir(name, 0o700, dir_fd=parent)
                 fd = _open_nofollow(parent, name, os.O_RDONLY | os.O_DIRECTORY)
                 try:
-                    _own(fd, m)
+                    self._own(fd, m)
                 finally:
                     os.close(fd)
                 self.dir_times.append((parts, m.mtime))
@@ -211,7 +272,8 @@ class _Extractor:
                 self._file(parent, name, m)
             elif m.issym():
                 os.symlink(m.linkname, name, dir_fd=parent)
-                os.chown(name, m.uid, m.gid, dir_fd=parent, follow_symlinks=False)
+                uid, gid = self.rules.owner or (m.uid, m.gid)
+                os.chown(name, uid, gid, dir_fd=parent, follow_symlinks=False)
                 os.utime(name, (m.mtime, m.mtime), dir_fd=parent, follow_symlinks=False)
             elif m.islnk():
                 target = _parts(m.linkname, "hard link target")
@@ -228,6 +290,9 @@ class _Extractor:
             else:
                 raise _Refused(f"unsupported member type {m.type!r}")
 
+    def _own(self, fd: int, m: tarfile.TarInfo) -> None:
+        _own(fd, m, self.rules.owner)
+
     def _file(self, parent: int, name: str, m: tarfile.TarInfo) -> None:
         src = self.tar.extractfile(m)
         if src is None:
@@ -238,7 +303,7 @@ class _Extractor:
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(fd, view) :]
-            _own(fd, m)
+            self._own(fd, m)
             os.utime(fd, (m.mtime, m.mtime))
         finally:
             os.close(fd)
@@ -268,8 +333,13 @@ class _Extractor:
                 except FileNotFoundError:
                     if not create:
                         raise _Refused(f"{d!r} is not in the archive") from None
-                    with contextlib.suppress(FileExistsError):
+                    try:
                         os.mkdir(d, 0o755, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                    else:
+                        if self.rules.owner is not None:
+                            os.chown(d, *self.rules.owner, dir_fd=fd, follow_symlinks=False)
                     nxt = openat2(fd, d, os.O_PATH | os.O_DIRECTORY, _STRICT)
                 except OSError as exc:
                     if exc.errno == errno.ELOOP:
@@ -280,6 +350,28 @@ class _Extractor:
                 os.close(fd)
                 fd = nxt
             yield fd
+        finally:
+            os.close(fd)
+
+
+class _Extractor(Tar):
+    """A golden's rootfs, from its staging subvolume's path."""
+
+    def __init__(
+        self,
+        root: Path,
+        tar: tarfile.TarFile,
+        position: Callable[[], int],
+        total: int,
+        progress: Progress | None,
+    ) -> None:
+        super().__init__(tar, ROOTFS, position, total, progress)
+        self.root = root
+
+    def run(self, root_fd: int | None = None) -> tuple[int, int]:
+        fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return super().run(fd)
         finally:
             os.close(fd)
 
@@ -302,6 +394,10 @@ def _open_nofollow(parent: int, name: str, flags: int, mode: int = 0o777) -> int
         raise
 
 
-def _own(fd: int, m: tarfile.TarInfo) -> None:
-    os.fchown(fd, m.uid, m.gid)
-    os.fchmod(fd, m.mode & 0o7777)  # after chown, which clears setuid bits
+def _own(fd: int, m: tarfile.TarInfo, owner: tuple[int, int] | None) -> None:
+    if owner is None:
+        os.fchown(fd, m.uid, m.gid)
+        os.fchmod(fd, m.mode & 0o7777)  # after chown, which clears setuid bits
+    else:
+        os.fchown(fd, *owner)
+        os.fchmod(fd, m.mode & 0o1777)  # no setuid or setgid in a user's files

@@ -23,9 +23,12 @@ from arker.errors import ArkerError, ErrorCode
 
 __all__ = [
     "DEFAULT_OUTPUT_CAP_BYTES",
+    "ArchiveReader",
+    "DirListing",
     "Engine",
     "FileInfo",
     "FileWriter",
+    "FsEntry",
     "GoldenInfo",
     "Limits",
     "NetworkPolicy",
@@ -34,6 +37,7 @@ __all__ = [
     "RunInfo",
     "RunPhase",
     "RunSpec",
+    "Unpacked",
     "VmPower",
     "port_closed",
 ]
@@ -167,6 +171,44 @@ class FileWriter(abc.ABC):
     @abc.abstractmethod
     def abort(self) -> None:
         """Throw away what was written; safe to call more than once."""
+
+
+@dataclass(frozen=True)
+class FsEntry:
+    """One file as lstat sees it (a symlink is itself, with its target)."""
+
+    name: str  # relative to the listed directory; for stat, the last component
+    path: str  # absolute, as the VM sees it
+    type: Literal["file", "dir", "symlink", "other"]
+    size: int
+    mode: int  # permission bits with setuid, setgid and sticky
+    mtime: float  # unix seconds
+    link_target: str | None = None
+
+
+@dataclass(frozen=True)
+class DirListing:
+    entries: list[FsEntry]
+    next_offset: int | None  # None: the last page
+    truncated: bool  # the walk stopped at its bound on names read
+
+
+@dataclass(frozen=True)
+class Unpacked:
+    path: str
+    entries: int
+    bytes: int
+
+
+class ArchiveReader(abc.ABC):
+    """A directory packed as a tar stream, read piece by piece: read() until
+    it returns b"", then close() (also safe early, and more than once)."""
+
+    @abc.abstractmethod
+    def read(self) -> bytes: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
 
 
 class _GatheringWriter(FileWriter):
@@ -350,6 +392,44 @@ class Engine(abc.ABC):
         instead of whole into memory first. By default the pieces are gathered
         and written at commit; engines that can, stream."""
         return _GatheringWriter(self, vm_id, path, max_bytes)
+
+    # Directories. Engines without them keep these defaults.
+    def list_dir(
+        self, vm_id: str, path: str, *, depth: int = 1, limit: int = 200, offset: int = 0
+    ) -> DirListing:
+        """One page of the directory's entries, `depth` levels down, sorted by
+        name within each directory; never through symlinks. Not a directory:
+        conflict."""
+        raise _unsupported("directory listings")
+
+    def stat_path(self, vm_id: str, path: str) -> FsEntry:
+        raise _unsupported("stat")
+
+    def make_dir(self, vm_id: str, path: str, *, parents: bool = False) -> FsEntry:
+        """mkdir (uid 1000, 0755); with `parents`, as mkdir -p."""
+        raise _unsupported("mkdir")
+
+    def move_path(
+        self, vm_id: str, source: str, destination: str, *, overwrite: bool = False
+    ) -> FsEntry:
+        """rename(2) within the VM; anything at `destination` is conflict
+        unless `overwrite`."""
+        raise _unsupported("move")
+
+    def remove_path(self, vm_id: str, path: str, *, recursive: bool = False) -> None:
+        """Remove a file or symlink; a directory only with `recursive`."""
+        raise _unsupported("remove")
+
+    def open_archive(self, vm_id: str, path: str) -> ArchiveReader:
+        """The directory as a tar stream; errors (not found, not a
+        directory) are raised here, before any byte."""
+        raise _unsupported("archives")
+
+    def unpack_archive(self, vm_id: str, path: str, tarball: str, max_bytes: int) -> Unpacked:
+        """Unpack the tar file `tarball` (a host path: plain, gzip or zstd)
+        into the directory `path`, all or nothing: any member that could
+        escape it, or is special, is invalid_request with nothing written."""
+        raise _unsupported("archives")
 
     # -- ports
     def connect_port(self, vm_id: str, port: int) -> socket.socket:

@@ -31,12 +31,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from arker.engine import _native, _netns, files, jail
+from arker.engine import _native, _netns, archive, files, fs, jail
 from arker.engine._cgroups import Cgroups
 from arker.engine.base import (
+    ArchiveReader,
+    DirListing,
     Engine,
     FileInfo,
     FileWriter,
+    FsEntry,
     GoldenInfo,
     Limits,
     NetworkPolicy,
@@ -44,6 +47,7 @@ from arker.engine.base import (
     Progress,
     RunInfo,
     RunSpec,
+    Unpacked,
     VmPower,
     port_closed,
 )
@@ -452,6 +456,41 @@ class NamespaceEngine(Engine):
     def open_file_writer(self, vm_id: str, path: str, max_bytes: int) -> FileWriter:
         self._require(vm_id)
         return files.FileWriter(self.pool.vm_path(vm_id), path, max_bytes=max_bytes)
+
+    # -- directories
+    def list_dir(
+        self, vm_id: str, path: str, *, depth: int = 1, limit: int = 200, offset: int = 0
+    ) -> DirListing:
+        self._require(vm_id)
+        root = self.pool.vm_path(vm_id)
+        return fs.list_dir(root, path, depth=depth, limit=limit, offset=offset)
+
+    def stat_path(self, vm_id: str, path: str) -> FsEntry:
+        self._require(vm_id)
+        return fs.stat_path(self.pool.vm_path(vm_id), path)
+
+    def make_dir(self, vm_id: str, path: str, *, parents: bool = False) -> FsEntry:
+        self._require(vm_id)
+        return fs.make_dir(self.pool.vm_path(vm_id), path, parents=parents)
+
+    def move_path(
+        self, vm_id: str, source: str, destination: str, *, overwrite: bool = False
+    ) -> FsEntry:
+        self._require(vm_id)
+        root = self.pool.vm_path(vm_id)
+        return fs.move_path(root, source, destination, overwrite=overwrite)
+
+    def remove_path(self, vm_id: str, path: str, *, recursive: bool = False) -> None:
+        self._require(vm_id)
+        fs.remove_path(self.pool.vm_path(vm_id), path, recursive=recursive)
+
+    def open_archive(self, vm_id: str, path: str) -> ArchiveReader:
+        self._require(vm_id)
+        return archive.DirPacker(self.pool.vm_path(vm_id), path)
+
+    def unpack_archive(self, vm_id: str, path: str, tarball: str, max_bytes: int) -> Unpacked:
+        self._require(vm_id)
+        return archive.unpack(self.pool.vm_path(vm_id), path, Path(tarball), max_bytes)
 
     # -- checkpoints
     def checkpoint(self, vm_id: str, checkpoint_id: str) -> None:

@@ -125,7 +125,7 @@ def _large_body(scope: Scope) -> bool:
     """File uploads and relayed requests may carry up to --max-file-bytes;
     everything else is JSON."""
     path: str = scope["path"]
-    if scope["method"] == "PUT" and path.endswith("/files"):
+    if scope["method"] == "PUT" and (path.endswith("/files") or path.endswith("/archive")):
         return True
     return path.startswith(PREVIEW_PATH + "/") or _PORT_PATH.match(path) is not None
 

@@ -12,6 +12,7 @@ from arker import __version__
 from arker import _types as t
 from arker.server.auth import Authenticator
 from arker.server.events import parse_offsets
+from arker.server.fs import accepts_zstd
 from arker.server.runs import Window
 from arker.server.service import Service
 
@@ -207,3 +208,76 @@ async def write_file(
     # The body streams to the VM's disk in pieces, counted against
     # --max-file-bytes as it comes (see edge.py and uploads.py).
     return _json(await svc.write_file(org, vm_id, path, request.stream(), upload_id))
+
+
+@router.get("/v1/vms/{vm_id}/fs/list")
+async def fs_list(
+    vm_id: VmId,
+    path: FilePath,
+    org: Org,
+    svc: Svc,
+    depth: Annotated[int, Query(ge=1, le=5)] = 1,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
+) -> Response:
+    return _json(await svc.fs.list(org, vm_id, path, depth, limit, offset))
+
+
+@router.get("/v1/vms/{vm_id}/fs/stat")
+async def fs_stat(vm_id: VmId, path: FilePath, org: Org, svc: Svc) -> Response:
+    return _json(await svc.fs.stat(org, vm_id, path))
+
+
+@router.post("/v1/vms/{vm_id}/fs/mkdir")
+async def fs_mkdir(
+    vm_id: VmId, body: t.FsMkdirRequest, org: Org, svc: Svc, idempotency_key: IdemKey = None
+) -> Response:
+    return _json(await svc.fs.mkdir(org, vm_id, body))
+
+
+@router.post("/v1/vms/{vm_id}/fs/move")
+async def fs_move(
+    vm_id: VmId, body: t.FsMoveRequest, org: Org, svc: Svc, idempotency_key: IdemKey = None
+) -> Response:
+    return _json(await svc.fs.move(org, vm_id, body))
+
+
+@router.delete("/v1/vms/{vm_id}/fs")
+async def fs_remove(
+    vm_id: VmId,
+    path: FilePath,
+    org: Org,
+    svc: Svc,
+    recursive: bool = False,
+    idempotency_key: IdemKey = None,
+) -> Response:
+    await svc.fs.remove(org, vm_id, path, recursive)
+    return Response(status_code=204)
+
+
+@router.get("/v1/vms/{vm_id}/archive")
+async def download_archive(
+    vm_id: VmId,
+    path: FilePath,
+    org: Org,
+    svc: Svc,
+    accept_encoding: Annotated[str | None, Header(alias="Accept-Encoding", max_length=1024)] = None,
+) -> Response:
+    zstd = accepts_zstd(accept_encoding)
+    stream = await svc.fs.download(org, vm_id, path, zstd)
+    headers = {"Content-Encoding": "zstd"} if zstd else {}
+    return StreamingResponse(stream, media_type="application/x-tar", headers=headers)
+
+
+@router.put("/v1/vms/{vm_id}/archive")
+async def upload_archive(
+    vm_id: VmId,
+    path: FilePath,
+    request: Request,
+    org: Org,
+    svc: Svc,
+    idempotency_key: IdemKey = None,
+) -> Response:
+    # Plain, gzip or zstd, told apart by the first bytes (Content-Encoding
+    # says the same, or nothing); streamed to a spool file, bounded by the edge.
+    return _json(await svc.fs.upload(org, vm_id, path, request.stream()))

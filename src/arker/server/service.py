@@ -24,6 +24,7 @@ from arker.errors import ArkerError, ErrorCode
 from arker.server import uploads, wire
 from arker.server.batches import Batcher
 from arker.server.config import Settings
+from arker.server.fs import Fs
 from arker.server.metrics import Metrics
 from arker.server.port_tokens import PortTokens
 from arker.server.retention import Retention
@@ -111,6 +112,7 @@ class Service:
         self._live: dict[str, str] = {}
         self._host_memory = settings.host_memory_bytes or host_memory_bytes()
         self._deletes: Batcher[str] = Batcher(self._record_deletes)
+        self.fs = Fs(settings, engine, self.threads, self._usable_vm)
 
     # -- lifecycle
     async def start(self) -> None:
