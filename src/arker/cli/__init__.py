@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from arker.cli import client, demo, goldens, ports, server, smoke
+from arker.cli import client, demo, goldens, mcp, ports, server, smoke
 
 __all__ = ["app", "main"]
 
@@ -15,6 +15,7 @@ server.register(app)
 goldens.register(app)
 smoke.register(app)
 demo.register(app)
+mcp.register(app)
 
 
 def main() -> None:

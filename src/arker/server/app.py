@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from arker.engine.base import Engine
 from arker.errors import ArkerError, ErrorCode
@@ -25,6 +28,10 @@ from arker.server.ports import router as ports_router
 from arker.server.routes import metrics_response, router
 from arker.server.service import Service
 from arker.server.store import Database
+
+if TYPE_CHECKING:
+    from arker.client import AsyncArker
+    from arker.mcp.http import McpHttp
 
 __all__ = ["build_app", "build_metrics_app", "create_app"]
 
@@ -115,12 +122,18 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     metrics = Metrics()
     service = Service(settings, db, engine, metrics)
 
+    auth = Authenticator(db, settings.auth_cache_s)
+    mcp = _mcp(auth)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await db.migrate()
         await service.start()
         try:
-            yield
+            async with AsyncExitStack() as stack:
+                if mcp is not None:
+                    await stack.enter_async_context(mcp.run())
+                yield
         finally:
             await service.stop()
             await db.close()
@@ -132,9 +145,25 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     app.state.db = db
     app.state.metrics = metrics
     app.state.service = service
-    app.state.auth = Authenticator(db, settings.auth_cache_s)
+    app.state.auth = auth
+    app.state.asgi = app  # what the MCP tools' SDK clients call: build_app makes it the edge
     app.include_router(router)
     app.include_router(ports_router)
+    if mcp is not None:
+        mcp_app = mcp
+        app.router.routes.append(Route(MCP_PATH, _McpGate(mcp_app, auth)))
+
+        @asynccontextmanager
+        async def connect(key: str, base_url: str) -> AsyncIterator[AsyncArker]:
+            from arker.client import AsyncArker
+
+            # In-process, through the whole app as served (edge included): the
+            # tools use the API as any client does, with the caller's key.
+            transport = httpx.ASGITransport(app=app.state.asgi)
+            async with httpx.AsyncClient(transport=transport) as http:
+                yield AsyncArker(key, base_url=base_url, http_client=http, timeout_s=3600)
+
+        mcp_app.connect = connect
     app.add_exception_handler(ArkerError, _arker_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -142,11 +171,50 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     return app
 
 
+MCP_PATH = "/mcp"
+
+
+def _mcp(auth: Authenticator) -> McpHttp | None:
+    """The MCP server over streamable HTTP, if the mcp package is installed."""
+    try:
+        from arker.mcp.http import McpHttp
+    except ImportError:
+        log.info("no MCP at %s: the mcp package is not installed", MCP_PATH)
+        return None
+    return McpHttp()
+
+
+class _McpGate:
+    """/mcp: the caller's key is checked here, as on every route (401 in the
+    contract's error shape), then the MCP app gets the request with the base
+    URL its SDK clients use (any such header the caller sent is replaced)."""
+
+    def __init__(self, mcp: ASGIApp, auth: Authenticator) -> None:
+        self.mcp, self.auth = mcp, auth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        from arker.mcp.http import BASE_URL_HEADER
+
+        headers = Headers(scope=scope)
+        state = scope.setdefault("state", {})
+        try:
+            state["org"] = await self.auth.org_for(headers.get("authorization"))
+        except ArkerError as exc:
+            await _error(exc.status, exc.code, exc.message)(scope, receive, send)
+            return
+        host = headers.get("host", "localhost")
+        base_url = f"{scope.get('scheme', 'http')}://{host}{state.get('api_prefix', '')}"
+        raw = [(k, v) for k, v in scope["headers"] if k.decode("latin-1") != BASE_URL_HEADER]
+        raw.append((BASE_URL_HEADER.encode(), base_url.encode("latin-1")))
+        await self.mcp({**scope, "headers": raw}, receive, send)
+
+
 def build_app(settings: Settings, engine: Engine) -> Edge:
     """The whole ASGI app as served: edge (prefix, ids, limits, logs) + routes."""
     app = create_app(settings, engine)
     edge = Edge(app, settings, app.state.metrics)
     edge.state = app.state  # type: ignore[attr-defined]
+    app.state.asgi = edge
     return edge
 
 
