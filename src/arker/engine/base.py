@@ -321,7 +321,9 @@ class Engine(abc.ABC):
 
     def output_wakers(self, vm_id: str, run_id: str) -> tuple[int, ...]:
         """fds that turn readable when the run may have new output (each
-        drained by `read_output`); () when there are none to watch."""
+        drained by `read_output`); () when there are none to watch. They are
+        the caller's to close: copies that stay valid after the run is
+        forgotten, so a watcher never holds a number reused for another file."""
         return ()
 
     def write_stdin(self, vm_id: str, run_id: str, data: bytes, timeout_s: float) -> int:
