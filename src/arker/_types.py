@@ -69,7 +69,8 @@ class GoldenList(BaseModel):
 
 
 LabelsAdditionalProperty = TypeAliasType(
-    "LabelsAdditionalProperty", Annotated[str, Field(max_length=256)]
+    "LabelsAdditionalProperty",
+    Annotated[str, Field(max_length=256, pattern="^[^\\x00]*$")],
 )
 
 

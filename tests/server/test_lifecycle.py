@@ -332,6 +332,8 @@ async def test_list_filters_and_total(slow: Server) -> None:
         {"label": ["k=v"] * 65},
         {"state": "paused"},
         {"parent_id": ""},
+        {"parent_id": "01\x00"},
+        {"label": "k=v\x00"},
     ],
 )
 async def test_bad_filters_are_422(slow: Server, params: dict[str, Any]) -> None:
@@ -357,6 +359,7 @@ async def test_bad_filters_are_422(slow: Server, params: dict[str, Any]) -> None
         ({"labels": {"": "v"}}, "labels"),
         ({"labels": {"k": "v" * 257}}, "labels"),
         ({"labels": {"k": 1}}, "labels"),
+        ({"labels": {"k": "a\x00b"}}, "labels"),  # PostgreSQL's text holds no NUL
         ({"labels": ["k=v"]}, "labels"),
     ],
 )

@@ -330,6 +330,13 @@ class Service:
                 422,
                 details={"field": "state"},
             )
+        if parent_id is not None and "\x00" in parent_id:  # PostgreSQL's text holds no NUL
+            raise ArkerError(
+                ErrorCode.INVALID_REQUEST,
+                "parent_id: a NUL is in no vm id",
+                422,
+                details={"field": "parent_id"},
+            )
         where = (Vm.org == org) & Vm.deleted_at.is_(None)
         for key, value in map(label_filter, labels):
             where &= Vm.labels[key].as_string() == value
