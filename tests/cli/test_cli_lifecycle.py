@@ -73,16 +73,18 @@ def test_fork_ls_and_ttl(server: LocalServer) -> None:
 
 
 def test_bad_durations_labels_and_states(server: LocalServer) -> None:
-    for args in (
-        ("fork", "busybox", "--ttl", "soon"),
-        ("fork", "busybox", "--idle-stop", "-5m"),
-        ("fork", "busybox", "--label", "novalue"),
-        ("ls", "--state", "paused"),
-        ("ls", "--label", "x"),
-        ("ttl", "01NOPE", "an hour"),
+    for args, option in (
+        (("fork", "busybox", "--ttl", "soon"), b"--ttl"),
+        (("fork", "busybox", "--idle-stop", "-5m"), b"--idle-stop"),
+        (("fork", "busybox", "--label", "novalue"), b"--label"),
+        (("ls", "--label", "x"), b"--label"),
+        (("ttl", "01NOPE", "an hour"), b"DURATION"),
     ):
         proc = arker(*args, env=server.env())
-        assert proc.returncode == 2, (args, proc.stderr)  # a usage error, nothing sent
+        assert proc.returncode == 1, (args, proc.stderr)
+        assert proc.stderr.startswith(b"error: invalid_request: " + option), proc.stderr
+    proc = arker("ls", "--state", "paused", env=server.env())
+    assert proc.returncode == 2  # typer's usage error: not a choice
     proc = arker("fork", "busybox", "--label", "bad key=v", env=server.env())
     assert proc.returncode == 1
     assert proc.stderr.decode().startswith("error: invalid_request: ")

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import math
 
-import typer
-
 from arker._durations import parse_duration
+from arker.cli._output import fail
 
 __all__ = ["labels_arg", "seconds_arg"]
 
@@ -18,7 +17,7 @@ def seconds_arg(text: str, option: str) -> int | None:
     try:
         seconds = parse_duration(text)
     except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint=option) from None
+        fail("invalid_request", f"{option}: {exc}")
     return math.ceil(seconds) or None
 
 
@@ -28,6 +27,6 @@ def labels_arg(pairs: list[str] | None, option: str) -> dict[str, str] | None:
     for pair in pairs or ():
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise typer.BadParameter(f"takes KEY=VALUE, got {pair!r}", param_hint=option)
+            fail("invalid_request", f"{option} takes KEY=VALUE, got {pair!r}")
         out[key] = value
     return out or None
