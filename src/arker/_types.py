@@ -68,6 +68,12 @@ class GoldenList(BaseModel):
     items: list[Golden]
 
 
+LabelsAdditionalProperty = TypeAliasType(
+    "LabelsAdditionalProperty",
+    Annotated[str, Field(max_length=256, pattern="^[^\\x00]*$")],
+)
+
+
 EnvAdditionalProperty = TypeAliasType(
     "EnvAdditionalProperty", Annotated[str, Field(max_length=32768)]
 )
@@ -251,6 +257,32 @@ class NetworkPolicy(BaseModel):
     ] = None
 
 
+class VmUpdate(BaseModel):
+    """
+    A change to a VM's lifecycle; a field left out keeps its value.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    ttl_s: Annotated[
+        int | None,
+        Field(
+            description="Delete the VM this many seconds from now (a new `expires_at`, sooner or later than the old one); null: never.",
+            ge=1,
+            le=315360000,
+        ),
+    ] = None
+    idle_stop_s: Annotated[
+        int | None,
+        Field(
+            description="A new idle time before the VM is stopped; null: never.",
+            ge=1,
+            le=31536000,
+        ),
+    ] = None
+
+
 class PortTokenRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -355,6 +387,24 @@ class Vm(BaseModel):
             description="The policy in force (absent from servers older than networking)."
         ),
     ] = None
+    expires_at: Annotated[
+        AwareDatetime | None,
+        Field(
+            description="When the VM is deleted (its TTL); null: never. Absent from servers older than TTLs."
+        ),
+    ] = None
+    idle_stop_s: Annotated[
+        int | None,
+        Field(
+            description="Seconds with nothing to do after which the VM is stopped (see `ForkRequest.idle_stop_s`); null: never."
+        ),
+    ] = None
+    labels: Annotated[
+        dict[str, str] | None,
+        Field(
+            description="Its labels (see `ForkRequest.labels`); absent from servers older than labels."
+        ),
+    ] = None
 
 
 class VmList(BaseModel):
@@ -384,6 +434,39 @@ class ForkRequest(BaseModel):
         NetworkPolicy | None,
         Field(
             description="Omitted: the parent VM's policy, or for a golden the server's default (`arker serve --egress on|off`)."
+        ),
+    ] = None
+    ttl_s: Annotated[
+        int | None,
+        Field(
+            description="Delete the VM this many seconds after the fork (it reports the time as `expires_at`; `PATCH /v1/vms/{vm_id}` moves it). Omitted: the server's default (`arker serve --default-ttl-s`), not the parent's; null: no TTL, whatever the default.",
+            ge=1,
+            le=315360000,
+        ),
+    ] = None
+    idle_stop_s: Annotated[
+        int | None,
+        Field(
+            description="Stop the VM (its processes end, its files stay, it starts again on its next call) once it has had no run in flight, no open stream, terminal or port relay and no call for this many seconds. Omitted: the server's default (`arker serve --default-idle-stop-s`), not the parent's; null: never.",
+            ge=1,
+            le=31536000,
+        ),
+    ] = None
+    labels: Annotated[
+        dict[
+            Annotated[
+                str,
+                StringConstraints(
+                    pattern=r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-_.A-Za-z0-9]{0,61}[A-Za-z0-9])?$",
+                    max_length=317,
+                ),
+            ],
+            LabelsAdditionalProperty,
+        ]
+        | None,
+        Field(
+            description="Names a caller gives a VM, to find it again (`GET /v1/vms?label=key=value`). At most 64; a key is a name of 1 to 63 characters (letters, digits, `-`, `_`, `.`, starting and ending with a letter or digit), optionally after a `prefix/` of lowercase DNS labels (at most 253 characters); a value is at most 256 characters. Omitted: none; a fork of a VM does not inherit its parent's labels.",
+            max_length=64,
         ),
     ] = None
 

@@ -175,9 +175,20 @@ class AsyncArker(ArkerBase):
         """The goldens `fork` accepts as a source (from the normal endpoint)."""
         return decode_goldens(await self._send(self._goldens_request()))
 
-    async def list(self, *, limit: int = 50, offset: int = 0) -> VmPage:
-        """One page of this key's VMs on the normal endpoint, newest first."""
-        return decode_vm_page(await self._send(self._list_request(limit, offset)))
+    async def list(
+        self,
+        *,
+        limit: int = 50,
+        offset: int = 0,
+        label: Mapping[str, str] | None = None,
+        parent_id: str | None = None,
+        state: Literal["running", "stopped", "lost"] | None = None,
+    ) -> VmPage:
+        """One page of this key's VMs on the normal endpoint, newest first:
+        those with every label in `label` (e.g. {"team": "ml"}), forked from
+        `parent_id`, in `state`; `total` counts all that match."""
+        request = self._list_request(limit, offset, label, parent_id, state)
+        return decode_vm_page(await self._send(request))
 
     async def get(self, vm_id: str) -> Vm:
         """One VM, asked of the endpoint its id routes to."""
@@ -222,13 +233,22 @@ class AsyncComputer(ComputerBase[AsyncArker]):
         durable: bool = False,
         resources: Mapping[str, Any] | BaseModel | None = None,
         network: Mapping[str, Any] | BaseModel | None = None,
+        ttl_s: int | None = KEEP,
+        idle_stop_s: int | None = KEEP,
+        labels: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
     ) -> AsyncComputer:
         """A copy-on-write copy of this golden or VM, pinned to the same endpoint.
         `resources`, e.g. {"disk_mib": 2048} (or arker.Resources), and `network`,
         e.g. {"egress": True, "allow": ["example.com"]} or {"egress": False}, override
-        what the fork would inherit; omitted, the parent's or the server's default."""
-        request = self._fork_request(name, durable, idempotency_key, resources, network)
+        what the fork would inherit; omitted, the parent's or the server's default.
+        `ttl_s`: deleted that many seconds from now; `idle_stop_s`: stopped after
+        that long with nothing to do (files kept); None for neither, left out for
+        the server's default (never the parent's). `labels`: {key: value} to find
+        it by with `list(label=...)`; a fork does not inherit them."""
+        request = self._fork_request(
+            name, durable, idempotency_key, resources, network, ttl_s, idle_stop_s, labels
+        )
         response = await self._send(request)
         vm = decode_vm(response)
         return AsyncComputer(self._arker, vm.vm_id, self.endpoint, vm)
@@ -373,6 +393,12 @@ class AsyncComputer(ComputerBase[AsyncArker]):
     async def cancel_run(self, run_id: str) -> RunStatus:
         """Kill a run's process tree; a finished run is returned as it is."""
         return decode_run_status(await self._send(self._cancel_run_request(run_id)))
+
+    async def update(self, *, ttl_s: int | None = KEEP, idle_stop_s: int | None = KEEP) -> Vm:
+        """Move the VM's TTL (`ttl_s` seconds from now; None: never deleted) or
+        change its idle stop (None: never stopped); what is left out stays."""
+        self.info = decode_vm(await self._send(self._update_request(ttl_s, idle_stop_s)))
+        return self.info
 
     async def restart(self) -> Vm:
         """Kill every process of the VM (a fork bomb too) and start it again;

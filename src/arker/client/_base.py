@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import quote
@@ -54,7 +54,7 @@ class Request:
     url: str
     headers: dict[str, str]
     timeout_s: float
-    params: dict[str, str | int] | None = None
+    params: Mapping[str, str | int | Sequence[str]] | None = None
     json: dict[str, Any] | None = None
     content: bytes | None = None
 
@@ -86,6 +86,16 @@ KEEP: Any = _Keep()  # an argument left as it is (where None means something)
 def _body(model: type[BaseModel], **fields: Any) -> dict[str, Any]:
     try:
         return model(**fields).model_dump(mode="json", exclude_none=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ArkerError(ErrorCode.INVALID_REQUEST, f"{where}: {first['msg']}") from exc
+
+
+def _patch(model: type[BaseModel], fields: dict[str, Any]) -> dict[str, Any]:
+    """A PATCH body: the fields given, None sent as null."""
+    try:
+        return model(**fields).model_dump(mode="json", exclude_unset=True)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
@@ -159,7 +169,7 @@ class ArkerBase:
         endpoint: str,
         path: str,
         *,
-        params: dict[str, str | int] | None = None,
+        params: Mapping[str, str | int | Sequence[str]] | None = None,
         json: dict[str, Any] | None = None,
         content: bytes | None = None,
         idempotency_key: str | None = None,
@@ -187,13 +197,28 @@ class ArkerBase:
     def _goldens_request(self) -> Request:
         return self._request("GET", self.endpoints.normal, "/v1/goldens")
 
-    def _list_request(self, limit: int, offset: int) -> Request:
+    def _list_request(
+        self,
+        limit: int,
+        offset: int,
+        label: Mapping[str, str] | None = None,
+        parent_id: str | None = None,
+        state: str | None = None,
+    ) -> Request:
         # The contract's bounds on GET /v1/vms (query parameters get no generated model).
         if not _is_int(limit) or not _is_int(offset) or not 1 <= limit <= 1000 or offset < 0:
             raise ArkerError(
                 ErrorCode.INVALID_REQUEST, "list needs 1 <= limit <= 1000 and offset >= 0"
             )
-        params: dict[str, str | int] = {"limit": limit, "offset": offset}
+        params: dict[str, str | int | Sequence[str]] = {"limit": limit, "offset": offset}
+        if label:  # filters are sent only when set
+            if not isinstance(label, Mapping):
+                raise ArkerError(ErrorCode.INVALID_REQUEST, "label must be a mapping of key: value")
+            params["label"] = [f"{k}={v}" for k, v in label.items()]
+        if parent_id is not None:
+            params["parent_id"] = parent_id
+        if state is not None:
+            params["state"] = state
         return self._request("GET", self.endpoints.normal, "/v1/vms", params=params)
 
     def _get_request(self, endpoint: str, vm_id: str) -> Request:
@@ -226,19 +251,36 @@ class ComputerBase(Generic[ArkerT]):
         key: str | None,
         resources: Mapping[str, Any] | BaseModel | None = None,
         network: Mapping[str, Any] | BaseModel | None = None,
+        ttl_s: Any = KEEP,
+        idle_stop_s: Any = KEEP,
+        labels: Mapping[str, str] | None = None,
     ) -> Request:
         if isinstance(resources, BaseModel):
             resources = resources.model_dump(exclude_none=True)
         if isinstance(network, BaseModel):
             network = network.model_dump()
+        # Sent only when set; None is sent too (null: none, whatever the
+        # server's default), so it cannot mean "not set" here: KEEP does.
+        lifecycle = {
+            k: v for k, v in (("ttl_s", ttl_s), ("idle_stop_s", idle_stop_s)) if v is not KEEP
+        }
         body = _body(
             wire.ForkRequest,
             name=name,
             durable=durable,
             resources=dict(resources) if resources else None,  # sent only when set
             network=dict(network) if network is not None else None,
+            labels=dict(labels) if labels is not None else None,
+            **{k: v for k, v in lifecycle.items() if v is not None},
         )
+        body.update({k: None for k, v in lifecycle.items() if v is None})
         return self._call("POST", "/fork", json=body, idempotency_key=key)
+
+    def _update_request(self, ttl_s: Any, idle_stop_s: Any) -> Request:
+        fields = {
+            k: v for k, v in (("ttl_s", ttl_s), ("idle_stop_s", idle_stop_s)) if v is not KEEP
+        }
+        return self._call("PATCH", json=_patch(wire.VmUpdate, fields))
 
     def _run_request(
         self,
@@ -320,13 +362,7 @@ class ComputerBase(Generic[ArkerT]):
         fields: dict[str, Any] = {} if egress is None else {"egress": egress}
         if allow is not KEEP:
             fields["allow"] = None if allow is None else list(allow)
-        try:
-            body = wire.NetworkUpdate(**fields).model_dump(mode="json", exclude_unset=True)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise ArkerError(ErrorCode.INVALID_REQUEST, f"{where}: {first['msg']}") from exc
-        return self._call("PATCH", "/network", json=body)
+        return self._call("PATCH", "/network", json=_patch(wire.NetworkUpdate, fields))
 
     def _restart_request(self) -> Request:
         return self._call("POST", "/restart")

@@ -178,9 +178,20 @@ class Arker(ArkerBase):
         """The goldens `fork` accepts as a source (from the normal endpoint)."""
         return decode_goldens(self._send(self._goldens_request()))
 
-    def list(self, *, limit: int = 50, offset: int = 0) -> VmPage:
-        """One page of this key's VMs on the normal endpoint, newest first."""
-        return decode_vm_page(self._send(self._list_request(limit, offset)))
+    def list(
+        self,
+        *,
+        limit: int = 50,
+        offset: int = 0,
+        label: Mapping[str, str] | None = None,
+        parent_id: str | None = None,
+        state: Literal["running", "stopped", "lost"] | None = None,
+    ) -> VmPage:
+        """One page of this key's VMs on the normal endpoint, newest first:
+        those with every label in `label` (e.g. {"team": "ml"}), forked from
+        `parent_id`, in `state`; `total` counts all that match."""
+        request = self._list_request(limit, offset, label, parent_id, state)
+        return decode_vm_page(self._send(request))
 
     def get(self, vm_id: str) -> Vm:
         """One VM, asked of the endpoint its id routes to."""
@@ -225,13 +236,22 @@ class Computer(ComputerBase[Arker]):
         durable: bool = False,
         resources: Mapping[str, Any] | BaseModel | None = None,
         network: Mapping[str, Any] | BaseModel | None = None,
+        ttl_s: int | None = KEEP,
+        idle_stop_s: int | None = KEEP,
+        labels: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
     ) -> Computer:
         """A copy-on-write copy of this golden or VM, pinned to the same endpoint.
         `resources`, e.g. {"disk_mib": 2048} (or arker.Resources), and `network`,
         e.g. {"egress": True, "allow": ["example.com"]} or {"egress": False}, override
-        what the fork would inherit; omitted, the parent's or the server's default."""
-        request = self._fork_request(name, durable, idempotency_key, resources, network)
+        what the fork would inherit; omitted, the parent's or the server's default.
+        `ttl_s`: deleted that many seconds from now; `idle_stop_s`: stopped after
+        that long with nothing to do (files kept); None for neither, left out for
+        the server's default (never the parent's). `labels`: {key: value} to find
+        it by with `list(label=...)`; a fork does not inherit them."""
+        request = self._fork_request(
+            name, durable, idempotency_key, resources, network, ttl_s, idle_stop_s, labels
+        )
         response = self._send(request)
         vm = decode_vm(response)
         return Computer(self._arker, vm.vm_id, self.endpoint, vm)
@@ -376,6 +396,12 @@ class Computer(ComputerBase[Arker]):
     def cancel_run(self, run_id: str) -> RunStatus:
         """Kill a run's process tree; a finished run is returned as it is."""
         return decode_run_status(self._send(self._cancel_run_request(run_id)))
+
+    def update(self, *, ttl_s: int | None = KEEP, idle_stop_s: int | None = KEEP) -> Vm:
+        """Move the VM's TTL (`ttl_s` seconds from now; None: never deleted) or
+        change its idle stop (None: never stopped); what is left out stays."""
+        self.info = decode_vm(self._send(self._update_request(ttl_s, idle_stop_s)))
+        return self.info
 
     def restart(self) -> Vm:
         """Kill every process of the VM (a fork bomb too) and start it again;
