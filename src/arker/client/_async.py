@@ -127,7 +127,7 @@ class AsyncArker(ArkerBase):
                 delay = self.retry.delay_after(attempt, response)
                 if delay is None:
                     raise error_from_response(response)
-                await self._sleep(delay)
+            await self._sleep(delay)
 
     async def _events(self, request: Request, parser: EventParser) -> AsyncIterator[RunEvent]:
         """A run's events; on a dropped connection (a server restart, a

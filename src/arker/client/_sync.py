@@ -130,7 +130,7 @@ class Arker(ArkerBase):
                 delay = self.retry.delay_after(attempt, response)
                 if delay is None:
                     raise error_from_response(response)
-                self._sleep(delay)
+            self._sleep(delay)
 
     def _events(self, request: Request, parser: EventParser) -> Iterator[RunEvent]:
         """A run's events; on a dropped connection (a server restart, a
