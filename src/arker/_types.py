@@ -350,6 +350,20 @@ class RunSignal(BaseModel):
     ]
 
 
+class RunEventFrame(BaseModel):
+    """
+    One Server-Sent Event of a run's stream, as a client's SSE parser gives it: `stdout`/`stderr` (data: base64 bytes), `gap` (data: RunOutputGap as JSON), `end` (data: RunStatus as JSON). Output and gap events carry an id, `STDOUT:STDERR` byte offsets.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    event: Literal["stdout", "stderr", "gap", "end"]
+    id: Annotated[str | None, Field(pattern="^[0-9]{1,19}:[0-9]{1,19}$")] = None
+    data: str
+    retry: int | None = None
+
+
 class Vm(BaseModel):
     model_config = ConfigDict(
         extra="forbid",

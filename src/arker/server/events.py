@@ -154,6 +154,11 @@ class Wakeups:
                 loop.remove_reader(fd)
             os.close(fd)  # our own copies (see Engine.output_wakers)
 
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop the streams run on (at the service's start): a stop can
+        come before any stream has waited."""
+        self._loop = loop
+
     def close_soon(self) -> None:
         """`close` from a signal handler: the server was told to stop, and
         its streams must end before it waits for open connections."""

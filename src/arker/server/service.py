@@ -147,6 +147,7 @@ class Service:
 
     # -- lifecycle
     async def start(self) -> None:
+        self.runs.wakeups.bind(asyncio.get_running_loop())
         await self.threads.call(self.port_tokens.open)
         await self.threads.call(self.engine.open)
         try:
