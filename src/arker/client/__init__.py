@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from arker.client._async import AsyncArker, AsyncComputer, AsyncFileSync, AsyncNetwork
+from arker.client._async import AsyncArker, AsyncComputer, AsyncFileSync, AsyncNetwork, AsyncPty
 from arker.client._models import (
     CancelledRun,
     CompletedRun,
@@ -20,7 +20,7 @@ from arker.client._models import (
 )
 from arker.client._retry import RetryPolicy
 from arker.client._routing import BURST_GOLDENS, is_burst_vm_id
-from arker.client._sync import Arker, Computer, FileSync, Network
+from arker.client._sync import Arker, Computer, FileSync, Network, Pty
 
 __all__ = [
     "Arker",
@@ -28,6 +28,7 @@ __all__ = [
     "AsyncComputer",
     "AsyncFileSync",
     "AsyncNetwork",
+    "AsyncPty",
     "BURST_GOLDENS",
     "CancelledRun",
     "FailedRun",
@@ -38,6 +39,7 @@ __all__ = [
     "Network",
     "Golden",
     "PortToken",
+    "Pty",
     "RetryPolicy",
     "RunResult",
     "RunState",

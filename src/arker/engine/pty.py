@@ -83,7 +83,7 @@ class Pty:
                 return b""
             raise
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         """Bytes typed into the terminal; how many it took (maybe fewer: the
         master is non-blocking, BlockingIOError when it takes none now). A
         terminal the VM has let go of takes everything and drops it."""
