@@ -42,7 +42,7 @@ class _Query(BaseModel):
     user: Literal["user", "root"] = "user"
     cols: Annotated[int, Field(ge=1, le=MAX_SIZE)] = 80
     rows: Annotated[int, Field(ge=1, le=MAX_SIZE)] = 24
-    command: Annotated[str | None, Field(min_length=1, max_length=65536)] = None
+    command: Annotated[str | None, Field(min_length=1, max_length=4096)] = None
     term: Annotated[str, Field(pattern=r"^[A-Za-z0-9._+-]{1,64}$")] = "xterm-256color"
 
 
