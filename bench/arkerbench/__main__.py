@@ -20,6 +20,9 @@ Measured, each next to its floor from the same run:
               cost of a quota is the ratio of the medians
   network     create with egress (the default) and with {"egress": false}
               on this server, in the same turns: the cost of a VM's network
+  stream      a line sent to a run's stdin, echoed by the shell, received
+              as an event of its SSE stream: an upper bound of byte-in-VM to
+              event-on-client; floor: the stdin POST alone
   deletes     N networked VMs deleted at once while another VM runs `true`
               again and again: that call's latency, over the same with
               nothing going on (deleting VMs must not block other calls)
@@ -73,6 +76,9 @@ class Plan:
 FULL = Plan(30, 30, 100, 200, 200, 5, 100 * MIB, 1000 * MB, 200, 30, 1000)
 QUICK = Plan(5, 5, 10, 20, 20, 2, 10 * MIB, 100 * MB, 10, 5, 20)
 NO_QUOTA = ("--vm-disk-mib", "0")
+# 1000 idle VMs of 1 GiB limits each are 42 times this machine's memory (they
+# use ~2.5 MiB each): admission must let the delete crowd start.
+CROWD = ("--overcommit", "64")
 
 
 def _say(message: str) -> None:
@@ -105,6 +111,8 @@ def measure(server: LocalServer, bare: LocalServer, plan: Plan) -> Results:
         _say("run round trip, file transfer")
         vm = fleet.fork()
         run = scenarios.run_round_trip(vm, plan.runs)
+        _say("stream latency: a line to a run's stdin, its echo as an event")
+        stream = scenarios.stream_latency(vm, plan.runs)
         transfer = scenarios.transfer(vm, plan.file_bytes, plan.transfers)
         fleet.delete()
         _say("create to first command, sequential")
@@ -135,6 +143,7 @@ def measure(server: LocalServer, bare: LocalServer, plan: Plan) -> Results:
         http_floor=http_floor,
         side=side,
         deletes=deletes,
+        stream=stream,
     )
 
 
@@ -183,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     load_at_start = list(os.getloadavg())
     _say(f"starting arker serve ({'quick' if args.quick else 'full'} run)")
     with (
-        local_server(args.out / "server.log", args.data_dir) as server,
+        local_server(args.out / "server.log", args.data_dir, CROWD) as server,
         local_server(args.out / "server-no-quota.log", args.data_dir, NO_QUOTA) as bare,
     ):
         results = measure(server, bare, plan)

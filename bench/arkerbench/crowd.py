@@ -5,6 +5,10 @@ VMs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from arker import AsyncArker, AsyncComputer
+from arker import ArkerError, AsyncArker
 from arker.engine._cgroups import Cgroups
 from arkerbench.scenarios import GOLDEN
 from arkerbench.stats import Series
@@ -79,6 +83,18 @@ async def _delete_all(arker: AsyncArker, vm_ids: list[str], at_once: int = 16) -
     failed = [r for r in results if isinstance(r, BaseException)]
     if failed:
         raise RuntimeError(f"could not delete {len(failed)} of {len(vm_ids)} VMs: {failed[0]!r}")
+
+
+async def _delete_quietly(arker: AsyncArker, vm_ids: list[str]) -> None:
+    """Cleanup after a failure: what is already gone is fine."""
+    gate = asyncio.Semaphore(16)
+
+    async def one(vm_id: str) -> None:
+        async with gate:
+            with contextlib.suppress(ArkerError):
+                await arker.vm(vm_id).delete()
+
+    await asyncio.gather(*(one(v) for v in vm_ids))
 
 
 @dataclass(frozen=True)
@@ -156,46 +172,62 @@ class DeleteCrowd:
     wall_ms: float  # from the first delete sent to the last answer
 
 
-async def _probe(vm: AsyncComputer, until: asyncio.Event, samples: list[float]) -> None:
-    """Run `true` in `vm` again and again until `until` is set."""
-    while not until.is_set():
-        start = time.perf_counter()
-        result = await vm.run("true")
-        samples.append((time.perf_counter() - start) * 1000)
-        if result.type != "completed" or result.exit_code != 0:
-            raise RuntimeError(f"the probe's `true` failed: {result}")
+# The probe runs in a process of its own: in this one, its calls would wait
+# behind the 64 deletes' in this event loop, and that (seconds) is not the
+# server's doing. It runs `true` until its stdin closes, then prints
+# [[unix time, ms], ...].
+_PROBE = """
+import json, sys, threading, time
+from arker import Arker
+vm = Arker(sys.argv[1], base_url=sys.argv[2], retry=False).vm(sys.argv[3])
+done = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+out = []
+while not done.is_set():
+    start = time.perf_counter()
+    result = vm.run("true")
+    assert result.type == "completed" and result.exit_code == 0, result
+    out.append((time.time(), (time.perf_counter() - start) * 1000))
+print(json.dumps(out))
+"""
+QUIET_S = 2.0  # the probe alone, before the deletes
 
 
-async def _delete_crowd(base_url: str, api_key: str, n: int, quiet_n: int) -> DeleteCrowd:
+async def _delete_crowd(base_url: str, api_key: str, n: int) -> DeleteCrowd:
     made: list[str] = []
     async with _client(base_url, api_key, 80) as arker:
         probe = await arker.vm(GOLDEN).fork()
         try:
             await probe.run("true")
-            quiet: list[float] = []
-            for _ in range(quiet_n):
-                start = time.perf_counter()
-                await probe.run("true")
-                quiet.append((time.perf_counter() - start) * 1000)
             await _start_many(arker, n, 16, made)
-            done = asyncio.Event()
-            busy: list[float] = []
-            prober = asyncio.create_task(_probe(probe, done, busy))
-            start = time.perf_counter()
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _PROBE, api_key, base_url, probe.vm_id],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
             try:
+                await asyncio.sleep(QUIET_S)
+                start = time.time()
                 await _delete_all(arker, made, at_once=64)
                 made.clear()
+                end = time.time()
             finally:
-                wall = (time.perf_counter() - start) * 1000
-                done.set()
-                await prober
+                out, _ = await asyncio.to_thread(proc.communicate, b"")
+            if proc.returncode != 0:
+                raise RuntimeError(f"the probe failed (exit {proc.returncode})")
         finally:
-            await _delete_all(arker, [*made, probe.vm_id])
-    return DeleteCrowd(n, Series(quiet), Series(busy), wall)
+            await _delete_quietly(arker, [*made, probe.vm_id])
+    samples = json.loads(out)
+    quiet = [ms for at, ms in samples if at < start]
+    busy = [ms for at, ms in samples if start <= at <= end]
+    if not quiet or not busy:
+        raise RuntimeError(f"the probe ran {len(quiet)} times quiet and {len(busy)} busy")
+    return DeleteCrowd(n, Series(quiet), Series(busy), (end - start) * 1000)
 
 
-def delete_crowd(base_url: str, api_key: str, n: int, quiet_n: int = 20) -> DeleteCrowd:
+def delete_crowd(base_url: str, api_key: str, n: int) -> DeleteCrowd:
     """Start n VMs with the server's default network (egress on), then delete
-    them all, 64 at a time, while another VM runs `true` over and over: the
-    probe's latency while they go, next to the same with nothing going on."""
-    return asyncio.run(_delete_crowd(base_url, api_key, n, quiet_n))
+    them all, 64 at a time, while another VM runs `true` over and over (from
+    another process): its latency while they go, next to the same with
+    nothing going on."""
+    return asyncio.run(_delete_crowd(base_url, api_key, n))

@@ -15,10 +15,11 @@ __all__ = ["Goal", "judge"]
 
 QUOTA_COST = 1.1  # what a VM's disk quota may add to a fork or a create
 NETWORK_COST = 1.3  # what a VM's network may add to a create (issue 11)
-# How much slower another VM's `true` may get (p99 over its quiet median)
-# while a crowd of networked VMs is deleted: slower from sharing the cores,
-# never stuck behind the deletes (issue 11).
-DELETE_SLOWDOWN = 5.0
+# How much slower another VM's `true` may get (its median over its quiet
+# median) while a crowd of networked VMs is deleted: slower from sharing the
+# cores, never stuck behind the deletes (issue 11). Its p99 and max are in
+# the report.
+DELETE_SLOWDOWN = 3.0
 
 
 @dataclass(frozen=True)
@@ -130,14 +131,23 @@ def judge(f: dict[str, float], burst_n: int, cpus: int) -> list[Goal]:
             "same create, no egress",
         ),
         Goal(
-            f"run `true` while {f['deleted_vms']:.0f} VMs are deleted (p99)",
-            f["probe_during_deletes_p99_ms"],
+            f"run `true` while {f['deleted_vms']:.0f} VMs are deleted (median)",
+            f["probe_during_deletes_median_ms"],
             "ms",
             f"<= {DELETE_SLOWDOWN:g} x quiet "
             f"({DELETE_SLOWDOWN * f['probe_quiet_median_ms']:.2f} ms)",
-            f["delete_crowd_probe_p99_ratio"] <= DELETE_SLOWDOWN,
+            f["delete_crowd_probe_ratio"] <= DELETE_SLOWDOWN,
             f["probe_quiet_median_ms"],
             "same call, quiet",
+        ),
+        Goal(
+            "output to event, upper bound (median)",
+            f["stream_echo_median_ms"],
+            "ms",
+            "<= 5 ms",
+            f["stream_echo_median_ms"] <= 5,
+            f["floor_stdin_post_median_ms"],
+            "the stdin POST alone",
         ),
         Goal(
             "idle running VM",

@@ -42,6 +42,8 @@ def table(results: Results, goals: list[Goal]) -> str:
             "probe_quiet",
         ),
         ("run `true`, quiet", "probe_quiet", None),
+        ("stdin line -> its echo's event", "stream_echo", "floor_stdin_post"),
+        ("floor: the stdin POST alone", "floor_stdin_post", None),
         ("floor: snapshot ioctl (golden)", "floor_ioctl_golden", None),
         ("floor: subprocess.run(['true'])", "floor_subprocess_true", None),
         ("floor: HTTP GET /healthz", "floor_http_noop", None),
@@ -62,7 +64,9 @@ def table(results: Results, goals: list[Goal]) -> str:
     )
     lines.append(
         f"{d['deleted_vms']} networked VMs deleted, 64 at a time: wall "
-        f"{_num(f['delete_crowd_wall_ms'], 'ms')}"
+        f"{_num(f['delete_crowd_wall_ms'], 'ms')}; another VM's `true` meanwhile "
+        f"{f['delete_crowd_probe_ratio']:.2f}x its quiet median, slowest "
+        f"{_num(f['probe_during_deletes_max_ms'], 'ms')}"
     )
     mib = d["file_bytes"] / 2**20
     lines.append(

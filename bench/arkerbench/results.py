@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from arkerbench.crowd import Burst, DeleteCrowd, IdleMemory
-from arkerbench.scenarios import ForkSeries, SideBySide, Transfer
+from arkerbench.scenarios import ForkSeries, SideBySide, StreamLatency, Transfer
 from arkerbench.stats import Series
 
 __all__ = ["Results"]
@@ -31,6 +31,7 @@ class Results:
     http_floor: Series
     side: SideBySide
     deletes: DeleteCrowd
+    stream: StreamLatency
 
     def figures(self) -> dict[str, float]:
         """Every figure by name; each is a positive number in a sound run."""
@@ -67,10 +68,13 @@ class Results:
         put("probe_quiet", d.quiet)
         put("probe_during_deletes", d.busy)
         f["delete_crowd_wall_ms"] = d.wall_ms
+        f["probe_during_deletes_max_ms"] = max(d.busy.samples_ms)
         f["deleted_vms"] = d.vms
-        # Deleting many VMs must not block other calls: the probe's p99 while
-        # they go over its median with nothing going on.
-        f["delete_crowd_probe_p99_ratio"] = d.busy.p99_ms / d.quiet.median_ms
+        # Deleting many VMs must not block other calls: the probe's median
+        # while they go over its median with nothing going on.
+        f["delete_crowd_probe_ratio"] = d.busy.median_ms / d.quiet.median_ms
+        put("stream_echo", self.stream.echo)
+        put("floor_stdin_post", self.stream.post)
         put("floor_ioctl_golden", self.fork_golden.ioctl)
         put("floor_ioctl_empty_vm", self.fork_empty.ioctl)
         put("floor_ioctl_big", self.fork_big.ioctl)
@@ -106,6 +110,8 @@ class Results:
             "quota_on_create": self.side.create_on,
             "quota_off_create": self.side.create_off,
             "net_off_create": self.side.create_no_egress,
+            "stream_echo": self.stream.echo,
+            "floor_stdin_post": self.stream.post,
             "probe_quiet": self.deletes.quiet,
             "probe_during_deletes": self.deletes.busy,
             "floor_ioctl_golden": self.fork_golden.ioctl,

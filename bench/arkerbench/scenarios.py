@@ -228,3 +228,38 @@ def transfer(vm: Computer, size_bytes: int, n: int) -> Transfer:
             raise RuntimeError("the file read back differs from the one written")
     vm.run(f"rm -f {BENCH_FILE}")
     return Transfer(size_bytes, Series(writes), Series(reads))
+
+
+@dataclass(frozen=True)
+class StreamLatency:
+    echo: Series  # stdin sent -> its echo's event received
+    post: Series  # the stdin POST alone (its answer: the bytes are in the pipe)
+
+
+def stream_latency(vm: Computer, n: int) -> StreamLatency:
+    """A line written to a run's stdin, echoed by the shell, received as an
+    event on the run's stream. The echo is an upper bound of the time from a
+    byte written in the VM to its event on this client (it holds a whole
+    POST too); the POST alone is the floor it is reported against. The VM
+    has no clock finer than 10 ms to stamp its bytes with."""
+    handle = vm.run('while read line; do echo "$line"; done', background=True, stdin_open=True)
+    echo: list[float] = []
+    post: list[float] = []
+    events = handle.events()
+    try:
+        for i in range(n + 1):
+            start = time.perf_counter()
+            handle.send_stdin(f"{i}\n")
+            posted = time.perf_counter()
+            event = next(events)
+            while event.type != "stdout":
+                event = next(events)
+            if event.data != f"{i}\n".encode():
+                raise RuntimeError(f"echo {i} came back as {event.data!r}")
+            if i:  # the first one starts the stream
+                echo.append((time.perf_counter() - start) * 1000)
+                post.append((posted - start) * 1000)
+    finally:
+        del events  # the generator goes, and closes its HTTP stream
+        handle.cancel()
+    return StreamLatency(Series(echo), Series(post))

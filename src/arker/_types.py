@@ -68,6 +68,12 @@ class GoldenList(BaseModel):
     items: list[Golden]
 
 
+LabelsAdditionalProperty = TypeAliasType(
+    "LabelsAdditionalProperty",
+    Annotated[str, Field(max_length=256, pattern="^[^\\x00]*$")],
+)
+
+
 EnvAdditionalProperty = TypeAliasType(
     "EnvAdditionalProperty", Annotated[str, Field(max_length=32768)]
 )
@@ -116,6 +122,12 @@ class RunRequest(BaseModel):
         ),
     ] = None
     user: Literal["user", "root"] | None = None
+    stdin_open: Annotated[
+        bool | None,
+        Field(
+            description="Keep the command's stdin open after `stdin` (a background run): more bytes go in through POST .../runs/{run_id}/stdin, and the command reads end-of-file only when that is called with close=true. Without it stdin ends after `stdin`."
+        ),
+    ] = False
 
 
 class Output(BaseModel):
@@ -245,6 +257,32 @@ class NetworkPolicy(BaseModel):
     ] = None
 
 
+class VmUpdate(BaseModel):
+    """
+    A change to a VM's lifecycle; a field left out keeps its value.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    ttl_s: Annotated[
+        int | None,
+        Field(
+            description="Delete the VM this many seconds from now (a new `expires_at`, sooner or later than the old one); null: never.",
+            ge=1,
+            le=315360000,
+        ),
+    ] = None
+    idle_stop_s: Annotated[
+        int | None,
+        Field(
+            description="A new idle time before the VM is stopped; null: never.",
+            ge=1,
+            le=31536000,
+        ),
+    ] = None
+
+
 class PortTokenRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -270,6 +308,46 @@ class PortToken(BaseModel):
         ),
     ]
     expires_at: AwareDatetime
+
+
+class RunOutputGap(BaseModel):
+    """
+    The data of a `gap` event: bytes of one stream the server no longer holds (the middle of a stream longer than its cap).
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    stream: Literal["stdout", "stderr"]
+    from_: Annotated[int, Field(alias="from", ge=0)]
+    to: Annotated[int, Field(ge=0)]
+    bytes: Annotated[int, Field(ge=0)]
+
+
+class RunStdinWritten(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    bytes_written: Annotated[
+        int,
+        Field(description="Bytes of the body that went into the run's stdin.", ge=0),
+    ]
+    closed: Annotated[bool, Field(description="Whether stdin is now closed.")]
+
+
+class RunSignal(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    signal: Annotated[
+        str,
+        Field(
+            description="A signal name: SIGINT, SIGTERM, SIGKILL, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGSTOP, SIGCONT, SIGWINCH, SIGALRM or SIGPIPE.",
+            max_length=16,
+            min_length=4,
+            pattern="^SIG[A-Z0-9+-]+$",
+        ),
+    ]
 
 
 class PtyResize(BaseModel):
@@ -357,6 +435,24 @@ class Vm(BaseModel):
             description="The policy in force (absent from servers older than networking)."
         ),
     ] = None
+    expires_at: Annotated[
+        AwareDatetime | None,
+        Field(
+            description="When the VM is deleted (its TTL); null: never. Absent from servers older than TTLs."
+        ),
+    ] = None
+    idle_stop_s: Annotated[
+        int | None,
+        Field(
+            description="Seconds with nothing to do after which the VM is stopped (see `ForkRequest.idle_stop_s`); null: never."
+        ),
+    ] = None
+    labels: Annotated[
+        dict[str, str] | None,
+        Field(
+            description="Its labels (see `ForkRequest.labels`); absent from servers older than labels."
+        ),
+    ] = None
 
 
 class VmList(BaseModel):
@@ -386,6 +482,39 @@ class ForkRequest(BaseModel):
         NetworkPolicy | None,
         Field(
             description="Omitted: the parent VM's policy, or for a golden the server's default (`arker serve --egress on|off`)."
+        ),
+    ] = None
+    ttl_s: Annotated[
+        int | None,
+        Field(
+            description="Delete the VM this many seconds after the fork (it reports the time as `expires_at`; `PATCH /v1/vms/{vm_id}` moves it). Omitted: the server's default (`arker serve --default-ttl-s`), not the parent's; null: no TTL, whatever the default.",
+            ge=1,
+            le=315360000,
+        ),
+    ] = None
+    idle_stop_s: Annotated[
+        int | None,
+        Field(
+            description="Stop the VM (its processes end, its files stay, it starts again on its next call) once it has had no run in flight, no open stream, terminal or port relay and no call for this many seconds. Omitted: the server's default (`arker serve --default-idle-stop-s`), not the parent's; null: never.",
+            ge=1,
+            le=31536000,
+        ),
+    ] = None
+    labels: Annotated[
+        dict[
+            Annotated[
+                str,
+                StringConstraints(
+                    pattern=r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-_.A-Za-z0-9]{0,61}[A-Za-z0-9])?$",
+                    max_length=317,
+                ),
+            ],
+            LabelsAdditionalProperty,
+        ]
+        | None,
+        Field(
+            description="Names a caller gives a VM, to find it again (`GET /v1/vms?label=key=value`). At most 64; a key is a name of 1 to 63 characters (letters, digits, `-`, `_`, `.`, starting and ending with a letter or digit), optionally after a `prefix/` of lowercase DNS labels (at most 253 characters); a value is at most 256 characters. Omitted: none; a fork of a VM does not inherit its parent's labels.",
+            max_length=64,
         ),
     ] = None
 
@@ -595,6 +724,34 @@ class RunStatus(BaseModel):
         list[RunWarning] | None,
         Field(
             description="Empty when there is nothing to say; older servers leave it out."
+        ),
+    ] = None
+    stdout_bytes: Annotated[
+        int | None,
+        Field(
+            description="Bytes the run has written to stdout in all (more than `stdout` holds when it is truncated: then `stdout` is its head and its tail, half each, head first).",
+            ge=0,
+        ),
+    ] = None
+    stdout_start: Annotated[
+        int | None,
+        Field(
+            description="The offset in the stream of the first byte of `stdout`: 0, or where a `stdout_after` window starts (past the offset asked for when the bytes there were dropped).",
+            ge=0,
+        ),
+    ] = None
+    stderr_bytes: Annotated[
+        int | None,
+        Field(
+            description="Bytes the run has written to stderr in all (more than `stderr` holds when it is truncated: then `stderr` is its head and its tail, half each, head first).",
+            ge=0,
+        ),
+    ] = None
+    stderr_start: Annotated[
+        int | None,
+        Field(
+            description="The offset in the stream of the first byte of `stderr`: 0, or where a `stderr_after` window starts (past the offset asked for when the bytes there were dropped).",
+            ge=0,
         ),
     ] = None
 

@@ -52,6 +52,9 @@ def test_quick_bench_reports_every_figure(tmp_path: Path) -> None:
         "quota_cost_fork_ratio",
         "quota_cost_create_ratio",
         "network_cost_create_ratio",
+        "stream_echo_median_ms",
+        "floor_stdin_post_median_ms",
+        "delete_crowd_probe_ratio",
     }
     assert expected <= figures.keys()
     for name, value in figures.items():

@@ -43,9 +43,43 @@ def test_run_passes_streams_and_exit_code_through(server: LocalServer, vm: str) 
     assert proc.stderr == b"e\n"
 
 
-def test_words_after_dashes_are_one_command(server: LocalServer, vm: str) -> None:
-    proc = arker("run", vm, "--", "echo", "a", "b", "|", "wc", "-w", env=server.env())
+def test_words_after_dashes_are_argv_and_one_word_is_a_shell_line(
+    server: LocalServer, vm: str
+) -> None:
+    # As docker exec and kubectl exec: each word one argument, exactly.
+    proc = arker("run", vm, "--", "sh", "-c", "exit 3", env=server.env())
+    assert proc.returncode == 3
+    proc = arker("run", vm, "--", "printf", "[%s]", "arg 2", "a'b", "|", env=server.env())
+    assert (proc.returncode, proc.stdout) == (0, b"[arg 2][a'b][|]")
+    proc = arker("run", vm, "--", "echo a b | wc -w", env=server.env())
     assert (proc.returncode, proc.stdout.strip()) == (0, b"2")
+
+
+def test_run_prints_output_as_it_arrives_and_logs_reattach(server: LocalServer, vm: str) -> None:
+    import time
+
+    env = server.env()
+    cmd = [*ARKER, "run", vm, "--", "echo first; sleep 3; echo second"]
+    proc = subprocess.Popen(
+        cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        t0 = time.monotonic()
+        assert proc.stdout.readline() == b"first\n"
+        assert proc.poll() is None  # printed while the run still goes
+        assert time.monotonic() - t0 < 60
+        out, _ = proc.communicate(timeout=60)
+        assert out == b"second\n" and proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    started = arker("run", "--background", vm, "--", "echo one; sleep 1; echo two; exit 5", env=env)
+    run_id = started.stdout.decode().strip()
+    proc = arker("logs", vm, run_id, "--follow", env=env)
+    assert (proc.returncode, proc.stdout) == (5, b"one\ntwo\n")
+    proc = arker("logs", vm, run_id, env=env)
+    assert (proc.returncode, proc.stdout) == (0, b"one\ntwo\n")
 
 
 def test_unknown_vm_is_one_line_on_stderr(server: LocalServer) -> None:

@@ -1,4 +1,4 @@
-"""The client commands of `arker`: fork, run, status, cancel, ls, get, rm, cp, cat.
+"""The client commands of `arker`: fork, run, status, cancel, ls, get, ttl, rm, cp, cat.
 
 They are thin: each builds an `Arker` client configured like the SDK
 (--api-key/--region/--base-url, else ARKER_API_KEY, ARKER_REGION,
@@ -9,6 +9,7 @@ bytes, JSON) goes to stdout; notes for people go to stderr.
 from __future__ import annotations
 
 import enum
+import shlex
 import sys
 from datetime import UTC
 from pathlib import Path, PurePosixPath
@@ -28,6 +29,8 @@ from arker.cli._output import (
     write_stderr,
     write_stdout,
 )
+from arker.cli.follow import exit_with, follow, notes
+from arker.cli.lifecycle import labels_arg, seconds_arg
 
 if TYPE_CHECKING:
     from arker import Arker
@@ -39,13 +42,6 @@ PROGRESS_MIN_BYTES = 8 * 1024 * 1024
 CHUNK_BYTES = 1024 * 1024
 # The contract caps a run's stdin at 8 MiB decoded.
 STDIN_MAX_BYTES = 8 * 1024 * 1024
-# Exit statuses for runs that did not end by themselves, after coreutils'
-# `timeout` (124) and the shell's convention for SIGINT (130).
-EXIT_TIMED_OUT = 124
-EXIT_CANCELLED = 130
-# How long `arker run` waits for a foreground run with no --timeout: the
-# contract's longest timeout_s.
-RUN_WAIT_S = 86400.0
 
 
 class RunUser(enum.StrEnum):
@@ -53,7 +49,17 @@ class RunUser(enum.StrEnum):
     root = "root"
 
 
-_COLUMNS = ("vm_id", "name", "base_image", "state", "durable", "parent_id", "created (UTC)")
+_COLUMNS = (
+    "vm_id",
+    "name",
+    "base_image",
+    "state",
+    "durable",
+    "parent_id",
+    "created (UTC)",
+    "expires (UTC)",
+    "labels",
+)
 
 _OPTION_NAMES = (("api_key=", "--api-key"), ("region=", "--region"), ("base_url=", "--base-url"))
 
@@ -114,11 +120,42 @@ def fork(
             help="Reach only this domain (*.example.org too) or IPv4 CIDR; repeat for more.",
         ),
     ] = None,
+    ttl: Annotated[
+        str | None,
+        typer.Option(
+            "--ttl",
+            metavar="DURATION",
+            help="Delete it after this long: 1h, 30m, 7d, seconds; 0: never "
+            "(default: the server's).",
+        ),
+    ] = None,
+    idle_stop: Annotated[
+        str | None,
+        typer.Option(
+            "--idle-stop",
+            metavar="DURATION",
+            help="Stop it (files kept) after this long with nothing to do; 0: never "
+            "(default: the server's).",
+        ),
+    ] = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--label", metavar="KEY=VALUE", help="A label to find it by; repeat for more."
+        ),
+    ] = None,
     api_key: ApiKey = None,
     region: Region = None,
     base_url: BaseUrl = None,
 ) -> None:
     """Fork a golden or a VM; print the new VM's id."""
+    from arker.client._base import KEEP
+
+    lifecycle: dict[str, Any] = {
+        "ttl_s": KEEP if ttl is None else seconds_arg(ttl, "--ttl"),
+        "idle_stop_s": KEEP if idle_stop is None else seconds_arg(idle_stop, "--idle-stop"),
+        "labels": labels_arg(label, "--label"),
+    }
     resources = {"disk_mib": disk_mib} if disk_mib is not None else None
     if no_egress and allow:
         fail("invalid_request", "--no-egress and --allow contradict each other")
@@ -129,7 +166,7 @@ def fork(
         network = {"egress": True, "allow": list(allow)}
     with _client(api_key, region, base_url) as arker:
         child = arker.vm(source).fork(
-            name=name, durable=durable, resources=resources, network=network
+            name=name, durable=durable, resources=resources, network=network, **lifecycle
         )
         print(child.vm_id)
 
@@ -155,14 +192,6 @@ def _parse_env(pairs: list[str]) -> dict[str, str] | None:
             fail("invalid_request", f"--env takes KEY=VALUE, got {pair!r}")
         env[key] = value
     return env or None
-
-
-def _notes(result: Any) -> None:
-    for stream in ("stdout", "stderr"):
-        if getattr(result, f"{stream}_truncated", False):
-            err_console.print(f"arker: {stream} was cut at the server's output cap")
-    if getattr(result, "oom_killed", False):
-        err_console.print("arker: the VM's memory limit killed the command")
 
 
 def run(
@@ -191,43 +220,52 @@ def run(
     region: Region = None,
     base_url: BaseUrl = None,
 ) -> None:
-    """Run a command in a VM; its output and exit status become arker's.
+    """Run a command in a VM; its output (as it arrives) and exit status become arker's.
 
-    Several words are joined with spaces, as ssh does: quote a pipeline once,
-    `arker run VM -- 'ls | wc -l'`. A timeout exits 124, a cancelled run 130.
+    Several words are the command's argv, exactly, as `docker exec` takes
+    them: `arker run VM -- sh -c 'exit 3'`. One word is a shell command line:
+    `arker run VM -- 'ls | wc -l'`. A timeout exits 124, a cancelled run (or
+    Ctrl-C, which cancels it) 130.
     """
     data = _read_stdin(stdin_file, no_stdin)
-    # A foreground run with no timeout may take as long as the command does:
-    # wait for it (the SDK adds its own slack when --timeout is given).
-    wait_s = RUN_WAIT_S if timeout is None and not background else 60.0
-    with _client(api_key, region, base_url, wait_s) as arker:
-        result = arker.vm(vm).run(
-            " ".join(command),
-            background=background,
+    line = command[0] if len(command) == 1 else shlex.join(command)
+    with _client(api_key, region, base_url, 60.0) as arker:
+        handle = arker.vm(vm).run(
+            line,
+            background=True,
             timeout_s=timeout,
             env=_parse_env(env or []),
             cwd=cwd,
             stdin=data,
             user=None if user is None else user.value,
         )
-    if result.type == "started":
-        print(result.run_id)
-        return
-    write_stdout(result.stdout)
-    write_stderr(result.stderr)
-    _notes(result)
-    if result.type == "completed":
-        # A status the shell cannot hold (it keeps the low 8 bits) must not
-        # turn a failure into 0.
-        raise typer.Exit(result.exit_code if 0 <= result.exit_code <= 255 else 1)
-    if result.type == "timed_out":
-        err_console.print(f"arker: timed out after {result.timeout_s:g} s (run {result.run_id})")
-        raise typer.Exit(EXIT_TIMED_OUT)
-    if result.type == "failed":
-        err_console.print(f"arker: run {result.run_id} failed: {result.failure_reason}")
-        raise typer.Exit(1)
-    err_console.print(f"arker: run {result.run_id} was cancelled")
-    raise typer.Exit(EXIT_CANCELLED)
+        if background:
+            print(handle.run_id)
+            return
+        status = follow(handle, cancel_on_interrupt=True)
+    exit_with(status, timeout)
+
+
+def logs(
+    vm: VmId,
+    run_id: RunId,
+    follow_it: Annotated[
+        bool, typer.Option("--follow", "-f", help="Go on printing until the run ends.")
+    ] = False,
+    api_key: ApiKey = None,
+    region: Region = None,
+    base_url: BaseUrl = None,
+) -> None:
+    """A run's output: what there is so far, or with --follow all of it as it
+    comes, then the run's exit status as arker's (Ctrl-C stops following)."""
+    with _client(api_key, region, base_url, 60.0) as arker:
+        handle = arker.vm(vm).run_handle(run_id)
+        if follow_it:
+            exit_with(follow(handle, cancel_on_interrupt=False))
+        status = handle.status()
+    write_stdout(status.stdout)
+    write_stderr(status.stderr)
+    notes(status)
 
 
 def _print_status(status: Any, as_json: bool) -> None:
@@ -243,7 +281,7 @@ def _print_status(status: Any, as_json: bool) -> None:
         return
     write_stdout(status.stdout)
     write_stderr(status.stderr)
-    _notes(status)
+    notes(status)
     exit_code = "-" if status.exit_code is None else status.exit_code
     line = f"state: {status.state}  exit code: {exit_code}  retries: {status.retry_count}"
     if status.failure_reason:
@@ -277,17 +315,45 @@ def cancel(
         _print_status(arker.vm(vm).cancel_run(run_id), as_json)
 
 
+class VmState(enum.StrEnum):
+    running = "running"
+    stopped = "stopped"
+    lost = "lost"
+
+
+def _utc(when: Any) -> str:
+    return "" if when is None else when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def ls(
     limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 100,
     offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
+    label: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--label", metavar="KEY=VALUE", help="Only VMs with this label; repeat: all of them."
+        ),
+    ] = None,
+    state: Annotated[
+        VmState | None, typer.Option("--state", help="Only VMs in this state.")
+    ] = None,
+    parent: Annotated[
+        str | None, typer.Option("--parent", metavar="VM", help="Only VMs forked from this one.")
+    ] = None,
     as_json: Json = False,
     api_key: ApiKey = None,
     region: Region = None,
     base_url: BaseUrl = None,
 ) -> None:
-    """List your VMs, newest first."""
+    """List your VMs, newest first (the filters narrow the list and its total)."""
     with _client(api_key, region, base_url) as arker:
-        page = arker.list(limit=limit, offset=offset)
+        page = arker.list(
+            limit=limit,
+            offset=offset,
+            label=labels_arg(label, "--label"),
+            parent_id=parent,
+            state=None if state is None else state.value,
+        )
     if as_json:
         print_json({"items": [_vm_doc(vm) for vm in page.items], "total": page.total})
         return
@@ -303,7 +369,9 @@ def ls(
             vm.state,
             "yes" if vm.durable else "",
             vm.parent_id or "",
-            vm.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            _utc(vm.created_at),
+            _utc(vm.expires_at),
+            ",".join(f"{k}={v}" for k, v in (vm.labels or {}).items()),
         )
     out_console.print(table)
 
@@ -341,6 +409,26 @@ def restart(
         print_json(doc)
         return
     print(f"{doc['vm_id']} {doc['state']}")
+
+
+def ttl(
+    vm: VmId,
+    duration: Annotated[
+        str, typer.Argument(help="Delete it this long from now: 1h, 30m, 7d, seconds; 0: never.")
+    ],
+    as_json: Json = False,
+    api_key: ApiKey = None,
+    region: Region = None,
+    base_url: BaseUrl = None,
+) -> None:
+    """Set when a VM is deleted, counted from now (sooner or later than before)."""
+    with _client(api_key, region, base_url) as arker:
+        info = arker.vm(vm).update(ttl_s=seconds_arg(duration, "DURATION"))
+    if as_json:
+        print_json(_vm_doc(info))
+        return
+    when = _utc(info.expires_at)
+    print(f"{info.vm_id} expires {when} UTC" if when else f"{info.vm_id} never expires")
 
 
 def rm(
@@ -449,7 +537,7 @@ def cat(
         write_stdout(arker.vm(remote[0]).sync.read_file(remote[1]))
 
 
-_COMMANDS = (fork, run, status, cancel, ls, get, restart, rm, cp, cat)
+_COMMANDS = (fork, run, logs, status, cancel, ls, get, restart, ttl, rm, cp, cat)
 
 
 def register(app: typer.Typer) -> None:

@@ -100,6 +100,22 @@ def serve(
             "(point a wildcard DNS name at this server).",
         ),
     ] = None,
+    default_ttl_s: Annotated[
+        int | None,
+        typer.Option(
+            help="A fork that sends no ttl_s is deleted after this many seconds "
+            "(default: VMs live until deleted).",
+            min=1,
+        ),
+    ] = None,
+    default_idle_stop_s: Annotated[
+        int | None,
+        typer.Option(
+            help="A fork that sends no idle_stop_s is stopped (files kept) after this many "
+            "seconds with nothing to do (default: never).",
+            min=1,
+        ),
+    ] = None,
     metrics_listen: Annotated[
         str | None,
         typer.Option(
@@ -132,6 +148,8 @@ def serve(
         stored_output_bytes=max(0, int(run_output_keep_mib * 1024 * 1024)),
         run_retention_s=_duration(run_retention),
         preview_domain=preview_domain.strip(".").lower() if preview_domain else None,
+        default_ttl_s=default_ttl_s,
+        default_idle_stop_s=default_idle_stop_s,
     )
     run_server(settings, host=host, port=port, log_level=log_level, metrics_listen=metrics_listen)
 
@@ -152,7 +170,7 @@ def _with_db(data_dir: str, database_url: str | None, fn: Callable[..., Awaitabl
 
 
 def _duration(text: str) -> float:
-    from arker.server.retention import parse_duration
+    from arker._durations import parse_duration
 
     try:
         return parse_duration(text)

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from arker.client._async import AsyncArker, AsyncComputer, AsyncFileSync, AsyncNetwork, AsyncPty
+from arker.client._async import (
+    AsyncArker,
+    AsyncComputer,
+    AsyncFileSync,
+    AsyncNetwork,
+    AsyncPty,
+    AsyncRunHandle,
+)
 from arker.client._models import (
     CancelledRun,
     CompletedRun,
@@ -10,9 +17,11 @@ from arker.client._models import (
     FileWritten,
     Golden,
     PortToken,
+    RunEvent,
     RunResult,
     RunState,
     RunStatus,
+    RunStdinWritten,
     StartedRun,
     TimedOutRun,
     Vm,
@@ -20,7 +29,7 @@ from arker.client._models import (
 )
 from arker.client._retry import RetryPolicy
 from arker.client._routing import BURST_GOLDENS, is_burst_vm_id
-from arker.client._sync import Arker, Computer, FileSync, Network, Pty
+from arker.client._sync import Arker, Computer, FileSync, Network, Pty, RunHandle
 
 __all__ = [
     "Arker",
@@ -29,6 +38,7 @@ __all__ = [
     "AsyncFileSync",
     "AsyncNetwork",
     "AsyncPty",
+    "AsyncRunHandle",
     "BURST_GOLDENS",
     "CancelledRun",
     "FailedRun",
@@ -41,9 +51,12 @@ __all__ = [
     "PortToken",
     "Pty",
     "RetryPolicy",
+    "RunEvent",
+    "RunHandle",
     "RunResult",
     "RunState",
     "RunStatus",
+    "RunStdinWritten",
     "StartedRun",
     "TimedOutRun",
     "Vm",

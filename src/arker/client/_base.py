@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import quote, urlencode
@@ -56,7 +56,7 @@ class Request:
     url: str
     headers: dict[str, str]
     timeout_s: float
-    params: dict[str, str | int] | None = None
+    params: Mapping[str, str | int | Sequence[str]] | None = None
     json: dict[str, Any] | None = None
     content: bytes | None = None
 
@@ -94,8 +94,24 @@ def _body(model: type[BaseModel], **fields: Any) -> dict[str, Any]:
         raise ArkerError(ErrorCode.INVALID_REQUEST, f"{where}: {first['msg']}") from exc
 
 
+def _patch(model: type[BaseModel], fields: dict[str, Any]) -> dict[str, Any]:
+    """A PATCH body: the fields given, None sent as null."""
+    try:
+        return model(**fields).model_dump(mode="json", exclude_unset=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ArkerError(ErrorCode.INVALID_REQUEST, f"{where}: {first['msg']}") from exc
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _offset(value: int, what: str) -> int:
+    if not _is_int(value) or value < 0:
+        raise ArkerError(ErrorCode.INVALID_REQUEST, f"{what} must be an int >= 0, not {value!r}")
+    return value
 
 
 def _port(port: int) -> int:
@@ -165,7 +181,7 @@ class ArkerBase:
         endpoint: str,
         path: str,
         *,
-        params: dict[str, str | int] | None = None,
+        params: Mapping[str, str | int | Sequence[str]] | None = None,
         json: dict[str, Any] | None = None,
         content: bytes | None = None,
         idempotency_key: str | None = None,
@@ -193,13 +209,28 @@ class ArkerBase:
     def _goldens_request(self) -> Request:
         return self._request("GET", self.endpoints.normal, "/v1/goldens")
 
-    def _list_request(self, limit: int, offset: int) -> Request:
+    def _list_request(
+        self,
+        limit: int,
+        offset: int,
+        label: Mapping[str, str] | None = None,
+        parent_id: str | None = None,
+        state: str | None = None,
+    ) -> Request:
         # The contract's bounds on GET /v1/vms (query parameters get no generated model).
         if not _is_int(limit) or not _is_int(offset) or not 1 <= limit <= 1000 or offset < 0:
             raise ArkerError(
                 ErrorCode.INVALID_REQUEST, "list needs 1 <= limit <= 1000 and offset >= 0"
             )
-        params: dict[str, str | int] = {"limit": limit, "offset": offset}
+        params: dict[str, str | int | Sequence[str]] = {"limit": limit, "offset": offset}
+        if label:  # filters are sent only when set
+            if not isinstance(label, Mapping):
+                raise ArkerError(ErrorCode.INVALID_REQUEST, "label must be a mapping of key: value")
+            params["label"] = [f"{k}={v}" for k, v in label.items()]
+        if parent_id is not None:
+            params["parent_id"] = parent_id
+        if state is not None:
+            params["state"] = state
         return self._request("GET", self.endpoints.normal, "/v1/vms", params=params)
 
     def _get_request(self, endpoint: str, vm_id: str) -> Request:
@@ -232,19 +263,36 @@ class ComputerBase(Generic[ArkerT]):
         key: str | None,
         resources: Mapping[str, Any] | BaseModel | None = None,
         network: Mapping[str, Any] | BaseModel | None = None,
+        ttl_s: Any = KEEP,
+        idle_stop_s: Any = KEEP,
+        labels: Mapping[str, str] | None = None,
     ) -> Request:
         if isinstance(resources, BaseModel):
             resources = resources.model_dump(exclude_none=True)
         if isinstance(network, BaseModel):
             network = network.model_dump()
+        # Sent only when set; None is sent too (null: none, whatever the
+        # server's default), so it cannot mean "not set" here: KEEP does.
+        lifecycle = {
+            k: v for k, v in (("ttl_s", ttl_s), ("idle_stop_s", idle_stop_s)) if v is not KEEP
+        }
         body = _body(
             wire.ForkRequest,
             name=name,
             durable=durable,
             resources=dict(resources) if resources else None,  # sent only when set
             network=dict(network) if network is not None else None,
+            labels=dict(labels) if labels is not None else None,
+            **{k: v for k, v in lifecycle.items() if v is not None},
         )
+        body.update({k: None for k, v in lifecycle.items() if v is None})
         return self._call("POST", "/fork", json=body, idempotency_key=key)
+
+    def _update_request(self, ttl_s: Any, idle_stop_s: Any) -> Request:
+        fields = {
+            k: v for k, v in (("ttl_s", ttl_s), ("idle_stop_s", idle_stop_s)) if v is not KEEP
+        }
+        return self._call("PATCH", json=_patch(wire.VmUpdate, fields))
 
     def _run_request(
         self,
@@ -257,6 +305,7 @@ class ComputerBase(Generic[ArkerT]):
         stdin: bytes | str | None,
         user: Literal["user", "root"] | None,
         idempotency_key: str | None,
+        stdin_open: bool = False,
     ) -> Request:
         stdin_b64 = None
         if stdin is not None:
@@ -270,6 +319,7 @@ class ComputerBase(Generic[ArkerT]):
             cwd=cwd,
             stdin=stdin_b64,
             user=user,
+            stdin_open=True if stdin_open else None,  # sent only when set
         )
         http_timeout_s = self._arker.timeout_s
         if not background and timeout_s is not None:
@@ -282,8 +332,40 @@ class ComputerBase(Generic[ArkerT]):
             timeout_s=http_timeout_s,
         )
 
-    def _run_status_request(self, run_id: str) -> Request:
-        return self._call("GET", f"/runs/{_segment(run_id, 'run_id')}")
+    def _run_status_request(
+        self,
+        run_id: str,
+        output: bool = True,
+        stdout_after: int | None = None,
+        stderr_after: int | None = None,
+    ) -> Request:
+        params: dict[str, str | int] = {} if output else {"output": "false"}
+        for name, at in (("stdout_after", stdout_after), ("stderr_after", stderr_after)):
+            if at is not None:
+                params[name] = _offset(at, name)
+        return self._call("GET", f"/runs/{_segment(run_id, 'run_id')}", params=params or None)
+
+    def _run_events_request(self, run_id: str, stdout_after: int, stderr_after: int) -> Request:
+        params: dict[str, str | int] = {
+            "stdout_after": _offset(stdout_after, "stdout_after"),
+            "stderr_after": _offset(stderr_after, "stderr_after"),
+        }
+        return self._call("GET", f"/runs/{_segment(run_id, 'run_id')}/events", params=params)
+
+    def _stdin_request(self, run_id: str, data: bytes | str, close: bool) -> Request:
+        params: dict[str, str | int] | None = {"close": "true"} if close else None
+        return self._call(
+            "POST",
+            f"/runs/{_segment(run_id, 'run_id')}/stdin",
+            params=params,
+            content=_as_bytes(data, "data"),
+            # The server waits up to a minute for the command to read it.
+            timeout_s=max(self._arker.timeout_s, 60 + RUN_TIMEOUT_SLACK_S),
+        )
+
+    def _signal_request(self, run_id: str, name: str) -> Request:
+        body = _body(wire.RunSignal, signal=name)
+        return self._call("POST", f"/runs/{_segment(run_id, 'run_id')}/signal", json=body)
 
     def _cancel_run_request(self, run_id: str) -> Request:
         return self._call("POST", f"/runs/{_segment(run_id, 'run_id')}/cancel")
@@ -292,13 +374,7 @@ class ComputerBase(Generic[ArkerT]):
         fields: dict[str, Any] = {} if egress is None else {"egress": egress}
         if allow is not KEEP:
             fields["allow"] = None if allow is None else list(allow)
-        try:
-            body = wire.NetworkUpdate(**fields).model_dump(mode="json", exclude_unset=True)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise ArkerError(ErrorCode.INVALID_REQUEST, f"{where}: {first['msg']}") from exc
-        return self._call("PATCH", "/network", json=body)
+        return self._call("PATCH", "/network", json=_patch(wire.NetworkUpdate, fields))
 
     def _restart_request(self) -> Request:
         return self._call("POST", "/restart")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from arker._types import FileWritten, Golden, PortToken, RunWarning, Vm
+from arker._types import FileWritten, Golden, PortToken, RunStdinWritten, RunWarning, Vm
 
 __all__ = [
     "CancelledRun",
@@ -25,9 +25,11 @@ __all__ = [
     "FileWritten",
     "Golden",
     "PortToken",
+    "RunEvent",
     "RunResult",
     "RunState",
     "RunStatus",
+    "RunStdinWritten",
     "RunWarning",
     "StartedRun",
     "TimedOutRun",
@@ -130,6 +132,13 @@ class RunStatus:
     finished_at: datetime | None
     duration_ms: int | None
     warnings: list[RunWarning] = field(default_factory=list)
+    # Bytes each stream carried in all, and where `stdout`/`stderr` start in
+    # their stream (a window: `run_status(..., stdout_after=)`); None from
+    # servers that do not send them.
+    stdout_bytes: int | None = None
+    stderr_bytes: int | None = None
+    stdout_start: int | None = None
+    stderr_start: int | None = None
 
     @property
     def done(self) -> bool:
@@ -145,6 +154,23 @@ class RunStatus:
     def stderr_text(self) -> str:
         """stderr so far, decoded as UTF-8 (undecodable bytes replaced)."""
         return _text(self.stderr)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunEvent:
+    """One event of a run's stream (`run.events()`): `stdout` or `stderr`
+    with `data`; `gap` with `gap_bytes` of a stream the server no longer
+    holds; `end` with the run's final `status` (its output left out: it came
+    in the events). `stdout_offset`/`stderr_offset` are where each stream
+    stands after this event: give them back to resume."""
+
+    type: Literal["stdout", "stderr", "gap", "end"]
+    stdout_offset: int
+    stderr_offset: int
+    data: bytes = b""
+    stream: Literal["stdout", "stderr"] | None = None  # of a gap, or of output
+    gap_bytes: int = 0
+    status: RunStatus | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,9 +17,10 @@ Only I/O lives here; requests are built, and answers decoded, in `_base` and `_w
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Callable, Mapping
+from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import time
 import httpx
@@ -37,12 +38,16 @@ from arker.client._base import (
     _as_bytes,
     _size,
 )
+from arker.client._events import EventParser, Printer, result_of
 from arker.client._models import (
     FileWritten,
     Golden,
     PortToken,
+    RunEvent,
     RunResult,
     RunStatus,
+    RunStdinWritten,
+    StartedRun,
     Vm,
     VmPage,
 )
@@ -54,6 +59,7 @@ from arker.client._wire import (
     decode_pty_frame,
     decode_run,
     decode_run_status,
+    decode_stdin_written,
     decode_vm,
     decode_vm_page,
     error_from_pty_close,
@@ -63,9 +69,10 @@ from arker.client._wire import (
 )
 from arker.errors import ArkerError, ErrorCode
 
-__all__ = ["Arker", "Computer", "FileSync", "Pty"]
+__all__ = ["Arker", "Computer", "FileSync", "Pty", "RunHandle"]
 
 DEFAULT_RETRY = RetryPolicy()
+EVENTS_READ_TIMEOUT_S = 60.0
 
 
 def _body(content: bytes | None) -> bytes | Iterator[bytes] | None:
@@ -132,6 +139,44 @@ class Arker(ArkerBase):
                     raise error_from_response(response)
             self._sleep(delay)
 
+    def _events(self, request: Request, parser: EventParser) -> Iterator[RunEvent]:
+        """A run's events; on a dropped connection (a server restart, a
+        network blip) it reconnects from the last offsets, as the retry policy
+        allows, so no byte is lost or repeated."""
+        attempt = 0
+        while True:
+            params = {**(request.params or {})}
+            params["stdout_after"], params["stderr_after"] = parser.offsets
+            # Keep-alives come every 15 s: a minute of silence is a dead link.
+            timeout = httpx.Timeout(request.timeout_s, read=EVENTS_READ_TIMEOUT_S)
+            failure: httpx.Response | httpx.RequestError
+            try:
+                with self._http.stream(
+                    "GET", request.url, params=params, headers=request.headers, timeout=timeout
+                ) as response:
+                    if not response.is_success:
+                        response.read()
+                        failure = response
+                    else:
+                        for line in response.iter_lines():
+                            event = parser.feed(line)
+                            if event is None:
+                                continue
+                            attempt = 0  # it moved on: a later drop starts afresh
+                            yield event
+                            if event.type == "end":
+                                return
+                        failure = httpx.RemoteProtocolError("the stream ended before `end`")
+            except httpx.TransportError as exc:
+                failure = exc
+            attempt += 1
+            delay = self.retry.delay_after(attempt, failure)
+            if delay is None:
+                if isinstance(failure, httpx.Response):
+                    raise error_from_response(failure)
+                raise error_from_transport(failure)
+            self._sleep(delay)
+
     def vm(self, vm_id: str) -> Computer:
         """A handle on a golden or a VM, routed by its name; sends no request."""
         return Computer(self, vm_id, self.endpoints.for_source(vm_id))
@@ -140,9 +185,20 @@ class Arker(ArkerBase):
         """The goldens `fork` accepts as a source (from the normal endpoint)."""
         return decode_goldens(self._send(self._goldens_request()))
 
-    def list(self, *, limit: int = 50, offset: int = 0) -> VmPage:
-        """One page of this key's VMs on the normal endpoint, newest first."""
-        return decode_vm_page(self._send(self._list_request(limit, offset)))
+    def list(
+        self,
+        *,
+        limit: int = 50,
+        offset: int = 0,
+        label: Mapping[str, str] | None = None,
+        parent_id: str | None = None,
+        state: Literal["running", "stopped", "lost"] | None = None,
+    ) -> VmPage:
+        """One page of this key's VMs on the normal endpoint, newest first:
+        those with every label in `label` (e.g. {"team": "ml"}), forked from
+        `parent_id`, in `state`; `total` counts all that match."""
+        request = self._list_request(limit, offset, label, parent_id, state)
+        return decode_vm_page(self._send(request))
 
     def get(self, vm_id: str) -> Vm:
         """One VM, asked of the endpoint its id routes to."""
@@ -187,16 +243,76 @@ class Computer(ComputerBase[Arker]):
         durable: bool = False,
         resources: Mapping[str, Any] | BaseModel | None = None,
         network: Mapping[str, Any] | BaseModel | None = None,
+        ttl_s: int | None = KEEP,
+        idle_stop_s: int | None = KEEP,
+        labels: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
     ) -> Computer:
         """A copy-on-write copy of this golden or VM, pinned to the same endpoint.
         `resources`, e.g. {"disk_mib": 2048} (or arker.Resources), and `network`,
         e.g. {"egress": True, "allow": ["example.com"]} or {"egress": False}, override
-        what the fork would inherit; omitted, the parent's or the server's default."""
-        request = self._fork_request(name, durable, idempotency_key, resources, network)
+        what the fork would inherit; omitted, the parent's or the server's default.
+        `ttl_s`: deleted that many seconds from now; `idle_stop_s`: stopped after
+        that long with nothing to do (files kept); None for neither, left out for
+        the server's default (never the parent's). `labels`: {key: value} to find
+        it by with `list(label=...)`; a fork does not inherit them."""
+        request = self._fork_request(
+            name, durable, idempotency_key, resources, network, ttl_s, idle_stop_s, labels
+        )
         response = self._send(request)
         vm = decode_vm(response)
         return Computer(self._arker, vm.vm_id, self.endpoint, vm)
+
+    @overload
+    def run(
+        self,
+        command: str,
+        *,
+        background: Literal[True],
+        timeout_s: float | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        stdin: bytes | str | None = None,
+        user: Literal["user", "root"] | None = None,
+        idempotency_key: str | None = None,
+        on_stdout: Callable[[str], object] | None = None,
+        on_stderr: Callable[[str], object] | None = None,
+        stdin_open: bool = False,
+    ) -> RunHandle: ...
+
+    @overload
+    def run(
+        self,
+        command: str,
+        *,
+        background: Literal[False] = False,
+        timeout_s: float | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        stdin: bytes | str | None = None,
+        user: Literal["user", "root"] | None = None,
+        idempotency_key: str | None = None,
+        on_stdout: Callable[[str], object] | None = None,
+        on_stderr: Callable[[str], object] | None = None,
+        stdin_open: bool = False,
+    ) -> RunResult: ...
+
+    @overload
+    def run(
+        self,
+        command: str,
+        *,
+        background: bool = False,
+        timeout_s: float | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        stdin: bytes | str | None = None,
+        user: Literal["user", "root"] | None = None,
+        idempotency_key: str | None = None,
+        on_stdout: Callable[[str], object] | None = None,
+        on_stderr: Callable[[str], object] | None = None,
+        stdin_open: bool = False,
+    ) -> RunResult | RunHandle: ...
 
     def run(
         self,
@@ -209,28 +325,90 @@ class Computer(ComputerBase[Arker]):
         stdin: bytes | str | None = None,
         user: Literal["user", "root"] | None = None,
         idempotency_key: str | None = None,
-    ) -> RunResult:
+        on_stdout: Callable[[str], object] | None = None,
+        on_stderr: Callable[[str], object] | None = None,
+        stdin_open: bool = False,
+    ) -> RunResult | RunHandle:
         """Run `command` with /bin/sh -c. Foreground waits for the end (completed,
-        timed_out or cancelled); background returns `started` at once."""
+        timed_out or cancelled); with `on_stdout`/`on_stderr` it streams, each
+        called with text as it comes. Background returns at once an
+        `RunHandle` (a `StartedRun`: `.events()`, `.wait()`, `.send_stdin()`,
+        `.signal()`); `stdin_open` keeps its stdin open for `send_stdin`."""
+        streamed = on_stdout is not None or on_stderr is not None
         request = self._run_request(
             command,
-            background=background,
+            background=background or streamed,
             timeout_s=timeout_s,
             env=env,
             cwd=cwd,
             stdin=stdin,
             user=user,
             idempotency_key=idempotency_key,
+            stdin_open=stdin_open,
         )
-        return decode_run(self._send(request))
+        result = decode_run(self._send(request))
+        if result.type != "started":
+            return result
+        handle = self.run_handle(result.run_id)
+        if background:
+            return handle
+        printer = Printer(on_stdout, on_stderr)
+        for event in handle.events():
+            printer.take(event)
+            if event.status is not None:
+                printer.flush()
+                return result_of(event.status, printer, timeout_s)
+        raise ArkerError(ErrorCode.INVALID_RESPONSE, "the run's events ended without its end")
 
-    def run_status(self, run_id: str) -> RunStatus:
-        """A run's state, output so far and `retry_count`."""
-        return decode_run_status(self._send(self._run_status_request(run_id)))
+    def run_handle(self, run_id: str) -> RunHandle:
+        """The handle of a run of this VM, from its id alone (say, in a new
+        process after a crash)."""
+        return RunHandle(run_id=run_id, vm=self)
+
+    def run_status(
+        self,
+        run_id: str,
+        *,
+        output: bool = True,
+        stdout_after: int | None = None,
+        stderr_after: int | None = None,
+    ) -> RunStatus:
+        """A run's state, output so far and `retry_count`. `output=False`
+        leaves the output out (a cheap poll); `stdout_after`/`stderr_after`
+        give each stream from an offset (at most 1 MiB; `.stdout_start` says
+        where it starts)."""
+        request = self._run_status_request(run_id, output, stdout_after, stderr_after)
+        return decode_run_status(self._send(request))
+
+    def run_events(
+        self, run_id: str, *, stdout_after: int = 0, stderr_after: int = 0
+    ) -> Iterator[RunEvent]:
+        """A run's output as it comes, then its `end`; it reconnects by itself
+        and resumes where it was."""
+        parser = EventParser(stdout_after, stderr_after)
+        request = self._run_events_request(run_id, stdout_after, stderr_after)
+        return self._arker._events(request, parser)
+
+    def send_stdin(
+        self, run_id: str, data: bytes | str, *, close: bool = False
+    ) -> RunStdinWritten:
+        """Append to the stdin of a run started with `stdin_open`; `close`
+        then closes it (the command reads end-of-file)."""
+        return decode_stdin_written(self._send(self._stdin_request(run_id, data, close)))
+
+    def signal_run(self, run_id: str, signal: str) -> RunStatus:
+        """Send a signal ("SIGINT", "SIGTERM", ...) to the run's process group."""
+        return decode_run_status(self._send(self._signal_request(run_id, signal)))
 
     def cancel_run(self, run_id: str) -> RunStatus:
         """Kill a run's process tree; a finished run is returned as it is."""
         return decode_run_status(self._send(self._cancel_run_request(run_id)))
+
+    def update(self, *, ttl_s: int | None = KEEP, idle_stop_s: int | None = KEEP) -> Vm:
+        """Move the VM's TTL (`ttl_s` seconds from now; None: never deleted) or
+        change its idle stop (None: never stopped); what is left out stays."""
+        self.info = decode_vm(self._send(self._update_request(ttl_s, idle_stop_s)))
+        return self.info
 
     def restart(self) -> Vm:
         """Kill every process of the VM (a fork bomb too) and start it again;
@@ -403,6 +581,41 @@ class Pty:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunHandle(StartedRun):
+    """A background run: follow it, feed it, signal it. Rebuilt from an id
+    with `vm.run_handle(run_id)`."""
+
+    vm: Computer = field(repr=False, compare=False)
+
+    def events(self, *, stdout_after: int = 0, stderr_after: int = 0) -> Iterator[RunEvent]:
+        """Its output as it comes (from the given offsets), then `end`."""
+        return self.vm.run_events(self.run_id, stdout_after=stdout_after, stderr_after=stderr_after)
+
+    def wait(self) -> RunStatus:
+        """Wait for the end (over the event stream, not by polling); the final
+        status, with the output the server kept."""
+        for event in self.vm.run_events(self.run_id):
+            if event.type == "end":
+                break
+        return self.vm.run_status(self.run_id)
+
+    def status(self, *, output: bool = True) -> RunStatus:
+        return self.vm.run_status(self.run_id, output=output)
+
+    def send_stdin(self, data: bytes | str, *, close: bool = False) -> RunStdinWritten:
+        return self.vm.send_stdin(self.run_id, data, close=close)
+
+    def close_stdin(self) -> RunStdinWritten:
+        return self.vm.send_stdin(self.run_id, b"", close=True)
+
+    def signal(self, name: str) -> RunStatus:
+        return self.vm.signal_run(self.run_id, name)
+
+    def cancel(self) -> RunStatus:
+        return self.vm.cancel_run(self.run_id)
 
 
 class Network:

@@ -46,6 +46,7 @@ __all__ = [
     "decode_port_token",
     "decode_run",
     "decode_run_status",
+    "decode_stdin_written",
     "decode_vm",
     "decode_vm_page",
     "decode_pty_frame",
@@ -206,6 +207,10 @@ def decode_run(response: httpx.Response) -> RunResult:
 def decode_run_status(response: httpx.Response) -> RunStatus:
     status = _validate(wire.RunStatus, _json(response), response)
     return RunStatus(**_fields_with_bytes(status, response))
+
+
+def decode_stdin_written(response: httpx.Response) -> wire.RunStdinWritten:
+    return _validate(wire.RunStdinWritten, _json(response), response)
 
 
 def decode_file_written(response: httpx.Response) -> FileWritten:

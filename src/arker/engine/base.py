@@ -31,6 +31,7 @@ __all__ = [
     "GoldenInfo",
     "Limits",
     "NetworkPolicy",
+    "OutputChunk",
     "Progress",
     "RunInfo",
     "RunPhase",
@@ -88,6 +89,7 @@ class RunSpec:
     env: dict[str, str] = field(default_factory=dict)
     cwd: str = "/home/user"
     stdin: bytes = b""
+    stdin_open: bool = False  # a pipe the engine writes more on (write_stdin)
     user: Literal["user", "root"] = "user"
     timeout_s: float | None = None
     output_cap_bytes: int = DEFAULT_OUTPUT_CAP_BYTES
@@ -116,6 +118,10 @@ class RunInfo:
     # (code, message) pairs, e.g. ("pids_exhausted", "..."): the run ended
     # but left the VM unable to start another.
     warnings: tuple[tuple[str, str], ...] = ()
+    # What each stream carried in all. When that is more than what is kept,
+    # stdout holds its head and its tail, len(stdout) // 2 bytes of head first.
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
 
     @property
     def done(self) -> bool:
@@ -127,6 +133,20 @@ class RunInfo:
 
         end = self.finished_at if self.finished_at is not None else time.time()
         return max(0, int((end - self.started_at) * 1000))
+
+
+@dataclass(frozen=True)
+class OutputChunk:
+    """Bytes of one stream from `start` on; `start` is past the offset asked
+    for when the bytes there were dropped (the middle of a long stream)."""
+
+    start: int
+    data: bytes
+    total: int  # bytes the stream has carried so far
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.data)
 
 
 @dataclass(frozen=True)
@@ -291,6 +311,35 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def forget_run(self, vm_id: str, run_id: str) -> None:
         """Drop the run's output once the caller has stored the result."""
+
+    # Live runs. Engines that cannot follow a run as it goes keep the
+    # defaults: callers fall back to run_info and its whole output.
+    def read_output(
+        self, vm_id: str, run_id: str, stream: str, offset: int, limit: int
+    ) -> OutputChunk:
+        """Up to `limit` kept bytes of `stream` ("stdout" or "stderr") from
+        byte `offset` on, without blocking (cheap enough for the event loop)."""
+        raise _unsupported("reading a run's output as it goes")
+
+    def output_wakers(self, vm_id: str, run_id: str) -> tuple[int, ...]:
+        """fds that turn readable when the run may have new output (each
+        drained by `read_output`); () when there are none to watch. They are
+        the caller's to close: copies that stay valid after the run is
+        forgotten, so a watcher never holds a number reused for another file."""
+        return ()
+
+    def write_stdin(self, vm_id: str, run_id: str, data: bytes, timeout_s: float) -> int:
+        """Append to the stdin of a run started with `stdin_open`, waiting up to
+        `timeout_s` for the command to read it; the bytes that went in."""
+        raise _unsupported("writing to a run's stdin")
+
+    def close_stdin(self, vm_id: str, run_id: str) -> None:
+        """Close an open stdin: the command reads end-of-file."""
+        raise _unsupported("writing to a run's stdin")
+
+    def signal_run(self, vm_id: str, run_id: str, signum: int) -> None:
+        """Send a signal to the run's process group; conflict if it has ended."""
+        raise _unsupported("signals")
 
     # -- files (paths as the VM sees them; symlinks resolve inside its root)
     @abc.abstractmethod

@@ -41,6 +41,7 @@ from arker.engine.base import (
     GoldenInfo,
     Limits,
     NetworkPolicy,
+    OutputChunk,
     Progress,
     RunInfo,
     RunSpec,
@@ -383,6 +384,23 @@ class NamespaceEngine(Engine):
 
     def cancel_run(self, vm_id: str, run_id: str) -> RunInfo:
         return self.runner.cancel(vm_id, check_name(run_id, "run id"))
+
+    def read_output(
+        self, vm_id: str, run_id: str, stream: str, offset: int, limit: int
+    ) -> OutputChunk:
+        return self.runner.read_output(vm_id, run_id, stream, offset, limit)
+
+    def output_wakers(self, vm_id: str, run_id: str) -> tuple[int, ...]:
+        return self.runner.output_wakers(vm_id, run_id)
+
+    def write_stdin(self, vm_id: str, run_id: str, data: bytes, timeout_s: float) -> int:
+        return self.runner.write_stdin(vm_id, check_name(run_id, "run id"), data, timeout_s)
+
+    def close_stdin(self, vm_id: str, run_id: str) -> None:
+        self.runner.close_stdin(vm_id, check_name(run_id, "run id"))
+
+    def signal_run(self, vm_id: str, run_id: str, signum: int) -> None:
+        self.runner.signal(vm_id, check_name(run_id, "run id"), signum)
 
     def forget_run(self, vm_id: str, run_id: str) -> None:
         self.runner.forget(vm_id, check_name(run_id, "run id"))

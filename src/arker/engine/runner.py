@@ -18,6 +18,7 @@ disk the database fsyncs to.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import os
@@ -28,7 +29,7 @@ import time
 from typing import Any
 
 from arker.engine._cgroups import Cgroups, RunCgroup
-from arker.engine.base import RunInfo, RunPhase, RunSpec
+from arker.engine.base import OutputChunk, RunInfo, RunPhase, RunSpec
 from arker.engine.jail import InitProcess
 from arker.errors import ArkerError, ErrorCode
 
@@ -39,16 +40,104 @@ _CANCEL_TIMEOUT_S = 10.0
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # A VM this close to its pids.max as a run ends is full: its next fork fails.
 PIDS_NEAR_MAX = 8
+STDIN_PIPE_BYTES = 1 << 20  # what a run's open stdin holds before it reads
 _USERS = {"user": (1000, 1000, "/home/user"), "root": (0, 0, "/root")}
 
 
-class _Run:
-    """One run as the engine follows it: its socket to PID 1, its output."""
+class _Stream:
+    """One output stream of a run: the memfd PID 1 keeps it in (its head at
+    the start, then a ring of its tail; see agent.c) and the eventfd PID 1
+    counts its bytes on, after writing them."""
 
-    def __init__(self, sock: socket.socket, stdout: int, stderr: int, started_at: float) -> None:
+    def __init__(self, cap: int) -> None:
+        self.head = cap // 2
+        self.tail = cap - self.head
+        self.total = 0
+        # Held by every read as well: close() must not free an fd number
+        # (for another file to take) between a read's check and its pread.
+        self.lock = threading.RLock()
+        self.fd = os.memfd_create("arker-output", os.MFD_CLOEXEC)
+        try:
+            self.count = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def refresh(self) -> int:
+        """The stream's byte count now (the eventfd adds what came since)."""
+        with self.lock:  # the loop and worker threads both read it
+            if self.count >= 0:
+                with contextlib.suppress(BlockingIOError):
+                    self.total += os.eventfd_read(self.count)
+            return self.total
+
+    def read(self, offset: int, limit: int) -> OutputChunk:
+        """Up to `limit` kept bytes from `offset` on, without crossing the
+        dropped middle: `start` > `offset` when the bytes there are gone."""
+        with self.lock:
+            return self._read(offset, limit)
+
+    def _read(self, offset: int, limit: int) -> OutputChunk:
+        total = self.refresh()
+        kept_head = min(total, self.head)
+        if offset < kept_head:
+            n = min(limit, kept_head - offset)
+            return OutputChunk(offset, _pread(self.fd, n, offset), total)
+        start = max(offset, self.head, total - self.tail)
+        if start >= total or limit <= 0:
+            return OutputChunk(min(max(offset, start), total), b"", total)
+        data = self._ring(start, min(limit, total - start))
+        # PID 1 may have gone round the ring while we read: what it wrote
+        # over is no longer the bytes we were after.
+        lost = self.refresh() - self.tail - start
+        if lost > 0:
+            data, start = data[lost:], start + lost
+        return OutputChunk(start, data, total)
+
+    def _ring(self, start: int, n: int) -> bytes:
+        at = self.head + (start - self.head) % self.tail
+        first = min(n, self.head + self.tail - at)
+        data = _pread(self.fd, first, at)
+        return data + _pread(self.fd, n - first, self.head) if n > first else data
+
+    def kept(self) -> bytes:
+        """Everything kept: the whole stream, or its head and its tail
+        (cap/2 bytes each, the head first) when it carried more than the cap."""
+        with self.lock:
+            return self._kept()
+
+    def _kept(self) -> bytes:
+        total = self.refresh()
+        if total <= self.head + self.tail:
+            return _pread(self.fd, total, 0)
+        head = _pread(self.fd, self.head, 0)
+        return head + self._ring(total - self.tail, self.tail)
+
+    def close(self) -> None:
+        with self.lock:
+            fds, self.fd, self.count = (self.fd, self.count), -1, -1
+        for fd in fds:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+class _Run:
+    """One run as the engine follows it: its socket to PID 1, its output,
+    and the write end of its stdin when that is kept open."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        out: _Stream,
+        err: _Stream,
+        started_at: float,
+        stdin: int = -1,
+    ) -> None:
         self.sock = sock
-        self.stdout = stdout  # memfds PID 1 writes into; read with pread
-        self.stderr = stderr
+        self.out = out
+        self.err = err
+        self.stdin = stdin  # non-blocking; -1 when closed or never open
         self.started_at = started_at
         self.result: dict[str, Any] | None = None  # PID 1's "d" message, once read
         self.lost: str | None = None  # why the run ended with its VM
@@ -87,14 +176,26 @@ class _Run:
             self.result = result
 
     def output(self) -> tuple[bytes, bytes]:
-        return _read_all(self.stdout), _read_all(self.stderr)
+        return self.out.kept(), self.err.kept()
+
+    def stream(self, name: str) -> _Stream:
+        if name == "stdout":
+            return self.out
+        if name == "stderr":
+            return self.err
+        raise ArkerError(ErrorCode.INVALID_REQUEST, f"no stream {name!r}: stdout or stderr")
+
+    def close_stdin(self) -> None:
+        with self._lock:
+            fd, self.stdin = self.stdin, -1
+        if fd >= 0:
+            os.close(fd)
 
     def close(self) -> None:
         self.sock.close()
-        for fd in (self.stdout, self.stderr):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.stdout = self.stderr = -1
+        self.close_stdin()
+        self.out.close()
+        self.err.close()
 
 
 class Runner:
@@ -124,18 +225,26 @@ class Runner:
         started_at = time.time()
         pids_hits = self.cgroups.pids_hits(vm_id)
         cg = self.cgroups.create_run(vm_id, run_id)
-        out = err = -1
+        made: list[_Stream] = []
+        stdin_w = -1
         try:
-            out = os.memfd_create("arker-stdout", os.MFD_CLOEXEC)
-            err = os.memfd_create("arker-stderr", os.MFD_CLOEXEC)
-            sock = self._send(init.agent, cg, spec, argv, env, out, err)
+            cap = max(0, spec.output_cap_bytes)
+            made.append(_Stream(cap))
+            made.append(_Stream(cap))
+            out, err = made
+            stdin_r, stdin_w = _stdin(spec)
+            try:
+                sock = self._send(init.agent, cg, spec, argv, env, stdin_r, out, err)
+            finally:
+                os.close(stdin_r)
         except BaseException:
-            for fd in (out, err):
-                if fd >= 0:
-                    os.close(fd)
+            for stream in made:
+                stream.close()
+            if stdin_w >= 0:
+                os.close(stdin_w)
             self.cgroups.sweep_runs(vm_id, self.in_flight(vm_id))
             raise
-        run = _Run(sock, out, err, started_at)
+        run = _Run(sock, out, err, started_at, stdin_w)
         run.pids_hits = pids_hits
         with self._lock:
             self._runs[(vm_id, run_id)] = run
@@ -147,8 +256,9 @@ class Runner:
         spec: RunSpec,
         argv: list[str],
         env: dict[str, str],
-        out: int,
-        err: int,
+        stdin_fd: int,
+        out: _Stream,
+        err: _Stream,
     ) -> socket.socket:
         """Send the run to PID 1 and wait for its "started"; return the run's socket."""
         uid, gid, _ = _USERS[spec.user]
@@ -160,13 +270,12 @@ class Runner:
         fds: list[int] = []
         try:
             fds.append(_memfd("arker-run", request))
-            stdin = spec.stdin
-            fds.append(_memfd("arker-stdin", stdin) if stdin else _open("/dev/null", os.O_RDONLY))
             fds.append(_open(cg.leaf, os.O_RDONLY | os.O_DIRECTORY))
             fds.append(_open(f"{cg.leaf}/cgroup.kill", os.O_WRONLY, missing_ok=True))
             fds.append(_open(cg.oom_file, os.O_RDONLY, missing_ok=True))
-            request_fd, stdin_fd, leaf_fd, kill_fd, oom_fd = fds
-            order = [theirs.fileno(), request_fd, stdin_fd, out, err, leaf_fd, kill_fd, oom_fd]
+            request_fd, leaf_fd, kill_fd, oom_fd = fds
+            order = [theirs.fileno(), request_fd, stdin_fd, out.fd, err.fd, leaf_fd, kill_fd]
+            order += [oom_fd, out.count, err.count]
             try:
                 socket.send_fds(agent, [b"r"], order)
             except OSError as exc:  # EPIPE: PID 1 is gone; timeout: it is stuck
@@ -267,6 +376,66 @@ class Runner:
             run.record({"exit_code": None, "cancelled": True, "finished_at": time.time()})
         return self.info(vm_id, run_id)
 
+    def read_output(
+        self, vm_id: str, run_id: str, stream: str, offset: int, limit: int
+    ) -> OutputChunk:
+        """Kept bytes of a stream from `offset`; never blocks."""
+        return self._run(vm_id, run_id).stream(stream).read(max(0, offset), limit)
+
+    def output_wakers(self, vm_id: str, run_id: str) -> tuple[int, int]:
+        """Two fds that turn readable when the run's stdout or stderr has new
+        bytes; `read_output` drains them (they are PID 1's counters)."""
+        run = self._run(vm_id, run_id)
+        with run.out.lock, run.err.lock:  # not closed under us by a forget
+            if run.out.count < 0 or run.err.count < 0:
+                raise ArkerError(ErrorCode.NOT_FOUND, f"run {run_id!r} is forgotten")
+            out = os.dup(run.out.count)
+            try:
+                return out, os.dup(run.err.count)
+            except BaseException:
+                os.close(out)
+                raise
+
+    def write_stdin(self, vm_id: str, run_id: str, data: bytes, timeout_s: float) -> int:
+        """Write `data` to the run's open stdin, waiting up to `timeout_s` for
+        the command to read; return how many bytes went in."""
+        run = self._run(vm_id, run_id)
+        deadline = time.monotonic() + timeout_s
+        view, sent = memoryview(data), 0
+        while view:
+            fd = run.stdin
+            if fd < 0:
+                raise ArkerError(ErrorCode.CONFLICT, f"run {run_id!r} has no open stdin")
+            try:
+                n = os.write(fd, view)
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0 or run.ended():
+                    break
+                poller = select.poll()
+                poller.register(fd, select.POLLOUT)
+                poller.poll(min(left, 0.5) * 1000)  # re-checked: the run may end meanwhile
+                continue
+            except BrokenPipeError:
+                raise ArkerError(
+                    ErrorCode.CONFLICT, f"run {run_id!r} closed its stdin ({sent} bytes written)"
+                ) from None
+            view, sent = view[n:], sent + n
+        return sent
+
+    def close_stdin(self, vm_id: str, run_id: str) -> None:
+        self._run(vm_id, run_id).close_stdin()
+
+    def signal(self, vm_id: str, run_id: str, signum: int) -> None:
+        """Send `signum` to the run's process group (PID 1 sends it)."""
+        run = self._run(vm_id, run_id)
+        if run.ended():
+            raise ArkerError(ErrorCode.CONFLICT, f"run {run_id!r} has ended")
+        try:
+            run.sock.send(b"k" + bytes([signum]))
+        except OSError as exc:
+            raise ArkerError(ErrorCode.CONFLICT, f"run {run_id!r} has ended") from exc
+
     def forget(self, vm_id: str, run_id: str) -> None:
         with self._lock:
             run = self._runs.get((vm_id, run_id))
@@ -326,12 +495,41 @@ def _memfd(name: str, data: bytes) -> int:
     return fd
 
 
-def _read_all(fd: int) -> bytes:
-    """What PID 1 has written so far (it is capped, so it fits in memory)."""
-    if fd < 0:
+def _pread(fd: int, n: int, at: int) -> bytes:
+    """n bytes at `at` (PID 1 wrote them before it counted them)."""
+    if fd < 0 or n <= 0:
         return b""
-    size = os.fstat(fd).st_size
-    return os.pread(fd, size, 0) if size else b""
+    data = os.pread(fd, n, at)
+    return data.ljust(n, b"\0") if len(data) < n else data  # a failed write in PID 1
+
+
+def _stdin(spec: RunSpec) -> tuple[int, int]:
+    """The run's stdin for PID 1, and the engine's end of it (-1 unless kept
+    open): `spec.stdin` in a memfd, /dev/null, or a pipe that starts with
+    `spec.stdin` and takes more through `write_stdin`."""
+    if not spec.stdin_open:
+        if spec.stdin:
+            return _memfd("arker-stdin", spec.stdin), -1
+        return _open("/dev/null", os.O_RDONLY), -1
+    r, w = os.pipe2(os.O_CLOEXEC)
+    try:
+        with contextlib.suppress(OSError):  # more than 1 MiB is refused: the pipe stays 64 KiB
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, STDIN_PIPE_BYTES)
+        if len(spec.stdin) > fcntl.fcntl(w, fcntl.F_GETPIPE_SZ):
+            raise ArkerError(
+                ErrorCode.INVALID_REQUEST,
+                "stdin with stdin_open holds at most "
+                f"{fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)} bytes; send the rest to the run's stdin",
+            )
+        view = memoryview(spec.stdin)
+        while view:
+            view = view[os.write(w, view) :]
+        os.set_blocking(w, False)
+    except BaseException:
+        os.close(r)
+        os.close(w)
+        raise
+    return r, w
 
 
 def _command(spec: RunSpec) -> tuple[list[str], dict[str, str]]:
@@ -360,12 +558,14 @@ def _info(
 ) -> RunInfo:
     stdout, stderr = run.output()
     return RunInfo(
+        stdout_bytes=run.out.total,
+        stderr_bytes=run.err.total,
         phase=phase,
         exit_code=result.get("exit_code"),
         stdout=stdout,
         stderr=stderr,
-        stdout_truncated=bool(result.get("stdout_truncated")),
-        stderr_truncated=bool(result.get("stderr_truncated")),
+        stdout_truncated=run.out.total > len(stdout),
+        stderr_truncated=run.err.total > len(stderr),
         oom_killed=bool(result.get("oom_killed")),
         started_at=run.started_at,
         finished_at=finished,

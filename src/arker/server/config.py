@@ -40,6 +40,10 @@ class Settings:
     # Requests whose Host is {port}-{vm_id}.<preview_domain> are relayed to
     # that port of that VM (for browsers); None: only the /ports/ paths.
     preview_domain: str | None = None
+    # What a fork that says nothing of them gets (a fork may send null: none).
+    default_ttl_s: int | None = None  # None: VMs live until deleted
+    default_idle_stop_s: int | None = None  # None: VMs are never stopped for idleness
+    lifecycle_interval_s: float = 1.0  # how often expired and idle VMs are looked for
 
     @property
     def db_url(self) -> str:

@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 from collections.abc import Iterator
+from types import FrameType
 
 import uvicorn
 
@@ -16,6 +17,7 @@ from arker.engine.base import Engine
 from arker.server.app import build_app, build_metrics_app
 from arker.server.config import Settings
 from arker.server.logs import setup_logging
+from arker.server.service import Service
 
 __all__ = ["load_engine", "serve"]
 
@@ -71,7 +73,7 @@ def serve(
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         server_header=False,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config, app.state.service)  # type: ignore[attr-defined]
     if metrics_sock is None:
         server.run()
         return
@@ -96,6 +98,20 @@ async def _serve_both(server: uvicorn.Server, side: uvicorn.Server, sock: socket
     # both, so a SIGTERM stops both before it is re-raised.
     with server.capture_signals():
         await asyncio.gather(server._serve(), side._serve(sockets=[sock]))
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's, ending the service's streams as soon as it is told to stop:
+    it waits for open connections before the lifespan shutdown, and a run's
+    event stream would hold it for the whole grace period."""
+
+    def __init__(self, config: uvicorn.Config, service: Service) -> None:
+        super().__init__(config)
+        self._service = service
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._service.runs.wakeups.close_soon()
+        super().handle_exit(sig, frame)
 
 
 class _Follower(uvicorn.Server):

@@ -63,7 +63,7 @@ def _query(websocket: WebSocket) -> _Query:
 
 
 def _activity(svc: Service, vm_id: str) -> contextlib.AbstractAsyncContextManager[None]:
-    return contextlib.nullcontext()
+    return svc.hold(vm_id)  # an open terminal keeps its VM from being stopped as idle
 
 
 @router.websocket("/v1/vms/{vm_id}/pty")

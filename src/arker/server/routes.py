@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
 from arker import __version__
 from arker import _types as t
 from arker.server.auth import Authenticator
+from arker.server.events import parse_offsets
+from arker.server.runs import Window
 from arker.server.service import Service
 
 __all__ = ["metrics_response", "router"]
@@ -90,15 +92,28 @@ async def list_goldens(org: Org, svc: Svc) -> Response:
 
 
 @router.get("/v1/vms")
-async def list_vms(org: Org, svc: Svc, limit: int = 50, offset: int = 0) -> Response:
+async def list_vms(
+    org: Org,
+    svc: Svc,
+    limit: int = 50,
+    offset: int = 0,
+    label: Annotated[list[str] | None, Query()] = None,
+    parent_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    state: str | None = None,
+) -> Response:
     # Bounds are checked by the service (400, as the contract says), not by
-    # FastAPI (which would answer 422).
-    return _json(await svc.list_vms(org, limit, offset))
+    # FastAPI (which would answer 422); so are the filters (422 naming one).
+    return _json(await svc.list_vms(org, limit, offset, label, parent_id, state))
 
 
 @router.get("/v1/vms/{vm_id}")
 async def get_vm(vm_id: VmId, org: Org, svc: Svc) -> Response:
     return _json(await svc.get_vm(org, vm_id))
+
+
+@router.patch("/v1/vms/{vm_id}")
+async def update_vm(vm_id: VmId, body: t.VmUpdate, org: Org, svc: Svc) -> Response:
+    return _json(await svc.update_vm(org, vm_id, body))
 
 
 @router.delete("/v1/vms/{vm_id}")
@@ -138,9 +153,53 @@ async def run_command(
     return _json(result, status)
 
 
+Offset = Annotated[int | None, Query(ge=0, le=2**62)]
+
+
 @router.get("/v1/vms/{vm_id}/runs/{run_id}")
-async def get_run(vm_id: VmId, run_id: RunId, org: Org, svc: Svc) -> Response:
-    return _json(await svc.run_status(org, vm_id, run_id))
+async def get_run(
+    vm_id: VmId,
+    run_id: RunId,
+    org: Org,
+    svc: Svc,
+    output: bool = True,
+    stdout_after: Offset = None,
+    stderr_after: Offset = None,
+) -> Response:
+    window = None
+    if not output or stdout_after is not None or stderr_after is not None:
+        window = Window(output, stdout_after, stderr_after)
+    return _json(await svc.run_status(org, vm_id, run_id, window))
+
+
+@router.get("/v1/vms/{vm_id}/runs/{run_id}/events")
+async def run_events(
+    vm_id: VmId,
+    run_id: RunId,
+    org: Org,
+    svc: Svc,
+    stdout_after: Offset = None,
+    stderr_after: Offset = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
+) -> Response:
+    offsets = parse_offsets(last_event_id, stdout_after, stderr_after)
+    events = await svc.run_events(org, vm_id, run_id, offsets)
+    # No buffering on the way (nginx honours the header): each event as it comes.
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+
+@router.post("/v1/vms/{vm_id}/runs/{run_id}/stdin")
+async def write_run_stdin(
+    vm_id: VmId, run_id: RunId, request: Request, org: Org, svc: Svc, close: bool = False
+) -> Response:
+    data = await request.body()  # bounded by the edge's body limit
+    return _json(await svc.write_run_stdin(org, vm_id, run_id, data, close))
+
+
+@router.post("/v1/vms/{vm_id}/runs/{run_id}/signal")
+async def signal_run(vm_id: VmId, run_id: RunId, body: t.RunSignal, org: Org, svc: Svc) -> Response:
+    return _json(await svc.signal_run(org, vm_id, run_id, body.signal))
 
 
 @router.post("/v1/vms/{vm_id}/runs/{run_id}/cancel")

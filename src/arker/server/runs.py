@@ -14,20 +14,23 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 import time
 from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 from ulid import ULID
 
 from arker import _types as t
-from arker.engine.base import Engine, RunInfo, RunPhase, RunSpec
+from arker.engine.base import Engine, OutputChunk, RunInfo, RunPhase, RunSpec
 from arker.errors import ArkerError, ErrorCode
 from arker.server import runspec, wire
 from arker.server.config import Settings
+from arker.server.events import Source, Wakeups, format_event, run_events
 from arker.server.forgetting import Forgetter
 from arker.server.metrics import Metrics
 from arker.server.store import Database, Run, Vm
@@ -38,6 +41,16 @@ __all__ = ["Runs"]
 log = logging.getLogger("arker.server")
 
 IN_FLIGHT = ("queued", "running")
+WINDOW_BYTES = 1 << 20  # the most of each stream a windowed status carries
+STDIN_WAIT_S = 60.0  # how long a write to a run's stdin waits for the command to read
+SIGNALS = {
+    s.name: int(s)
+    for s in (
+        signal.SIGINT, signal.SIGTERM, signal.SIGKILL, signal.SIGHUP, signal.SIGQUIT,
+        signal.SIGUSR1, signal.SIGUSR2, signal.SIGSTOP, signal.SIGCONT, signal.SIGWINCH,
+        signal.SIGALRM, signal.SIGPIPE,
+    )
+}  # fmt: skip
 WAIT_CHUNK_S = 30.0
 
 # Built once: constructing statements per run showed up in profiles of `true`.
@@ -64,6 +77,9 @@ def _end_values(info: RunInfo) -> dict[str, Any]:
         "stderr": info.stderr,
         "stdout_truncated": info.stdout_truncated,
         "stderr_truncated": info.stderr_truncated,
+        # An engine that does not count them: what it gave is all there was.
+        "stdout_bytes": max(info.stdout_bytes, len(info.stdout)),
+        "stderr_bytes": max(info.stderr_bytes, len(info.stderr)),
         "oom_killed": info.oom_killed,
         "finished_at": info.finished_at or time.time(),
         "duration_ms": info.duration_ms,
@@ -95,6 +111,16 @@ def _kept(values: dict[str, Any], keep: int) -> dict[str, Any]:
     return kept
 
 
+@dataclass(frozen=True)
+class Window:
+    """What of a run's output a status carries: none, or each stream from
+    an offset (at most WINDOW_BYTES, up to any dropped middle)."""
+
+    output: bool = True
+    stdout_after: int | None = None
+    stderr_after: int | None = None
+
+
 class Runs:
     def __init__(
         self, settings: Settings, db: Database, engine: Engine, threads: Threads, metrics: Metrics
@@ -108,6 +134,7 @@ class Runs:
         self._vm_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._stopping = False
         self._forgetter = Forgetter(engine, threads)
+        self.wakeups = Wakeups(engine)
 
     # -- starting
     async def run(self, vm: Vm, req: t.RunRequest, idem_key: str | None) -> Answer:
@@ -238,7 +265,12 @@ class Runs:
         task = loop.create_task(self._drive(row, run_spec, new, record, started))
         self._tasks[row.id] = task
         run_id = row.id
-        task.add_done_callback(lambda _task: self._tasks.pop(run_id, None))
+
+        def done(_task: object) -> None:
+            self._tasks.pop(run_id, None)
+            self.wakeups.wake(run_id)  # streams of the run go on to its end
+
+        task.add_done_callback(done)
         if started is not None:
             await asyncio.shield(started)
 
@@ -361,15 +393,18 @@ class Runs:
         if ids:
             await self._fail(ids, reason)
 
-    async def drop_vm_runs(self, s: AsyncSession, vm_ids: list[str]) -> None:
-        """In the caller's transaction, delete deleted VMs' runs; those still
-        in flight count as failed runs."""
-        in_flight = await s.scalar(
-            select(func.count()).where(Run.vm_id.in_(vm_ids), Run.state.in_(IN_FLIGHT))
-        )
-        await s.execute(delete(Run).where(Run.vm_id.in_(vm_ids)))
-        if in_flight:
-            self.metrics.runs_finished.inc(in_flight, state="failed")
+    async def in_flight_count(self, vm_ids: list[str]) -> int:
+        """How many runs of these VMs are still in flight (deleted VMs' runs
+        count as failed when their rows go)."""
+        async with self.db.session() as s:
+            count = await s.scalar(
+                select(func.count()).where(Run.vm_id.in_(vm_ids), Run.state.in_(IN_FLIGHT))
+            )
+        return count or 0
+
+    def count_failed(self, n: int) -> None:
+        if n:
+            self.metrics.runs_finished.inc(n, state="failed")
 
     # -- reading and cancelling
     async def _row(self, org: str, vm_id: str, run_id: str) -> Run:
@@ -383,8 +418,23 @@ class Runs:
             raise ArkerError(ErrorCode.NOT_FOUND, f"run {run_id!r} not found in vm {vm_id!r}")
         return row
 
-    async def status(self, org: str, vm_id: str, run_id: str) -> t.RunStatus:
+    async def status(
+        self, org: str, vm_id: str, run_id: str, window: Window | None = None
+    ) -> t.RunStatus:
+        """The run now; `window` picks what of its output goes in the answer
+        (live output is then read by offset, never whole: a poll costs no more
+        memory than its answer)."""
         row = await self._row(org, vm_id, run_id)
+        if window is not None:
+            source = self._live_reader(row)
+            limit = WINDOW_BYTES if window.output else 0
+            afters = {"stdout": window.stdout_after or 0, "stderr": window.stderr_after or 0}
+            # None: in flight but not in the engine (being recovered): nothing yet.
+            out, err = (
+                source.read(name, at, limit) or OutputChunk(at, b"", at)
+                for name, at in afters.items()
+            )
+            return wire.run_status(row, output=window.output, window=(out, err))
         live = None
         if row.state in IN_FLIGHT:
             try:
@@ -392,6 +442,72 @@ class Runs:
             except ArkerError:
                 live = None  # not started again yet after a restart
         return wire.run_status(row, live)
+
+    def _live_reader(self, row: Run) -> Source:
+        source = Source(self.engine, row.vm_id, row.id, live=row.state in IN_FLIGHT)
+        if row.state not in IN_FLIGHT:
+            source.row = row
+        return source
+
+    async def events(
+        self, org: str, vm_id: str, run_id: str, offsets: tuple[int, int]
+    ) -> AsyncIterator[bytes]:
+        """The run's events from `offsets` (see events.py); raises not_found
+        before the first byte, like every other call."""
+        row = await self._row(org, vm_id, run_id)
+
+        async def ended() -> Run | None:
+            task = self._tasks.get(run_id)
+            if task is not None and not task.done():
+                return None  # driven here: its end wakes the stream
+            async with self.db.session() as s:
+                now = await s.get(Run, run_id)
+            return now if now is not None and now.state not in IN_FLIGHT else None
+
+        def end_event(final: Run) -> bytes:
+            status = wire.run_status(final, output=False)
+            return format_event("end", status.model_dump_json())
+
+        return run_events(self._live_reader(row), offsets, ended, end_event, self.wakeups)
+
+    async def _running(self, org: str, vm_id: str, run_id: str, what: str) -> Run:
+        row = await self._row(org, vm_id, run_id)
+        if row.state not in IN_FLIGHT:
+            raise ArkerError(ErrorCode.CONFLICT, f"run {run_id!r} has ended: cannot {what}")
+        return row
+
+    async def write_stdin(
+        self, org: str, vm_id: str, run_id: str, data: bytes, close: bool
+    ) -> t.RunStdinWritten:
+        await self._running(org, vm_id, run_id, "write to its stdin")
+        sent = 0
+        if data:
+            sent = await self.threads.call(
+                self.engine.write_stdin, vm_id, run_id, data, STDIN_WAIT_S
+            )
+            if sent < len(data):
+                raise ArkerError(
+                    ErrorCode.UNAVAILABLE,
+                    f"run {run_id!r} did not read its stdin for {STDIN_WAIT_S:g} s: "
+                    f"{sent} of {len(data)} bytes went in",
+                    details={"bytes_written": sent},
+                )
+        if close:
+            await self.threads.call(self.engine.close_stdin, vm_id, run_id)
+        return t.RunStdinWritten(bytes_written=sent, closed=close)
+
+    async def signal(self, org: str, vm_id: str, run_id: str, name: str) -> t.RunStatus:
+        signum = SIGNALS.get(name)
+        if signum is None:
+            raise ArkerError(
+                ErrorCode.INVALID_REQUEST,
+                f"unknown signal {name!r}: one of {', '.join(sorted(SIGNALS))}",
+                422,
+                details={"field": "signal"},
+            )
+        await self._running(org, vm_id, run_id, "signal it")
+        await self.threads.call(self.engine.signal_run, vm_id, run_id, signum)
+        return await self.status(org, vm_id, run_id, Window(output=False))
 
     async def cancel(self, org: str, vm_id: str, run_id: str) -> t.RunStatus:
         row = await self._row(org, vm_id, run_id)
@@ -462,6 +578,7 @@ class Runs:
                 assert live is not None
                 live.state, live.retry_count, live.started_at = "running", live.retry_count + 1, now
                 live.stdout, live.stderr = b"", b""
+                live.stdout_bytes = live.stderr_bytes = 0
                 await s.commit()
             log.info("restarting run %s of durable vm %s from %s", r.id, vm_id, checkpoint)
             # The engine may still hold the lost attempt under the same run id.
@@ -475,6 +592,7 @@ class Runs:
 
     async def stop(self) -> None:
         self._stopping = True
+        self.wakeups.close()  # streams end; their clients resume from their offsets
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()

@@ -26,7 +26,7 @@ def request_hash(payload: dict[str, Any]) -> str:
 
 def stored(req: t.RunRequest) -> dict[str, Any]:
     """The request with defaults filled in, so `{}` and explicit defaults hash alike."""
-    return {
+    spec: dict[str, Any] = {
         "command": req.command,
         "env": req.env or {},
         "cwd": req.cwd or "/home/user",
@@ -34,6 +34,9 @@ def stored(req: t.RunRequest) -> dict[str, Any]:
         "user": req.user or "user",
         "timeout_s": req.timeout_s,
     }
+    if req.stdin_open:  # only when set: requests from before hash as they did
+        spec["stdin_open"] = True
+    return spec
 
 
 def for_engine(
@@ -52,6 +55,7 @@ def for_engine(
         user=spec["user"],
         timeout_s=spec["timeout_s"],
         output_cap_bytes=output_cap_bytes,
+        stdin_open=bool(spec.get("stdin_open")),
     )
 
 

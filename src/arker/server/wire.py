@@ -7,7 +7,7 @@ import json
 from datetime import UTC, datetime
 
 from arker import _types as t
-from arker.engine.base import GoldenInfo, NetworkPolicy, RunInfo, VmPower
+from arker.engine.base import GoldenInfo, NetworkPolicy, OutputChunk, RunInfo, VmPower
 from arker.server.store import Run, Vm
 
 __all__ = [
@@ -73,6 +73,9 @@ def vm(row: Vm, region: str, power: VmPower | None) -> t.Vm:
         state=state,
         resources=t.VmResources(disk_mib=row.disk_mib),
         network=network(stored_network(row)),
+        expires_at=_opt_ts(row.expires_at),
+        idle_stop_s=row.idle_stop_s,
+        labels=row.labels or {},
     )
 
 
@@ -106,15 +109,36 @@ def run_result(row: Run) -> t.CompletedRun | t.TimedOutRun | t.CancelledRun | t.
     return t.CancelledRun(type="cancelled", **common)
 
 
-def run_status(row: Run, live: RunInfo | None = None) -> t.RunStatus:
-    """`live` is the engine's view of a run still going (output so far)."""
+def run_status(
+    row: Run,
+    live: RunInfo | None = None,
+    *,
+    output: bool = True,
+    window: tuple[OutputChunk, OutputChunk] | None = None,
+) -> t.RunStatus:
+    """`live` is the engine's view of a run still going (output so far);
+    `window` the output to send instead, by stream offsets; without `output`,
+    stdout and stderr go empty (their totals still say how much there is)."""
     stdout, stderr = row.stdout, row.stderr
     out_trunc, err_trunc = row.stdout_truncated, row.stderr_truncated
+    # Rows that never counted (older, or failed with no output): what they hold.
+    out_bytes = len(stdout) if row.stdout_bytes is None else row.stdout_bytes
+    err_bytes = len(stderr) if row.stderr_bytes is None else row.stderr_bytes
+    out_start = err_start = 0
     duration = row.duration_ms
     if live is not None and row.state not in TERMINAL:
         stdout, stderr = live.stdout, live.stderr
         out_trunc, err_trunc = live.stdout_truncated, live.stderr_truncated
+        out_bytes, err_bytes = live.stdout_bytes, live.stderr_bytes
         duration = live.duration_ms
+    if window is not None:
+        out, err = window
+        stdout, stderr, out_start, err_start = out.data, err.data, out.start, err.start
+        out_bytes, err_bytes = out.total, err.total
+        if row.state not in TERMINAL:
+            duration = None
+    if not output:
+        stdout = stderr = b""
     return t.RunStatus(
         run_id=row.id,
         vm_id=row.vm_id,
@@ -125,6 +149,10 @@ def run_status(row: Run, live: RunInfo | None = None) -> t.RunStatus:
         stderr=_b64(stderr),
         stdout_truncated=out_trunc,
         stderr_truncated=err_trunc,
+        stdout_bytes=out_bytes,
+        stderr_bytes=err_bytes,
+        stdout_start=out_start,
+        stderr_start=err_start,
         oom_killed=row.oom_killed,
         retry_count=row.retry_count,
         failure_reason=row.failure_reason,

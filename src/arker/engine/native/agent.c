@@ -6,19 +6,24 @@
  *   0 reply    the run's own SOCK_SEQPACKET socket, back to the engine
  *   1 request  a memfd: uid, gid, cap, timeout_ms, cwd, argc, argv..., env...
  *              as NUL-terminated strings
- *   2 stdin    3 stdout, 4 stderr: the engine's memfds for the output
+ *   2 stdin    a memfd, /dev/null or a pipe the engine writes on
+ *   3 stdout, 4 stderr: the engine's memfds for the output
  *   5 cgroup   the run's leaf in the unified hierarchy (CLONE_INTO_CGROUP)
  *   6 kill     that leaf's cgroup.kill
  *   7 oom      the VM's oom counter file (memory.oom_control or memory.events)
+ *   8 stdout count, 9 stderr count: eventfds, each told every byte its
+ *              stream carried: the engine's running total, and its wake-up
  *
  * PID 1 forks the command straight into its leaf cgroup with clone3, so a run
  * costs one fork and one exec: no helper process, no setns, no cgroup move.
  * On the reply socket it answers "s" once the command is forked (or "P"/"E"
  * and a reason), then "d" and the result as JSON; the engine may send "c" to
- * cancel. Output is copied to the engine's memfds up to the cap a stream, the
- * rest read and dropped so the command never blocks on a full pipe. Nothing
- * of a run touches a disk: a file created beside the database's fsyncs was
- * seen to take ~0.3 ms, waiting on the journal.
+ * cancel, or "k" and a signal number for the run's process group. A
+ * stream's memfd keeps its head and its tail, cap/2 bytes each: byte p of
+ * the stream is at p while p < cap/2, then in a ring over the second half,
+ * so the command never blocks on a full pipe and the end of a long log is
+ * kept. Nothing of a run touches a disk: a file created beside the
+ * database's fsyncs was seen to take ~0.3 ms, waiting on the journal.
  *
  * Everything lives in one poll loop: a VM's runs share PID 1, which also reaps
  * every orphan of the VM. When the engine goes away (the channel reaches EOF)
@@ -50,7 +55,19 @@
 #define CLONE_INTO_CGROUP 0x200000000ULL
 #endif
 
-enum { F_REPLY, F_REQUEST, F_STDIN, F_STDOUT, F_STDERR, F_CGROUP, F_KILL, F_OOM, NFDS };
+enum {
+    F_REPLY,
+    F_REQUEST,
+    F_STDIN,
+    F_STDOUT,
+    F_STDERR,
+    F_CGROUP,
+    F_KILL,
+    F_OOM,
+    F_OUT_COUNT,
+    F_ERR_COUNT,
+    NFDS
+};
 
 struct clone3_args {
     uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls;
@@ -59,8 +76,8 @@ struct clone3_args {
 
 struct stream {
     int pipe, sink; /* sink: the engine's memfd */
-    long long kept;
-    int truncated;
+    int count;      /* an eventfd: every byte is counted there, after it is kept */
+    long long total;
 };
 
 struct run {
@@ -129,29 +146,63 @@ static long long oom_kills(int fd)
     return -1;
 }
 
+static void put(int fd, const char *p, long long n, long long at)
+{
+    while (n > 0) {
+        ssize_t w = pwrite(fd, p, (size_t)n, at);
+        if (w <= 0)
+            return; /* the engine's memfd: only ENOMEM, and then the bytes are gone */
+        p += w, n -= w, at += w;
+    }
+}
+
+/* Keep n more bytes of the stream: the head while there is room, then the
+ * ring of the tail (only its last cap - cap/2 bytes can survive anyway). */
+static void keep(struct stream *s, const char *p, long long n, long long cap)
+{
+    long long head = cap / 2, tail = cap - head, pos = s->total;
+    s->total += n;
+    if (pos < head) {
+        long long k = n < head - pos ? n : head - pos;
+        put(s->sink, p, k, pos);
+        p += k, n -= k, pos += k;
+    }
+    if (tail <= 0 || n <= 0)
+        return;
+    if (n > tail) {
+        p += n - tail, pos += n - tail;
+        n = tail;
+    }
+    while (n > 0) {
+        long long at = head + (pos - head) % tail;
+        long long k = n < head + tail - at ? n : head + tail - at;
+        put(s->sink, p, k, at);
+        p += k, n -= k, pos += k;
+    }
+}
+
 /* Copy what the pipe holds now (it is non-blocking), at most `reads`
  * buffers: a command that writes without pause must not starve the VM's
- * other runs of PID 1's attention. */
+ * other runs of PID 1's attention. The count goes after the bytes, so a
+ * reader that sees it finds them in the memfd. */
 static void pump(struct stream *s, long long cap, int reads)
 {
+    uint64_t got = 0;
     while (s->pipe >= 0 && reads-- > 0) {
         ssize_t n = read(s->pipe, buf, sizeof buf);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && errno == EAGAIN)
-            return;
+            break;
         if (n <= 0) {
             close_fd(&s->pipe);
-            return;
+            break;
         }
-        long long room = cap - s->kept;
-        long long keep = n < room ? n : (room > 0 ? room : 0);
-        if (keep > 0 && write(s->sink, buf, (size_t)keep) != (ssize_t)keep)
-            keep = 0;
-        s->kept += keep;
-        if (keep < n)
-            s->truncated = 1;
+        keep(s, buf, n, cap);
+        got += (uint64_t)n;
     }
+    if (got && s->count >= 0)
+        ignore(write(s->count, &got, sizeof got));
 }
 
 static void kill_tree(struct run *r)
@@ -178,7 +229,7 @@ static void send_result(struct run *r)
              "\"stdout_truncated\": %s, \"stderr_truncated\": %s, \"oom_killed\": %s, "
              "\"started_at\": %.6f, \"finished_at\": %.6f}",
              code, r->timed_out ? "true" : "false", r->cancelled ? "true" : "false",
-             r->out.truncated ? "true" : "false", r->err.truncated ? "true" : "false",
+             r->out.total > r->cap ? "true" : "false", r->err.total > r->cap ? "true" : "false",
              oom ? "true" : "false", r->started, now_s());
     reply(r, msg);
 }
@@ -195,6 +246,8 @@ static void finish(struct run *r)
     close_fd(&r->err.pipe);
     close_fd(&r->out.sink);
     close_fd(&r->err.sink);
+    close_fd(&r->out.count);
+    close_fd(&r->err.count);
     close_fd(&r->kill);
     close_fd(&r->oom);
     for (struct run **p = &runs; *p; p = &(*p)->next)
@@ -358,8 +411,8 @@ static void start_run(int *fds)
     r->reply = fds[F_REPLY];
     r->kill = fds[F_KILL];
     r->oom = fds[F_OOM];
-    r->out = (struct stream){po[0], fds[F_STDOUT], 0, 0};
-    r->err = (struct stream){pe[0], fds[F_STDERR], 0, 0};
+    r->out = (struct stream){po[0], fds[F_STDOUT], fds[F_OUT_COUNT], 0};
+    r->err = (struct stream){pe[0], fds[F_STDERR], fds[F_ERR_COUNT], 0};
     r->cap = q.cap;
     r->deadline_ms = q.timeout_ms > 0 ? mono_ms() + q.timeout_ms : 0;
     close(fds[F_REQUEST]);
@@ -656,11 +709,14 @@ void __attribute__((noreturn)) agent_loop(int chan)
             else if (p[i].fd == r->err.pipe)
                 pump(&r->err, r->cap, 16);
             else if (p[i].fd == r->reply) {
-                char c;
-                ssize_t got = recv(r->reply, &c, 1, MSG_DONTWAIT);
-                if (got == 1 && c == 'c' && !r->timed_out && !r->cancelled) {
+                unsigned char c[16];
+                ssize_t got = recv(r->reply, c, sizeof c, MSG_DONTWAIT);
+                if (got == 1 && c[0] == 'c' && !r->timed_out && !r->cancelled) {
                     r->cancelled = 1;
                     kill_tree(r);
+                } else if (got == 2 && c[0] == 'k' && c[1] > 0 && c[1] < 65 && !r->exited) {
+                    /* The run's group (it called setsid): what a terminal's ^C reaches. */
+                    ignore(kill(-r->pid, c[1]));
                 } else if (got == 0) {
                     close_fd(&r->reply); /* the engine let go; the run goes on */
                 }

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,14 @@ class Database:
         async with self._autocommit.connect() as conn:
             res = await conn.execute(statement, params)
         return res.rowcount
+
+    async def write_all(self, steps: Sequence[tuple[UpdateBase, dict[str, Any]]]) -> list[int]:
+        """Several write statements in one transaction; their row counts. On
+        SQLite in this process's turn of writing (see SqliteWriter)."""
+        if self.blocking is not None:
+            return await anyio.to_thread.run_sync(self.blocking.write_all, steps)
+        async with self.engine.begin() as conn:
+            return [(await conn.execute(stmt, params)).rowcount for stmt, params in steps]
 
     def write_blocking(
         self, statement: UpdateBase, params: dict[str, Any], sync: bool = True
