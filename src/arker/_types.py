@@ -350,6 +350,54 @@ class RunSignal(BaseModel):
     ]
 
 
+class PtyResize(BaseModel):
+    """
+    Client to server, as a text frame on `/v1/vms/{vm_id}/pty`: the window's new size.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    type: Literal["resize"]
+    cols: Annotated[int, Field(ge=1, le=1000)]
+    rows: Annotated[int, Field(ge=1, le=1000)]
+
+
+class PtyStarted(BaseModel):
+    """
+    Server to client, the first frame of a terminal: the shell runs.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    type: Literal["started"]
+
+
+class PtyExit(BaseModel):
+    """
+    Server to client, the last frame before a normal close: the shell's exit status (128 + N for a signal N), null when the VM ended it (deleted, stopped or restarted).
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    type: Literal["exit"]
+    exit_code: int | None
+
+
+class PtyRefused(BaseModel):
+    """
+    Server to client, the only frame of a refused terminal, followed by a close with 4000 + the HTTP status the same failure gets on the other routes.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    type: Literal["error"]
+    error: ErrorBody
+
+
 class RunEventFrame(BaseModel):
     """
     One Server-Sent Event of a run's stream, as a client's SSE parser gives it: `stdout`/`stderr` (data: base64 bytes), `gap` (data: RunOutputGap as JSON), `end` (data: RunStatus as JSON). Output and gap events carry an id, `STDOUT:STDERR` byte offsets.

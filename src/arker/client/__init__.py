@@ -7,6 +7,7 @@ from arker.client._async import (
     AsyncComputer,
     AsyncFileSync,
     AsyncNetwork,
+    AsyncPty,
     AsyncRunHandle,
 )
 from arker.client._models import (
@@ -28,7 +29,7 @@ from arker.client._models import (
 )
 from arker.client._retry import RetryPolicy
 from arker.client._routing import BURST_GOLDENS, is_burst_vm_id
-from arker.client._sync import Arker, Computer, FileSync, Network, RunHandle
+from arker.client._sync import Arker, Computer, FileSync, Network, Pty, RunHandle
 
 __all__ = [
     "Arker",
@@ -36,6 +37,7 @@ __all__ = [
     "AsyncComputer",
     "AsyncFileSync",
     "AsyncNetwork",
+    "AsyncPty",
     "AsyncRunHandle",
     "BURST_GOLDENS",
     "CancelledRun",
@@ -47,6 +49,7 @@ __all__ = [
     "Network",
     "Golden",
     "PortToken",
+    "Pty",
     "RetryPolicy",
     "RunEvent",
     "RunHandle",

@@ -22,6 +22,8 @@ from typing import Any, Literal, overload
 import anyio
 import httpx
 from pydantic import BaseModel
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from arker.client._base import (
     KEEP,
@@ -30,6 +32,8 @@ from arker.client._base import (
     ComputerBase,
     Request,
     RetryArg,
+    _as_bytes,
+    _size,
 )
 from arker.client._events import EventParser, Printer, result_of
 from arker.client._models import (
@@ -49,17 +53,20 @@ from arker.client._wire import (
     decode_file_written,
     decode_goldens,
     decode_port_token,
+    decode_pty_frame,
     decode_run,
     decode_run_status,
     decode_stdin_written,
     decode_vm,
     decode_vm_page,
+    error_from_pty_close,
+    error_from_pty_refusal,
     error_from_response,
     error_from_transport,
 )
 from arker.errors import ArkerError, ErrorCode
 
-__all__ = ["AsyncArker", "AsyncComputer", "AsyncFileSync", "AsyncRunHandle"]
+__all__ = ["AsyncArker", "AsyncComputer", "AsyncFileSync", "AsyncPty", "AsyncRunHandle"]
 
 DEFAULT_RETRY = RetryPolicy()
 EVENTS_READ_TIMEOUT_S = 60.0
@@ -420,6 +427,49 @@ class AsyncComputer(ComputerBase[AsyncArker]):
         `ttl_s` seconds (the server's default: an hour); `.url`, `.expires_at`."""
         return decode_port_token(await self._send(self._port_token_request(port, ttl_s)))
 
+    async def pty(
+        self,
+        *,
+        user: Literal["user", "root"] = "user",
+        cols: int = 80,
+        rows: int = 24,
+        command: str | None = None,
+        term: str | None = None,
+    ) -> AsyncPty:
+        """An interactive terminal in this VM: a login shell of `user` (or
+        `command`, by /bin/sh -c) on a pty of `cols` x `rows`, once it runs.
+        Closing it ends the shell and everything it started."""
+        url, headers = self._pty_target(user, cols, rows, command, term)
+        opening = connect(
+            url,
+            additional_headers=headers,
+            open_timeout=self._arker.timeout_s,
+            max_size=None,
+            compression=None,
+        )
+        try:
+            # Entered, not awaited: the sync twin's connect() warns when it
+            # is not used as a context manager; the handle closes it itself.
+            ws = await opening.__aenter__()
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            raise ArkerError(
+                ErrorCode.UNAVAILABLE if status >= 500 else ErrorCode.NOT_FOUND,
+                f"the server refused the terminal: HTTP {status}",
+                status,
+            ) from exc
+        except (InvalidHandshake, OSError, TimeoutError) as exc:
+            raise ArkerError(
+                ErrorCode.CONNECTION_ERROR, f"cannot open a terminal at {url}: {exc}", 0
+            ) from exc
+        pty = AsyncPty(ws)
+        try:
+            await pty._started()
+        except BaseException:
+            await ws.close()
+            raise
+        return pty
+
     async def __aenter__(self) -> AsyncComputer:
         return self
 
@@ -434,6 +484,100 @@ class AsyncComputer(ComputerBase[AsyncArker]):
         except ArkerError as error:
             if error.code != ErrorCode.NOT_FOUND:  # already deleted is fine
                 raise
+
+
+class AsyncPty:
+    """A terminal in a VM, from `AsyncComputer.pty`. `send` types, `recv` (or
+    `output()`) reads what the terminal shows, `resize` changes its size;
+    after the shell exits, `recv` gives b"" and `exit_code` holds its status
+    (None when the VM ended it). Closing it (or leaving `async with`) ends the
+    shell and all it started."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self._ws = ws
+        self.done = False
+        self.exit_code: int | None = None
+
+    async def _started(self) -> None:
+        """Wait for the server's first frame: started, or the refusal."""
+        try:
+            message = await self._ws.recv()
+        except ConnectionClosed as exc:
+            self._closed(exc)
+            raise ArkerError(
+                ErrorCode.CONNECTION_ERROR, "the terminal closed as it opened", 0
+            ) from exc
+        frame = decode_pty_frame(message if isinstance(message, str) else "")
+        if frame.type == "error":
+            try:
+                await self._ws.recv()
+            except ConnectionClosed as exc:
+                raise error_from_pty_refusal(frame, exc.rcvd.code if exc.rcvd else None) from None
+            raise error_from_pty_refusal(frame, None)
+        if frame.type != "started":
+            raise ArkerError(ErrorCode.INVALID_RESPONSE, f"the terminal began with {frame.type}")
+
+    async def send(self, data: bytes | str) -> None:
+        """Type `data` (str as UTF-8); Ctrl-C is b"\\x03", Enter b"\\r"."""
+        await self._ws.send(_as_bytes(data, "data"))
+
+    async def resize(self, cols: int, rows: int) -> None:
+        """The window's new size (the shell's programs get SIGWINCH)."""
+        await self._ws.send(_size(cols, rows))
+
+    async def recv(self) -> bytes:
+        """What the terminal shows next, as it comes; b"" once it has ended."""
+        while not self.done:
+            try:
+                message = await self._ws.recv()
+            except ConnectionClosed as exc:
+                self._closed(exc)
+                return b""
+            if isinstance(message, bytes):
+                return message
+            frame = decode_pty_frame(message)
+            if frame.type == "exit":
+                self.exit_code = frame.exit_code
+                self.done = True
+        return b""
+
+    async def output(self) -> AsyncIterator[bytes]:
+        """The terminal's output, piece by piece, until it ends."""
+        while chunk := await self.recv():
+            yield chunk
+
+    async def wait(self) -> int | None:
+        """Read (and drop) the output until the shell exits; its exit status."""
+        while await self.recv():
+            pass
+        return self.exit_code
+
+    def _closed(self, exc: ConnectionClosed) -> None:
+        """The connection ended: normally after the exit frame, else an error."""
+        already = self.done
+        self.done = True
+        code = exc.rcvd.code if exc.rcvd is not None else None
+        error = error_from_pty_close(code, exc.rcvd.reason if exc.rcvd is not None else "")
+        if error is None and not already and code is None:
+            error = ArkerError(ErrorCode.CONNECTION_ERROR, "the terminal's connection was lost", 0)
+        if error is not None and not already:
+            raise error from exc
+
+    async def aclose(self) -> None:
+        """End the terminal: the shell and all it started are killed."""
+        self.done = True
+        await self._ws.close()
+
+    async def __aenter__(self) -> AsyncPty:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from pydantic import BaseModel, ValidationError
 
@@ -42,6 +42,8 @@ RUN_TIMEOUT_SLACK_S = 30.0
 # send(), so a 100 MiB body handed over whole was copied again and again
 # (quadratic; ~120 MB/s on a 2-core machine); piece by piece, each copy is small.
 UPLOAD_PIECE_BYTES = 1024 * 1024
+
+PTY_MAX_SIZE = 1000  # the contract's bound on a terminal's columns and rows
 
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")  # the contract's Idempotency-Key / Upload-Id
 
@@ -116,6 +118,16 @@ def _port(port: int) -> int:
     if not _is_int(port) or not 1 <= port <= 65535:
         raise ArkerError(ErrorCode.INVALID_REQUEST, f"port must be 1..65535, not {port!r}")
     return port
+
+
+def _size(cols: int, rows: int) -> str:
+    """A terminal's size, checked here as the server would, as a PtyResize frame."""
+    for name, value in (("cols", cols), ("rows", rows)):
+        if not _is_int(value) or not 1 <= value <= PTY_MAX_SIZE:
+            raise ArkerError(
+                ErrorCode.INVALID_REQUEST, f"{name} must be 1..{PTY_MAX_SIZE}, not {value!r}"
+            )
+    return wire.PtyResize(type="resize", cols=cols, rows=rows).model_dump_json()
 
 
 def _as_bytes(data: bytes | bytearray | memoryview | str, what: str) -> bytes:
@@ -383,11 +395,32 @@ class ComputerBase(Generic[ArkerT]):
         body = _body(wire.PortTokenRequest, ttl_s=ttl_s) if ttl_s is not None else None
         return self._call("POST", f"/ports/{_port(port)}/token", json=body)
 
+    def _ws_target(
+        self, path: str, params: Mapping[str, str] | None = None
+    ) -> tuple[str, dict[str, str]]:
+        url = f"{self.endpoint}{self._path}{path}"
+        url = "ws" + url.removeprefix("http") if url.startswith("http") else url
+        if params:
+            url += "?" + urlencode(params)
+        return url, {k: v for k, v in self._arker._headers.items()}
+
     def _tcp_target(self, port: int) -> tuple[str, dict[str, str]]:
         """(ws URL, headers) of the raw TCP relay into `port` (for `arker forward`)."""
-        url = f"{self.endpoint}{self._path}/tcp/{_port(port)}"
-        url = "ws" + url.removeprefix("http") if url.startswith("http") else url
-        return url, {k: v for k, v in self._arker._headers.items()}
+        return self._ws_target(f"/tcp/{_port(port)}")
+
+    def _pty_target(
+        self, user: str, cols: int, rows: int, command: str | None, term: str | None
+    ) -> tuple[str, dict[str, str]]:
+        """(ws URL, headers) of a terminal in this VM."""
+        if user not in ("user", "root"):
+            raise ArkerError(ErrorCode.INVALID_REQUEST, f"user must be user or root, not {user!r}")
+        _size(cols, rows)
+        params = {"user": user, "cols": str(cols), "rows": str(rows)}
+        if command is not None:
+            params["command"] = command
+        if term is not None:
+            params["term"] = term
+        return self._ws_target("/pty", params)
 
     def _read_file_request(self, path: str) -> Request:
         return self._call("GET", "/files", params={"path": check_path(path)})

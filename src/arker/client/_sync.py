@@ -25,6 +25,8 @@ from typing import Any, Literal, overload
 import time
 import httpx
 from pydantic import BaseModel
+from websockets.sync.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from arker.client._base import (
     KEEP,
@@ -33,6 +35,8 @@ from arker.client._base import (
     ComputerBase,
     Request,
     RetryArg,
+    _as_bytes,
+    _size,
 )
 from arker.client._events import EventParser, Printer, result_of
 from arker.client._models import (
@@ -52,17 +56,20 @@ from arker.client._wire import (
     decode_file_written,
     decode_goldens,
     decode_port_token,
+    decode_pty_frame,
     decode_run,
     decode_run_status,
     decode_stdin_written,
     decode_vm,
     decode_vm_page,
+    error_from_pty_close,
+    error_from_pty_refusal,
     error_from_response,
     error_from_transport,
 )
 from arker.errors import ArkerError, ErrorCode
 
-__all__ = ["Arker", "Computer", "FileSync", "RunHandle"]
+__all__ = ["Arker", "Computer", "FileSync", "Pty", "RunHandle"]
 
 DEFAULT_RETRY = RetryPolicy()
 EVENTS_READ_TIMEOUT_S = 60.0
@@ -423,6 +430,49 @@ class Computer(ComputerBase[Arker]):
         `ttl_s` seconds (the server's default: an hour); `.url`, `.expires_at`."""
         return decode_port_token(self._send(self._port_token_request(port, ttl_s)))
 
+    def pty(
+        self,
+        *,
+        user: Literal["user", "root"] = "user",
+        cols: int = 80,
+        rows: int = 24,
+        command: str | None = None,
+        term: str | None = None,
+    ) -> Pty:
+        """An interactive terminal in this VM: a login shell of `user` (or
+        `command`, by /bin/sh -c) on a pty of `cols` x `rows`, once it runs.
+        Closing it ends the shell and everything it started."""
+        url, headers = self._pty_target(user, cols, rows, command, term)
+        opening = connect(
+            url,
+            additional_headers=headers,
+            open_timeout=self._arker.timeout_s,
+            max_size=None,
+            compression=None,
+        )
+        try:
+            # Entered, not awaited: the sync twin's connect() warns when it
+            # is not used as a context manager; the handle closes it itself.
+            ws = opening.__enter__()
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            raise ArkerError(
+                ErrorCode.UNAVAILABLE if status >= 500 else ErrorCode.NOT_FOUND,
+                f"the server refused the terminal: HTTP {status}",
+                status,
+            ) from exc
+        except (InvalidHandshake, OSError, TimeoutError) as exc:
+            raise ArkerError(
+                ErrorCode.CONNECTION_ERROR, f"cannot open a terminal at {url}: {exc}", 0
+            ) from exc
+        pty = Pty(ws)
+        try:
+            pty._started()
+        except BaseException:
+            ws.close()
+            raise
+        return pty
+
     def __enter__(self) -> Computer:
         return self
 
@@ -437,6 +487,100 @@ class Computer(ComputerBase[Arker]):
         except ArkerError as error:
             if error.code != ErrorCode.NOT_FOUND:  # already deleted is fine
                 raise
+
+
+class Pty:
+    """A terminal in a VM, from `Computer.pty`. `send` types, `recv` (or
+    `output()`) reads what the terminal shows, `resize` changes its size;
+    after the shell exits, `recv` gives b"" and `exit_code` holds its status
+    (None when the VM ended it). Closing it (or leaving `async with`) ends the
+    shell and all it started."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self._ws = ws
+        self.done = False
+        self.exit_code: int | None = None
+
+    def _started(self) -> None:
+        """Wait for the server's first frame: started, or the refusal."""
+        try:
+            message = self._ws.recv()
+        except ConnectionClosed as exc:
+            self._closed(exc)
+            raise ArkerError(
+                ErrorCode.CONNECTION_ERROR, "the terminal closed as it opened", 0
+            ) from exc
+        frame = decode_pty_frame(message if isinstance(message, str) else "")
+        if frame.type == "error":
+            try:
+                self._ws.recv()
+            except ConnectionClosed as exc:
+                raise error_from_pty_refusal(frame, exc.rcvd.code if exc.rcvd else None) from None
+            raise error_from_pty_refusal(frame, None)
+        if frame.type != "started":
+            raise ArkerError(ErrorCode.INVALID_RESPONSE, f"the terminal began with {frame.type}")
+
+    def send(self, data: bytes | str) -> None:
+        """Type `data` (str as UTF-8); Ctrl-C is b"\\x03", Enter b"\\r"."""
+        self._ws.send(_as_bytes(data, "data"))
+
+    def resize(self, cols: int, rows: int) -> None:
+        """The window's new size (the shell's programs get SIGWINCH)."""
+        self._ws.send(_size(cols, rows))
+
+    def recv(self) -> bytes:
+        """What the terminal shows next, as it comes; b"" once it has ended."""
+        while not self.done:
+            try:
+                message = self._ws.recv()
+            except ConnectionClosed as exc:
+                self._closed(exc)
+                return b""
+            if isinstance(message, bytes):
+                return message
+            frame = decode_pty_frame(message)
+            if frame.type == "exit":
+                self.exit_code = frame.exit_code
+                self.done = True
+        return b""
+
+    def output(self) -> Iterator[bytes]:
+        """The terminal's output, piece by piece, until it ends."""
+        while chunk := self.recv():
+            yield chunk
+
+    def wait(self) -> int | None:
+        """Read (and drop) the output until the shell exits; its exit status."""
+        while self.recv():
+            pass
+        return self.exit_code
+
+    def _closed(self, exc: ConnectionClosed) -> None:
+        """The connection ended: normally after the exit frame, else an error."""
+        already = self.done
+        self.done = True
+        code = exc.rcvd.code if exc.rcvd is not None else None
+        error = error_from_pty_close(code, exc.rcvd.reason if exc.rcvd is not None else "")
+        if error is None and not already and code is None:
+            error = ArkerError(ErrorCode.CONNECTION_ERROR, "the terminal's connection was lost", 0)
+        if error is not None and not already:
+            raise error from exc
+
+    def close(self) -> None:
+        """End the terminal: the shell and all it started are killed."""
+        self.done = True
+        self._ws.close()
+
+    def __enter__(self) -> Pty:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 @dataclass(frozen=True, kw_only=True)

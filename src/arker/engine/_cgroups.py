@@ -4,9 +4,10 @@
       /sys/fs/cgroup/{memory,pids,cpu}/<root>/<vm>       limits, all of the VM
       /sys/fs/cgroup/unified/<root>/<vm>/init            the VM's PID 1
       /sys/fs/cgroup/unified/<root>/<vm>/r-<run_id>      one run's process tree
+      /sys/fs/cgroup/unified/<root>/<vm>/p-<pty_id>      one terminal's
     pure v2
       /sys/fs/cgroup/<root>/<vm>                         limits
-      /sys/fs/cgroup/<root>/<vm>/{init,r-<run_id>}       leaves
+      /sys/fs/cgroup/<root>/<vm>/{init,r-<run_id>,p-<pty_id>}  leaves
 
 `<root>` is named after the data directory, so engines on different data
 directories (parallel tests, several engineers) never touch each other's
@@ -123,6 +124,22 @@ class Cgroups:
 
     def kill_run(self, vm_id: str, run_id: str) -> None:
         _kill(self.unified / vm_id / f"r-{run_id}")
+
+    def create_pty(self, vm_id: str, pty_id: str) -> RunCgroup:
+        """A terminal's leaf: `p-`, which `sweep_runs` leaves alone."""
+        leaf = f"{self.unified}/{vm_id}/p-{pty_id}"
+        os.mkdir(leaf)
+        return RunCgroup(leaf, self._oom_file(vm_id))
+
+    def remove_pty(self, vm_id: str, pty_id: str, timeout_s: float = 2.0) -> None:
+        """Kill a terminal's tree and remove its leaf once empty (a leaf that
+        does not empty in time goes with its VM)."""
+        leaf = self.unified / vm_id / f"p-{pty_id}"
+        _kill(leaf)
+        deadline = time.monotonic() + timeout_s
+        while _populated(leaf) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        _rmdir(leaf)
 
     def sweep_runs(self, vm_id: str, keep: set[str]) -> None:
         """Remove the leaves of runs that ended and left nothing running."""

@@ -24,14 +24,15 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import socket
 import threading
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from arker.engine import _native, _netns, files, jail
+from arker.engine import _native, _netns, files, jail, pty
 from arker.engine._cgroups import Cgroups
 from arker.engine.base import (
     Engine,
@@ -51,6 +52,7 @@ from arker.engine.egress.policy import Policy, parse_allow
 from arker.engine.egress.services import EgressServices
 from arker.engine.net import Network
 from arker.engine.pool import Pool, check_name
+from arker.engine.pty import Pty
 from arker.engine.runner import Runner
 from arker.errors import ArkerError, ErrorCode
 
@@ -437,6 +439,54 @@ class NamespaceEngine(Engine):
             ) from exc
         sock.settimeout(None)
         return sock
+
+    # -- terminals
+    def open_pty(
+        self,
+        vm_id: str,
+        *,
+        user: Literal["user", "root"] = "user",
+        cols: int = 80,
+        rows: int = 24,
+        command: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Pty:
+        pty.check_size(cols, rows)
+        self._require(vm_id)
+        shell = "/bin/sh"
+        if command is None:
+            try:
+                passwd = files.read_file(
+                    self.pool.vm_path(vm_id), "/etc/passwd", 1 << 20, anywhere=True
+                )
+            except ArkerError:
+                passwd = b""  # none, or not a file: the VM's root may have made it anything
+            shell = pty.login_shell(passwd, 0 if user == "root" else 1000)
+        pty_id = secrets.token_hex(8)
+        with self._lock(vm_id):
+            self._require(vm_id)  # under the lock: a delete may have just won
+            init = self._start(vm_id)
+            assert init.agent is not None
+            cg = self.cgroups.create_pty(vm_id, pty_id)
+
+            def end() -> None:
+                self.cgroups.remove_pty(vm_id, pty_id)
+
+            try:
+                return pty.start(
+                    init.agent,
+                    cg,
+                    end,
+                    user=user,
+                    cols=cols,
+                    rows=rows,
+                    command=command,
+                    shell=shell,
+                    env=env,
+                )
+            except BaseException:
+                end()
+                raise
 
     # -- files
     def read_file(self, vm_id: str, path: str, max_bytes: int) -> bytes:

@@ -22,6 +22,7 @@ from arker.server.config import Settings
 from arker.server.edge import Edge
 from arker.server.metrics import Metrics
 from arker.server.ports import router as ports_router
+from arker.server.pty import router as pty_router
 from arker.server.routes import metrics_response, router
 from arker.server.service import Service
 from arker.server.store import Database
@@ -135,6 +136,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     app.state.auth = Authenticator(db, settings.auth_cache_s)
     app.include_router(router)
     app.include_router(ports_router)
+    app.include_router(pty_router)
     app.add_exception_handler(ArkerError, _arker_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import ValidationError
 from sqlalchemy import ColumnElement, bindparam, delete, func, insert, select, update
@@ -35,6 +36,9 @@ from arker.server.runspec import request_hash
 from arker.server.store import Database, Upload, Vm
 from arker.server.store import Run as RunRow
 from arker.server.threads import Threads
+
+if TYPE_CHECKING:
+    from arker.engine.pty import Pty
 
 __all__ = ["Service"]
 
@@ -756,6 +760,30 @@ class Service:
         """A connection to `port` inside the caller's VM (started if stopped)."""
         await self._usable_vm(org, vm_id, "reach a port of")
         return await self.threads.call(self.engine.connect_port, vm_id, port)
+
+    # -- terminals
+    async def open_pty(
+        self,
+        org: str,
+        vm_id: str,
+        *,
+        user: Literal["user", "root"],
+        cols: int,
+        rows: int,
+        command: str | None,
+        term: str,
+    ) -> Pty:
+        """A terminal in the caller's VM (started if stopped)."""
+        await self._usable_vm(org, vm_id, "open a terminal in")
+        return await self.threads.call(
+            self.engine.open_pty,
+            vm_id,
+            user=user,
+            cols=cols,
+            rows=rows,
+            command=command,
+            env={"TERM": term},
+        )
 
     async def port_token(self, org: str, vm_id: str, port: int, ttl_s: int) -> tuple[str, float]:
         """(token, expires_at unix s) that opens `port` of the caller's VM
