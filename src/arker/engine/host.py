@@ -32,7 +32,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
-from arker.engine import _native, _netns, files, jail, pty
+from arker.engine import _btrfs, _native, _netns, files, jail, pty, userns
 from arker.engine._cgroups import Cgroups
 from arker.engine.base import (
     Engine,
@@ -89,6 +89,7 @@ class NamespaceEngine(Engine):
         tmp_size_bytes: int | None = None,  # None: a quarter of each VM's memory limit
         pool_reserve_bytes: int = 0,
         networking: bool = True,  # False: every VM has loopback only
+        user_namespaces: bool = True,  # False: root in a VM is host root, as before
     ) -> None:
         self.data_dir = Path(data_dir)
         self.default_limits = default_limits
@@ -108,6 +109,9 @@ class NamespaceEngine(Engine):
         self._policies: dict[str, NetworkPolicy] = {}  # of running VMs with a link
         self._by_address: dict[str, Policy] = {}  # the same, by VM address, for egress/
         self._egress: EgressServices | None = None
+        self._want_userns = user_namespaces
+        self.userns = False  # set by open(): wanted, and this kernel can idmap the pool
+        self._ids = userns.IdRanges()
 
     # -- lifecycle
     def open(self) -> None:
@@ -118,6 +122,7 @@ class NamespaceEngine(Engine):
             self._helper = _native.helper_path(self.data_dir)
             self.state_dir.mkdir(parents=True, exist_ok=True)
             self._runner = Runner(self.cgroups)
+            self._open_userns()
             self._reconcile()
             if self._networking:
                 self._open_network()
@@ -139,6 +144,24 @@ class NamespaceEngine(Engine):
                 state.unlink()
             else:
                 self._save(vm_id, {**self._load(vm_id), "init": None})
+
+    def _open_userns(self) -> None:
+        if not self._want_userns:
+            return
+        why = userns.idmap_unsupported(self._helper, self.pool.root / "vms")
+        if why is not None:
+            log.warning(
+                "vms run without user namespaces (root in a vm is host root): this kernel "
+                "cannot idmap the pool (%s)",
+                why,
+            )
+        self.userns = why is None
+        if self.userns and not _btrfs.host_safe(self.pool.root):
+            log.warning(
+                "the pool %s is not mounted nosuid,nodev: setuid files and device nodes "
+                "made by root in a vm would be live on the host; remount it so",
+                self.pool.root,
+            )
 
     def close(self) -> None:
         if self._runner is not None:
@@ -216,7 +239,11 @@ class NamespaceEngine(Engine):
             limits = limits or self.default_limits
             # conflict if vm_id exists: the snapshot says EEXIST
             self.pool.fork(source, vm_id, disk_bytes=limits.disk_bytes)
-            state = {"hostname": hostname, "limits": asdict(limits), "init": None}
+            state: dict[str, Any] = {"hostname": hostname, "limits": asdict(limits), "init": None}
+            if self.userns:
+                # The range is the VM's from now until its delete: a restart
+                # of the server finds it in the state.
+                state["id_base"] = self._ids.claim(self._state_path(vm_id))
             self._save(vm_id, {**state, "network": (network or NetworkPolicy()).as_dict()})
 
     def set_network(self, vm_id: str, network: NetworkPolicy) -> None:
@@ -262,7 +289,10 @@ class NamespaceEngine(Engine):
             self._kill(vm_id, "the vm was deleted")
             self.runner.forget_vm(vm_id)
             self.pool.delete_vm(vm_id)
-            (self.state_dir / f"{vm_id}.json").unlink(missing_ok=True)
+            id_base = self._load(vm_id).get("id_base")
+            if id_base is not None:  # only now, with its files gone, may it be reused
+                self._ids.release(int(id_base), self._state_path(vm_id))
+            self._state_path(vm_id).unlink(missing_ok=True)
         with self._locks_lock:
             self._locks.pop(vm_id, None)
 
@@ -309,6 +339,7 @@ class NamespaceEngine(Engine):
         if init is not None:  # alive, but not ours to run in: cannot happen after
             self._kill(vm_id, "the vm was restarted")  # open() reconciled; be safe
         state = self._load(vm_id)
+        id_base = self._id_base(vm_id, state) if self.userns else None
         init = jail.start_vm(
             self._helper,
             self.cgroups,
@@ -318,6 +349,7 @@ class NamespaceEngine(Engine):
             limits=Limits(**state["limits"]),
             tmp_size_bytes=self.tmp_size_bytes,
             disk=self._disk(vm_id, state),  # the state just loaded, not read again
+            id_base=id_base,
         )
         self._save(vm_id, {**state, "init": [init.pid, init.start_time]})
         self._live[vm_id] = init
@@ -329,6 +361,22 @@ class NamespaceEngine(Engine):
                 self._kill(vm_id, "the vm could not get its network")
                 raise
         return init
+
+    def _id_base(self, vm_id: str, state: dict[str, Any]) -> int:
+        """The VM's host id range, claimed again (after a reboot emptied /run,
+        or for a VM forked without one); recorded in `state` if it changed."""
+        had = state.get("id_base")
+        base = self._ids.claim(self._state_path(vm_id), want=None if had is None else int(had))
+        if base != had:
+            state["id_base"] = base
+            self._save(vm_id, state)
+        return base
+
+    def id_base(self, vm_id: str) -> int | None:
+        """The first host uid/gid of the VM's user namespace, or None."""
+        self._require(vm_id)
+        base = self._load(vm_id).get("id_base")
+        return int(base) if base is not None and self.userns else None
 
     def _attach(self, vm_id: str, init: jail.InitProcess, policy: NetworkPolicy) -> None:
         if not policy.egress:
@@ -539,6 +587,9 @@ class NamespaceEngine(Engine):
     def _lock(self, vm_id: str) -> threading.RLock:
         with self._locks_lock:
             return self._locks.setdefault(vm_id, threading.RLock())
+
+    def _state_path(self, vm_id: str) -> Path:
+        return self.state_dir.absolute() / f"{vm_id}.json"
 
     def _load(self, vm_id: str) -> dict[str, Any]:
         try:
