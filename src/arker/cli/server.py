@@ -91,6 +91,16 @@ def serve(
             "reaches the internet (never the host, other VMs or private ranges).",
         ),
     ] = "on",
+    userns: Annotated[
+        str,
+        typer.Option(
+            "--userns",
+            metavar="on|off",
+            help="Run each VM in a user namespace of its own, root in it an unprivileged "
+            "host uid (on where the kernel can idmap the pool; off: root in a VM is host "
+            "root, as before).",
+        ),
+    ] = "on",
     preview_domain: Annotated[
         str | None,
         typer.Option(
@@ -131,8 +141,11 @@ def serve(
 
     if egress not in ("on", "off"):
         raise typer.BadParameter("--egress takes on or off", param_hint="--egress")
+    if userns not in ("on", "off"):
+        raise typer.BadParameter("--userns takes on or off", param_hint="--userns")
     settings = Settings(
         egress=egress == "on",
+        user_namespaces=userns == "on",
         data_dir=data_dir,
         database_url=database_url,
         region=region,

@@ -386,9 +386,7 @@ class LoopImage:
         if device is None:
             device = _run("losetup", "--find", "--show", str(self.image)).strip()
         try:
-            _run(
-                "mount", "-t", "btrfs", "-o", _POOL_OPTIONS, device, str(self.mountpoint)
-            )
+            _run("mount", "-t", "btrfs", "-o", _POOL_OPTIONS, device, str(self.mountpoint))
         except BaseException:
             if attached_here:
                 _run("losetup", "-d", device)
