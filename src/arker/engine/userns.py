@@ -40,12 +40,15 @@ class IdRanges:
         self.claim_dir = claim_dir
         self._lock = threading.Lock()
         self._next = 0  # lowest slot that may be free: a cursor, not a promise
+        self._made = False  # the claim dir exists (made once: forks pay no mkdir)
 
     def claim(self, owner: Path, want: int | None = None) -> int:
         """The first host id of a range for the VM whose state file is
         `owner`: `want` if it is still its own or free, else the lowest free."""
-        self.claim_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         with self._lock:
+            if not self._made:
+                self.claim_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                self._made = True
             if want is not None and self._take(want, owner):
                 return want
             for slot in range(self._next, SLOTS):
@@ -76,8 +79,10 @@ class IdRanges:
                 return False
             path.unlink(missing_ok=True)  # stale: its VM's state is gone
             return self._take(base, owner)
-        with os.fdopen(fd, "w") as f:
-            f.write(str(owner))
+        try:
+            os.write(fd, os.fsencode(owner))
+        finally:
+            os.close(fd)
         return True
 
 
