@@ -68,6 +68,12 @@ class GoldenList(BaseModel):
     items: list[Golden]
 
 
+LabelsAdditionalProperty = TypeAliasType(
+    "LabelsAdditionalProperty",
+    Annotated[str, Field(max_length=256, pattern="^[^\\x00]*$")],
+)
+
+
 EnvAdditionalProperty = TypeAliasType(
     "EnvAdditionalProperty", Annotated[str, Field(max_length=32768)]
 )
@@ -251,6 +257,32 @@ class NetworkPolicy(BaseModel):
     ] = None
 
 
+class VmUpdate(BaseModel):
+    """
+    A change to a VM's lifecycle; a field left out keeps its value.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    ttl_s: Annotated[
+        int | None,
+        Field(
+            description="Delete the VM this many seconds from now (a new `expires_at`, sooner or later than the old one); null: never.",
+            ge=1,
+            le=315360000,
+        ),
+    ] = None
+    idle_stop_s: Annotated[
+        int | None,
+        Field(
+            description="A new idle time before the VM is stopped; null: never.",
+            ge=1,
+            le=31536000,
+        ),
+    ] = None
+
+
 class PortTokenRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -318,76 +350,66 @@ class RunSignal(BaseModel):
     ]
 
 
-class FsEntry(BaseModel):
+class PtyResize(BaseModel):
     """
-    One file, as lstat sees it: a symlink is reported as itself, not what it points to.
+    Client to server, as a text frame on `/v1/vms/{vm_id}/pty`: the window's new size.
     """
 
     model_config = ConfigDict(
         extra="forbid",
     )
-    name: Annotated[
-        str,
-        Field(
-            description="Relative to the listed directory (`a/b.txt` at depth 2); for stat, the last component."
-        ),
-    ]
-    path: Annotated[str, Field(description="Absolute, as the VM sees it.")]
-    type: Annotated[
-        Literal["file", "dir", "symlink", "other"],
-        Field(description="`other`: a FIFO, socket or device node."),
-    ]
-    size: Annotated[
-        int, Field(description="Bytes (of a symlink: its target's length).", ge=0)
-    ]
-    mode: Annotated[
-        int,
-        Field(
-            description="Permission bits with setuid, setgid and sticky (0o7777), as an integer.",
-            ge=0,
-            le=4095,
-        ),
-    ]
-    mtime: AwareDatetime
-    link_target: Annotated[
-        str | None,
-        Field(
-            description="What a symlink points to, as written; null for other types."
-        ),
-    ] = None
+    type: Literal["resize"]
+    cols: Annotated[int, Field(ge=1, le=1000)]
+    rows: Annotated[int, Field(ge=1, le=1000)]
 
 
-class FsList(BaseModel):
+class PtyStarted(BaseModel):
+    """
+    Server to client, the first frame of a terminal: the shell runs.
+    """
+
     model_config = ConfigDict(
         extra="forbid",
     )
-    path: str
-    entries: list[FsEntry]
-    next_offset: Annotated[
-        int | None,
-        Field(
-            description="The `offset` of the next page; null on the last page.", ge=0
-        ),
-    ]
-    truncated: Annotated[
-        bool,
-        Field(
-            description="The walk stopped at the server's bound on names read in one request (100 000): entries past it are not listed, on any page."
-        ),
-    ]
+    type: Literal["started"]
 
 
-class FsMkdirRequest(BaseModel):
+class PtyExit(BaseModel):
+    """
+    Server to client, the last frame before a normal close: the shell's exit status (128 + N for a signal N), null when the VM ended it (deleted, stopped or restarted).
+    """
+
     model_config = ConfigDict(
         extra="forbid",
     )
-    path: Annotated[str, Field(max_length=4096, min_length=1)]
-    parents: Annotated[
-        bool | None,
-        Field(
-            description="Make missing parents too, and accept a directory already there (as `mkdir -p`)."
-        ),
-    ] = False
+    type: Literal["exit"]
+    exit_code: int | None
+
+
+class PtyRefused(BaseModel):
+    """
+    Server to client, the only frame of a refused terminal, followed by a close with 4000 + the HTTP status the same failure gets on the other routes.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    type: Literal["error"]
+    error: ErrorBody
+
+
+class RunEventFrame(BaseModel):
+    """
+    One Server-Sent Event of a run's stream, as a client's SSE parser gives it: `stdout`/`stderr` (data: base64 bytes), `gap` (data: RunOutputGap as JSON), `end` (data: RunStatus as JSON). Output and gap events carry an id, `STDOUT:STDERR` byte offsets.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    event: Literal["stdout", "stderr", "gap", "end"]
+    id: Annotated[str | None, Field(pattern="^[0-9]{1,19}:[0-9]{1,19}$")] = None
+    data: str
+    retry: int | None = None
 
 
 class FsMoveRequest(BaseModel):
@@ -420,6 +442,19 @@ class ArchiveUnpacked(BaseModel):
         int, Field(description="Members unpacked (files, directories, links).", ge=0)
     ]
     bytes: Annotated[int, Field(description="Bytes of file data written.", ge=0)]
+
+
+class FsMkdirRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    path: Annotated[str, Field(max_length=4096, min_length=1)]
+    parents: Annotated[
+        bool | None,
+        Field(
+            description="Make missing parents too, and accept a directory already there (as `mkdir -p`)."
+        ),
+    ] = False
 
 
 class Vm(BaseModel):
@@ -459,6 +494,24 @@ class Vm(BaseModel):
             description="The policy in force (absent from servers older than networking)."
         ),
     ] = None
+    expires_at: Annotated[
+        AwareDatetime | None,
+        Field(
+            description="When the VM is deleted (its TTL); null: never. Absent from servers older than TTLs."
+        ),
+    ] = None
+    idle_stop_s: Annotated[
+        int | None,
+        Field(
+            description="Seconds with nothing to do after which the VM is stopped (see `ForkRequest.idle_stop_s`); null: never."
+        ),
+    ] = None
+    labels: Annotated[
+        dict[str, str] | None,
+        Field(
+            description="Its labels (see `ForkRequest.labels`); absent from servers older than labels."
+        ),
+    ] = None
 
 
 class VmList(BaseModel):
@@ -488,6 +541,39 @@ class ForkRequest(BaseModel):
         NetworkPolicy | None,
         Field(
             description="Omitted: the parent VM's policy, or for a golden the server's default (`arker serve --egress on|off`)."
+        ),
+    ] = None
+    ttl_s: Annotated[
+        int | None,
+        Field(
+            description="Delete the VM this many seconds after the fork (it reports the time as `expires_at`; `PATCH /v1/vms/{vm_id}` moves it). Omitted: the server's default (`arker serve --default-ttl-s`), not the parent's; null: no TTL, whatever the default.",
+            ge=1,
+            le=315360000,
+        ),
+    ] = None
+    idle_stop_s: Annotated[
+        int | None,
+        Field(
+            description="Stop the VM (its processes end, its files stay, it starts again on its next call) once it has had no run in flight, no open stream, terminal or port relay and no call for this many seconds. Omitted: the server's default (`arker serve --default-idle-stop-s`), not the parent's; null: never.",
+            ge=1,
+            le=31536000,
+        ),
+    ] = None
+    labels: Annotated[
+        dict[
+            Annotated[
+                str,
+                StringConstraints(
+                    pattern=r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-_.A-Za-z0-9]{0,61}[A-Za-z0-9])?$",
+                    max_length=317,
+                ),
+            ],
+            LabelsAdditionalProperty,
+        ]
+        | None,
+        Field(
+            description="Names a caller gives a VM, to find it again (`GET /v1/vms?label=key=value`). At most 64; a key is a name of 1 to 63 characters (letters, digits, `-`, `_`, `.`, starting and ending with a letter or digit), optionally after a `prefix/` of lowercase DNS labels (at most 253 characters); a value is at most 256 characters. Omitted: none; a fork of a VM does not inherit its parent's labels.",
+            max_length=64,
         ),
     ] = None
 
@@ -745,3 +831,62 @@ class NetworkUpdate(BaseModel):
             max_length=256,
         ),
     ] = None
+
+
+class FsEntry(BaseModel):
+    """
+    One file, as lstat sees it: a symlink is reported as itself, not what it points to.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    name: Annotated[
+        str,
+        Field(
+            description="Relative to the listed directory (`a/b.txt` at depth 2); for stat, the last component."
+        ),
+    ]
+    path: Annotated[str, Field(description="Absolute, as the VM sees it.")]
+    type: Annotated[
+        Literal["file", "dir", "symlink", "other"],
+        Field(description="`other`: a FIFO, socket or device node."),
+    ]
+    size: Annotated[
+        int, Field(description="Bytes (of a symlink: its target's length).", ge=0)
+    ]
+    mode: Annotated[
+        int,
+        Field(
+            description="Permission bits with setuid, setgid and sticky (0o7777), as an integer.",
+            ge=0,
+            le=4095,
+        ),
+    ]
+    mtime: AwareDatetime
+    link_target: Annotated[
+        str | None,
+        Field(
+            description="What a symlink points to, as written; null for other types."
+        ),
+    ] = None
+
+
+class FsList(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    path: str
+    entries: list[FsEntry]
+    next_offset: Annotated[
+        int | None,
+        Field(
+            description="The `offset` of the next page; null on the last page.", ge=0
+        ),
+    ]
+    truncated: Annotated[
+        bool,
+        Field(
+            description="The walk stopped at the server's bound on names read in one request (100 000): entries past it are not listed, on any page."
+        ),
+    ]

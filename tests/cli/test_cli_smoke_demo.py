@@ -94,8 +94,8 @@ def test_demo_from_a_clean_data_dir(tmp_path: Path) -> None:
     data_dir = tmp_path / "demo"
     try:
         _, out = _demo_here(data_dir, "--golden", "busybox")
-        assert "fork busybox" in out and "background run, polled" in out
-        assert "completed after" in out and "tick 3" in out
+        assert "fork busybox" in out and "background run, streamed" in out
+        assert "tick 3 at" in out
     finally:
         remove_data_dir(data_dir)
 

@@ -76,6 +76,16 @@ async def test_retry_after_is_honoured(
     assert sleeps == [1.5]
 
 
+async def test_a_connection_error_waits_before_the_next_try(
+    arker: AsyncArker, server: FakeServer, sleeps: list[float]
+) -> None:
+    # A server restarting refuses connections for seconds: each retry waits.
+    server.reply(httpx.ConnectError("refused"), httpx.ConnectError("refused"), ok(completed()))
+    await arker.vm(VM_ID).run("make")
+    assert len(server.requests) == 3 and len(sleeps) == 2
+    assert all(0 < s <= arker.retry.max_delay_s for s in sleeps)
+
+
 async def test_one_idempotency_key_across_attempts_of_a_run(
     arker: AsyncArker, server: FakeServer
 ) -> None:

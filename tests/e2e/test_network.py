@@ -137,6 +137,21 @@ def test_egress_fetches_the_package_index(arker: Arker) -> None:
         assert resolv.strip() == f"nameserver {_gateway(str(me['address']))}"
 
 
+def test_root_installs_a_package_with_apt_in_its_user_namespace(arker: Arker) -> None:
+    # The mirror is the golden's own (its apt sources), not a name written here.
+    with arker.vm("debian").fork() as vm:
+        cmd = (
+            "apt-get update -q >/tmp/apt.log 2>&1 && "
+            "apt-get install -y -q --no-install-recommends jq >>/tmp/apt.log 2>&1; "
+            "echo apt=$?; tail -5 /tmp/apt.log; jq --version; cat /proc/self/uid_map"
+        )
+        result = vm.run(cmd, user="root", timeout_s=300)
+        out = result.stdout_text
+        assert "apt=0" in out and "jq-" in out, out
+        inside, outside, count = out.strip().splitlines()[-1].split()
+        assert (inside, count) == ("0", "65536") and outside != "0"  # root here is not host root
+
+
 def test_no_egress_fails_at_once(arker: Arker) -> None:
     with arker.vm("debian").fork(network={"egress": False}) as vm:
         ip = socket.gethostbyname(INDEX)  # on the host: the VM has no resolver

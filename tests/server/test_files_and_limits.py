@@ -130,7 +130,7 @@ async def test_framework_errors_have_the_contract_shape(server: Server) -> None:
         f"/v1/vms/{vm}/runs", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request"
-    r = await server.client.patch(f"/v1/vms/{vm}")
+    r = await server.client.put(f"/v1/vms/{vm}")  # PATCH is a route now
     assert r.status_code == 405 and r.json()["error"]["code"] == "invalid_request"
     r = await server.client.get("/v2/nothing")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"

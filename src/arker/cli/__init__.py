@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import typer
 
-from arker.cli import client, demo, goldens, mcp, ports, server, smoke
+from arker.cli import client, demo, goldens, mcp, ports, server, shell, smoke
 
 __all__ = ["app", "main"]
 
 app = typer.Typer(name="arker", no_args_is_help=True, help="Fork Linux VMs, run commands.")
 client.register(app)
 ports.register(app)
+shell.register(app)
 server.register(app)
 goldens.register(app)
 smoke.register(app)

@@ -1,4 +1,4 @@
-"""The client commands of `arker`: fork, run, status, cancel, ls, get, rm, cp, cat.
+"""The client commands of `arker`: fork, run, status, cancel, ls, get, ttl, rm, cp, cat.
 
 They are thin: each builds an `Arker` client configured like the SDK
 (--api-key/--region/--base-url, else ARKER_API_KEY, ARKER_REGION,
@@ -30,6 +30,7 @@ from arker.cli._output import (
     write_stdout,
 )
 from arker.cli.follow import exit_with, follow, notes
+from arker.cli.lifecycle import labels_arg, seconds_arg
 
 if TYPE_CHECKING:
     from arker import Arker
@@ -48,7 +49,17 @@ class RunUser(enum.StrEnum):
     root = "root"
 
 
-_COLUMNS = ("vm_id", "name", "base_image", "state", "durable", "parent_id", "created (UTC)")
+_COLUMNS = (
+    "vm_id",
+    "name",
+    "base_image",
+    "state",
+    "durable",
+    "parent_id",
+    "created (UTC)",
+    "expires (UTC)",
+    "labels",
+)
 
 _OPTION_NAMES = (("api_key=", "--api-key"), ("region=", "--region"), ("base_url=", "--base-url"))
 
@@ -109,11 +120,42 @@ def fork(
             help="Reach only this domain (*.example.org too) or IPv4 CIDR; repeat for more.",
         ),
     ] = None,
+    ttl: Annotated[
+        str | None,
+        typer.Option(
+            "--ttl",
+            metavar="DURATION",
+            help="Delete it after this long: 1h, 30m, 7d, seconds; 0: never "
+            "(default: the server's).",
+        ),
+    ] = None,
+    idle_stop: Annotated[
+        str | None,
+        typer.Option(
+            "--idle-stop",
+            metavar="DURATION",
+            help="Stop it (files kept) after this long with nothing to do; 0: never "
+            "(default: the server's).",
+        ),
+    ] = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--label", metavar="KEY=VALUE", help="A label to find it by; repeat for more."
+        ),
+    ] = None,
     api_key: ApiKey = None,
     region: Region = None,
     base_url: BaseUrl = None,
 ) -> None:
     """Fork a golden or a VM; print the new VM's id."""
+    from arker.client._base import KEEP
+
+    lifecycle: dict[str, Any] = {
+        "ttl_s": KEEP if ttl is None else seconds_arg(ttl, "--ttl"),
+        "idle_stop_s": KEEP if idle_stop is None else seconds_arg(idle_stop, "--idle-stop"),
+        "labels": labels_arg(label, "--label"),
+    }
     resources = {"disk_mib": disk_mib} if disk_mib is not None else None
     if no_egress and allow:
         fail("invalid_request", "--no-egress and --allow contradict each other")
@@ -124,7 +166,7 @@ def fork(
         network = {"egress": True, "allow": list(allow)}
     with _client(api_key, region, base_url) as arker:
         child = arker.vm(source).fork(
-            name=name, durable=durable, resources=resources, network=network
+            name=name, durable=durable, resources=resources, network=network, **lifecycle
         )
         print(child.vm_id)
 
@@ -273,17 +315,45 @@ def cancel(
         _print_status(arker.vm(vm).cancel_run(run_id), as_json)
 
 
+class VmState(enum.StrEnum):
+    running = "running"
+    stopped = "stopped"
+    lost = "lost"
+
+
+def _utc(when: Any) -> str:
+    return "" if when is None else when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def ls(
     limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 100,
     offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
+    label: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--label", metavar="KEY=VALUE", help="Only VMs with this label; repeat: all of them."
+        ),
+    ] = None,
+    state: Annotated[
+        VmState | None, typer.Option("--state", help="Only VMs in this state.")
+    ] = None,
+    parent: Annotated[
+        str | None, typer.Option("--parent", metavar="VM", help="Only VMs forked from this one.")
+    ] = None,
     as_json: Json = False,
     api_key: ApiKey = None,
     region: Region = None,
     base_url: BaseUrl = None,
 ) -> None:
-    """List your VMs, newest first."""
+    """List your VMs, newest first (the filters narrow the list and its total)."""
     with _client(api_key, region, base_url) as arker:
-        page = arker.list(limit=limit, offset=offset)
+        page = arker.list(
+            limit=limit,
+            offset=offset,
+            label=labels_arg(label, "--label"),
+            parent_id=parent,
+            state=None if state is None else state.value,
+        )
     if as_json:
         print_json({"items": [_vm_doc(vm) for vm in page.items], "total": page.total})
         return
@@ -299,7 +369,9 @@ def ls(
             vm.state,
             "yes" if vm.durable else "",
             vm.parent_id or "",
-            vm.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            _utc(vm.created_at),
+            _utc(vm.expires_at),
+            ",".join(f"{k}={v}" for k, v in (vm.labels or {}).items()),
         )
     out_console.print(table)
 
@@ -337,6 +409,26 @@ def restart(
         print_json(doc)
         return
     print(f"{doc['vm_id']} {doc['state']}")
+
+
+def ttl(
+    vm: VmId,
+    duration: Annotated[
+        str, typer.Argument(help="Delete it this long from now: 1h, 30m, 7d, seconds; 0: never.")
+    ],
+    as_json: Json = False,
+    api_key: ApiKey = None,
+    region: Region = None,
+    base_url: BaseUrl = None,
+) -> None:
+    """Set when a VM is deleted, counted from now (sooner or later than before)."""
+    with _client(api_key, region, base_url) as arker:
+        info = arker.vm(vm).update(ttl_s=seconds_arg(duration, "DURATION"))
+    if as_json:
+        print_json(_vm_doc(info))
+        return
+    when = _utc(info.expires_at)
+    print(f"{info.vm_id} expires {when} UTC" if when else f"{info.vm_id} never expires")
 
 
 def rm(
@@ -501,7 +593,7 @@ def cat(
         write_stdout(arker.vm(remote[0]).sync.read_file(remote[1]))
 
 
-_COMMANDS = (fork, run, logs, status, cancel, ls, get, restart, rm, cp, cat)
+_COMMANDS = (fork, run, logs, status, cancel, ls, get, restart, ttl, rm, cp, cat)
 
 
 def register(app: typer.Typer) -> None:

@@ -91,6 +91,16 @@ def serve(
             "reaches the internet (never the host, other VMs or private ranges).",
         ),
     ] = "on",
+    userns: Annotated[
+        str,
+        typer.Option(
+            "--userns",
+            metavar="on|off",
+            help="Run each VM in a user namespace of its own, root in it an unprivileged "
+            "host uid (on where the kernel can idmap the pool; off: root in a VM is host "
+            "root, as before).",
+        ),
+    ] = "on",
     preview_domain: Annotated[
         str | None,
         typer.Option(
@@ -98,6 +108,22 @@ def serve(
             metavar="DOMAIN",
             help="Relay requests for Host {port}-{vm_id}.DOMAIN to that port of that VM "
             "(point a wildcard DNS name at this server).",
+        ),
+    ] = None,
+    default_ttl_s: Annotated[
+        int | None,
+        typer.Option(
+            help="A fork that sends no ttl_s is deleted after this many seconds "
+            "(default: VMs live until deleted).",
+            min=1,
+        ),
+    ] = None,
+    default_idle_stop_s: Annotated[
+        int | None,
+        typer.Option(
+            help="A fork that sends no idle_stop_s is stopped (files kept) after this many "
+            "seconds with nothing to do (default: never).",
+            min=1,
         ),
     ] = None,
     metrics_listen: Annotated[
@@ -115,8 +141,11 @@ def serve(
 
     if egress not in ("on", "off"):
         raise typer.BadParameter("--egress takes on or off", param_hint="--egress")
+    if userns not in ("on", "off"):
+        raise typer.BadParameter("--userns takes on or off", param_hint="--userns")
     settings = Settings(
         egress=egress == "on",
+        user_namespaces=userns == "on",
         data_dir=data_dir,
         database_url=database_url,
         region=region,
@@ -132,6 +161,8 @@ def serve(
         stored_output_bytes=max(0, int(run_output_keep_mib * 1024 * 1024)),
         run_retention_s=_duration(run_retention),
         preview_domain=preview_domain.strip(".").lower() if preview_domain else None,
+        default_ttl_s=default_ttl_s,
+        default_idle_stop_s=default_idle_stop_s,
     )
     run_server(settings, host=host, port=port, log_level=log_level, metrics_listen=metrics_listen)
 
@@ -152,7 +183,7 @@ def _with_db(data_dir: str, database_url: str | None, fn: Callable[..., Awaitabl
 
 
 def _duration(text: str) -> float:
-    from arker.server.retention import parse_duration
+    from arker._durations import parse_duration
 
     try:
         return parse_duration(text)

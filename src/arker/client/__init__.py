@@ -8,6 +8,7 @@ from arker.client._async import (
     AsyncFileSync,
     AsyncFs,
     AsyncNetwork,
+    AsyncPty,
     AsyncRunHandle,
 )
 from arker.client._models import (
@@ -32,7 +33,7 @@ from arker.client._models import (
 )
 from arker.client._retry import RetryPolicy
 from arker.client._routing import BURST_GOLDENS, is_burst_vm_id
-from arker.client._sync import Arker, Computer, FileSync, Fs, Network, RunHandle
+from arker.client._sync import Arker, Computer, FileSync, Fs, Network, Pty, RunHandle
 
 __all__ = [
     "ArchiveUnpacked",
@@ -42,6 +43,7 @@ __all__ = [
     "AsyncFileSync",
     "AsyncFs",
     "AsyncNetwork",
+    "AsyncPty",
     "AsyncRunHandle",
     "BURST_GOLDENS",
     "CancelledRun",
@@ -56,6 +58,7 @@ __all__ = [
     "Network",
     "Golden",
     "PortToken",
+    "Pty",
     "RetryPolicy",
     "RunEvent",
     "RunHandle",

@@ -24,6 +24,8 @@ from typing import Any, Literal, overload
 import anyio
 import httpx
 from pydantic import BaseModel
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from arker.client._base import (
     KEEP,
@@ -32,6 +34,8 @@ from arker.client._base import (
     ComputerBase,
     Request,
     RetryArg,
+    _as_bytes,
+    _size,
 )
 from arker.client._events import EventParser, Printer, result_of
 from arker.client._localtar import pack_dir, unpack_into
@@ -58,17 +62,20 @@ from arker.client._wire import (
     decode_fs_list,
     decode_goldens,
     decode_port_token,
+    decode_pty_frame,
     decode_run,
     decode_run_status,
     decode_stdin_written,
     decode_vm,
     decode_vm_page,
+    error_from_pty_close,
+    error_from_pty_refusal,
     error_from_response,
     error_from_transport,
 )
 from arker.errors import ArkerError, ErrorCode
 
-__all__ = ["AsyncArker", "AsyncComputer", "AsyncFileSync", "AsyncFs", "AsyncRunHandle"]
+__all__ = ["AsyncArker", "AsyncComputer", "AsyncFileSync", "AsyncFs", "AsyncPty", "AsyncRunHandle"]
 
 DEFAULT_RETRY = RetryPolicy()
 EVENTS_READ_TIMEOUT_S = 60.0
@@ -136,7 +143,7 @@ class AsyncArker(ArkerBase):
                 delay = self.retry.delay_after(attempt, response)
                 if delay is None:
                     raise error_from_response(response)
-                await self._sleep(delay)
+            await self._sleep(delay)
 
     async def _events(self, request: Request, parser: EventParser) -> AsyncIterator[RunEvent]:
         """A run's events; on a dropped connection (a server restart, a
@@ -184,9 +191,20 @@ class AsyncArker(ArkerBase):
         """The goldens `fork` accepts as a source (from the normal endpoint)."""
         return decode_goldens(await self._send(self._goldens_request()))
 
-    async def list(self, *, limit: int = 50, offset: int = 0) -> VmPage:
-        """One page of this key's VMs on the normal endpoint, newest first."""
-        return decode_vm_page(await self._send(self._list_request(limit, offset)))
+    async def list(
+        self,
+        *,
+        limit: int = 50,
+        offset: int = 0,
+        label: Mapping[str, str] | None = None,
+        parent_id: str | None = None,
+        state: Literal["running", "stopped", "lost"] | None = None,
+    ) -> VmPage:
+        """One page of this key's VMs on the normal endpoint, newest first:
+        those with every label in `label` (e.g. {"team": "ml"}), forked from
+        `parent_id`, in `state`; `total` counts all that match."""
+        request = self._list_request(limit, offset, label, parent_id, state)
+        return decode_vm_page(await self._send(request))
 
     async def get(self, vm_id: str) -> Vm:
         """One VM, asked of the endpoint its id routes to."""
@@ -232,13 +250,22 @@ class AsyncComputer(ComputerBase[AsyncArker]):
         durable: bool = False,
         resources: Mapping[str, Any] | BaseModel | None = None,
         network: Mapping[str, Any] | BaseModel | None = None,
+        ttl_s: int | None = KEEP,
+        idle_stop_s: int | None = KEEP,
+        labels: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
     ) -> AsyncComputer:
         """A copy-on-write copy of this golden or VM, pinned to the same endpoint.
         `resources`, e.g. {"disk_mib": 2048} (or arker.Resources), and `network`,
         e.g. {"egress": True, "allow": ["example.com"]} or {"egress": False}, override
-        what the fork would inherit; omitted, the parent's or the server's default."""
-        request = self._fork_request(name, durable, idempotency_key, resources, network)
+        what the fork would inherit; omitted, the parent's or the server's default.
+        `ttl_s`: deleted that many seconds from now; `idle_stop_s`: stopped after
+        that long with nothing to do (files kept); None for neither, left out for
+        the server's default (never the parent's). `labels`: {key: value} to find
+        it by with `list(label=...)`; a fork does not inherit them."""
+        request = self._fork_request(
+            name, durable, idempotency_key, resources, network, ttl_s, idle_stop_s, labels
+        )
         response = await self._send(request)
         vm = decode_vm(response)
         return AsyncComputer(self._arker, vm.vm_id, self.endpoint, vm)
@@ -384,6 +411,12 @@ class AsyncComputer(ComputerBase[AsyncArker]):
         """Kill a run's process tree; a finished run is returned as it is."""
         return decode_run_status(await self._send(self._cancel_run_request(run_id)))
 
+    async def update(self, *, ttl_s: int | None = KEEP, idle_stop_s: int | None = KEEP) -> Vm:
+        """Move the VM's TTL (`ttl_s` seconds from now; None: never deleted) or
+        change its idle stop (None: never stopped); what is left out stays."""
+        self.info = decode_vm(await self._send(self._update_request(ttl_s, idle_stop_s)))
+        return self.info
+
     async def restart(self) -> Vm:
         """Kill every process of the VM (a fork bomb too) and start it again;
         its files stay, runs in flight end `failed`."""
@@ -404,6 +437,49 @@ class AsyncComputer(ComputerBase[AsyncArker]):
         `ttl_s` seconds (the server's default: an hour); `.url`, `.expires_at`."""
         return decode_port_token(await self._send(self._port_token_request(port, ttl_s)))
 
+    async def pty(
+        self,
+        *,
+        user: Literal["user", "root"] = "user",
+        cols: int = 80,
+        rows: int = 24,
+        command: str | None = None,
+        term: str | None = None,
+    ) -> AsyncPty:
+        """An interactive terminal in this VM: a login shell of `user` (or
+        `command`, by /bin/sh -c) on a pty of `cols` x `rows`, once it runs.
+        Closing it ends the shell and everything it started."""
+        url, headers = self._pty_target(user, cols, rows, command, term)
+        opening = connect(
+            url,
+            additional_headers=headers,
+            open_timeout=self._arker.timeout_s,
+            max_size=None,
+            compression=None,
+        )
+        try:
+            # Entered, not awaited: the sync twin's connect() warns when it
+            # is not used as a context manager; the handle closes it itself.
+            ws = await opening.__aenter__()
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            raise ArkerError(
+                ErrorCode.UNAVAILABLE if status >= 500 else ErrorCode.NOT_FOUND,
+                f"the server refused the terminal: HTTP {status}",
+                status,
+            ) from exc
+        except (InvalidHandshake, OSError, TimeoutError) as exc:
+            raise ArkerError(
+                ErrorCode.CONNECTION_ERROR, f"cannot open a terminal at {url}: {exc}", 0
+            ) from exc
+        pty = AsyncPty(ws)
+        try:
+            await pty._started()
+        except BaseException:
+            await ws.close()
+            raise
+        return pty
+
     async def __aenter__(self) -> AsyncComputer:
         return self
 
@@ -418,6 +494,100 @@ class AsyncComputer(ComputerBase[AsyncArker]):
         except ArkerError as error:
             if error.code != ErrorCode.NOT_FOUND:  # already deleted is fine
                 raise
+
+
+class AsyncPty:
+    """A terminal in a VM, from `AsyncComputer.pty`. `send` types, `recv` (or
+    `output()`) reads what the terminal shows, `resize` changes its size;
+    after the shell exits, `recv` gives b"" and `exit_code` holds its status
+    (None when the VM ended it). Closing it (or leaving `async with`) ends the
+    shell and all it started."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self._ws = ws
+        self.done = False
+        self.exit_code: int | None = None
+
+    async def _started(self) -> None:
+        """Wait for the server's first frame: started, or the refusal."""
+        try:
+            message = await self._ws.recv()
+        except ConnectionClosed as exc:
+            self._closed(exc)
+            raise ArkerError(
+                ErrorCode.CONNECTION_ERROR, "the terminal closed as it opened", 0
+            ) from exc
+        frame = decode_pty_frame(message if isinstance(message, str) else "")
+        if frame.type == "error":
+            try:
+                await self._ws.recv()
+            except ConnectionClosed as exc:
+                raise error_from_pty_refusal(frame, exc.rcvd.code if exc.rcvd else None) from None
+            raise error_from_pty_refusal(frame, None)
+        if frame.type != "started":
+            raise ArkerError(ErrorCode.INVALID_RESPONSE, f"the terminal began with {frame.type}")
+
+    async def send(self, data: bytes | str) -> None:
+        """Type `data` (str as UTF-8); Ctrl-C is b"\\x03", Enter b"\\r"."""
+        await self._ws.send(_as_bytes(data, "data"))
+
+    async def resize(self, cols: int, rows: int) -> None:
+        """The window's new size (the shell's programs get SIGWINCH)."""
+        await self._ws.send(_size(cols, rows))
+
+    async def recv(self) -> bytes:
+        """What the terminal shows next, as it comes; b"" once it has ended."""
+        while not self.done:
+            try:
+                message = await self._ws.recv()
+            except ConnectionClosed as exc:
+                self._closed(exc)
+                return b""
+            if isinstance(message, bytes):
+                return message
+            frame = decode_pty_frame(message)
+            if frame.type == "exit":
+                self.exit_code = frame.exit_code
+                self.done = True
+        return b""
+
+    async def output(self) -> AsyncIterator[bytes]:
+        """The terminal's output, piece by piece, until it ends."""
+        while chunk := await self.recv():
+            yield chunk
+
+    async def wait(self) -> int | None:
+        """Read (and drop) the output until the shell exits; its exit status."""
+        while await self.recv():
+            pass
+        return self.exit_code
+
+    def _closed(self, exc: ConnectionClosed) -> None:
+        """The connection ended: normally after the exit frame, else an error."""
+        already = self.done
+        self.done = True
+        code = exc.rcvd.code if exc.rcvd is not None else None
+        error = error_from_pty_close(code, exc.rcvd.reason if exc.rcvd is not None else "")
+        if error is None and not already and code is None:
+            error = ArkerError(ErrorCode.CONNECTION_ERROR, "the terminal's connection was lost", 0)
+        if error is not None and not already:
+            raise error from exc
+
+    async def aclose(self) -> None:
+        """End the terminal: the shell and all it started are killed."""
+        self.done = True
+        await self._ws.close()
+
+    async def __aenter__(self) -> AsyncPty:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,10 +15,10 @@ from __future__ import annotations
 import base64
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from pydantic import BaseModel, ValidationError
 
@@ -43,6 +43,8 @@ RUN_TIMEOUT_SLACK_S = 30.0
 # (quadratic; ~120 MB/s on a 2-core machine); piece by piece, each copy is small.
 UPLOAD_PIECE_BYTES = 1024 * 1024
 
+PTY_MAX_SIZE = 1000  # the contract's bound on a terminal's columns and rows
+
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")  # the contract's Idempotency-Key / Upload-Id
 
 
@@ -54,7 +56,7 @@ class Request:
     url: str
     headers: dict[str, str]
     timeout_s: float
-    params: dict[str, str | int] | None = None
+    params: Mapping[str, str | int | Sequence[str]] | None = None
     json: dict[str, Any] | None = None
     content: bytes | None = None
 
@@ -92,6 +94,16 @@ def _body(model: type[BaseModel], **fields: Any) -> dict[str, Any]:
         raise ArkerError(ErrorCode.INVALID_REQUEST, f"{where}: {first['msg']}") from exc
 
 
+def _patch(model: type[BaseModel], fields: dict[str, Any]) -> dict[str, Any]:
+    """A PATCH body: the fields given, None sent as null."""
+    try:
+        return model(**fields).model_dump(mode="json", exclude_unset=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ArkerError(ErrorCode.INVALID_REQUEST, f"{where}: {first['msg']}") from exc
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -106,6 +118,16 @@ def _port(port: int) -> int:
     if not _is_int(port) or not 1 <= port <= 65535:
         raise ArkerError(ErrorCode.INVALID_REQUEST, f"port must be 1..65535, not {port!r}")
     return port
+
+
+def _size(cols: int, rows: int) -> str:
+    """A terminal's size, checked here as the server would, as a PtyResize frame."""
+    for name, value in (("cols", cols), ("rows", rows)):
+        if not _is_int(value) or not 1 <= value <= PTY_MAX_SIZE:
+            raise ArkerError(
+                ErrorCode.INVALID_REQUEST, f"{name} must be 1..{PTY_MAX_SIZE}, not {value!r}"
+            )
+    return wire.PtyResize(type="resize", cols=cols, rows=rows).model_dump_json()
 
 
 def _as_bytes(data: bytes | bytearray | memoryview | str, what: str) -> bytes:
@@ -159,7 +181,7 @@ class ArkerBase:
         endpoint: str,
         path: str,
         *,
-        params: dict[str, str | int] | None = None,
+        params: Mapping[str, str | int | Sequence[str]] | None = None,
         json: dict[str, Any] | None = None,
         content: bytes | None = None,
         idempotency_key: str | None = None,
@@ -187,13 +209,28 @@ class ArkerBase:
     def _goldens_request(self) -> Request:
         return self._request("GET", self.endpoints.normal, "/v1/goldens")
 
-    def _list_request(self, limit: int, offset: int) -> Request:
+    def _list_request(
+        self,
+        limit: int,
+        offset: int,
+        label: Mapping[str, str] | None = None,
+        parent_id: str | None = None,
+        state: str | None = None,
+    ) -> Request:
         # The contract's bounds on GET /v1/vms (query parameters get no generated model).
         if not _is_int(limit) or not _is_int(offset) or not 1 <= limit <= 1000 or offset < 0:
             raise ArkerError(
                 ErrorCode.INVALID_REQUEST, "list needs 1 <= limit <= 1000 and offset >= 0"
             )
-        params: dict[str, str | int] = {"limit": limit, "offset": offset}
+        params: dict[str, str | int | Sequence[str]] = {"limit": limit, "offset": offset}
+        if label:  # filters are sent only when set
+            if not isinstance(label, Mapping):
+                raise ArkerError(ErrorCode.INVALID_REQUEST, "label must be a mapping of key: value")
+            params["label"] = [f"{k}={v}" for k, v in label.items()]
+        if parent_id is not None:
+            params["parent_id"] = parent_id
+        if state is not None:
+            params["state"] = state
         return self._request("GET", self.endpoints.normal, "/v1/vms", params=params)
 
     def _get_request(self, endpoint: str, vm_id: str) -> Request:
@@ -226,19 +263,36 @@ class ComputerBase(Generic[ArkerT]):
         key: str | None,
         resources: Mapping[str, Any] | BaseModel | None = None,
         network: Mapping[str, Any] | BaseModel | None = None,
+        ttl_s: Any = KEEP,
+        idle_stop_s: Any = KEEP,
+        labels: Mapping[str, str] | None = None,
     ) -> Request:
         if isinstance(resources, BaseModel):
             resources = resources.model_dump(exclude_none=True)
         if isinstance(network, BaseModel):
             network = network.model_dump()
+        # Sent only when set; None is sent too (null: none, whatever the
+        # server's default), so it cannot mean "not set" here: KEEP does.
+        lifecycle = {
+            k: v for k, v in (("ttl_s", ttl_s), ("idle_stop_s", idle_stop_s)) if v is not KEEP
+        }
         body = _body(
             wire.ForkRequest,
             name=name,
             durable=durable,
             resources=dict(resources) if resources else None,  # sent only when set
             network=dict(network) if network is not None else None,
+            labels=dict(labels) if labels is not None else None,
+            **{k: v for k, v in lifecycle.items() if v is not None},
         )
+        body.update({k: None for k, v in lifecycle.items() if v is None})
         return self._call("POST", "/fork", json=body, idempotency_key=key)
+
+    def _update_request(self, ttl_s: Any, idle_stop_s: Any) -> Request:
+        fields = {
+            k: v for k, v in (("ttl_s", ttl_s), ("idle_stop_s", idle_stop_s)) if v is not KEEP
+        }
+        return self._call("PATCH", json=_patch(wire.VmUpdate, fields))
 
     def _run_request(
         self,
@@ -320,13 +374,7 @@ class ComputerBase(Generic[ArkerT]):
         fields: dict[str, Any] = {} if egress is None else {"egress": egress}
         if allow is not KEEP:
             fields["allow"] = None if allow is None else list(allow)
-        try:
-            body = wire.NetworkUpdate(**fields).model_dump(mode="json", exclude_unset=True)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise ArkerError(ErrorCode.INVALID_REQUEST, f"{where}: {first['msg']}") from exc
-        return self._call("PATCH", "/network", json=body)
+        return self._call("PATCH", "/network", json=_patch(wire.NetworkUpdate, fields))
 
     def _restart_request(self) -> Request:
         return self._call("POST", "/restart")
@@ -347,11 +395,32 @@ class ComputerBase(Generic[ArkerT]):
         body = _body(wire.PortTokenRequest, ttl_s=ttl_s) if ttl_s is not None else None
         return self._call("POST", f"/ports/{_port(port)}/token", json=body)
 
+    def _ws_target(
+        self, path: str, params: Mapping[str, str] | None = None
+    ) -> tuple[str, dict[str, str]]:
+        url = f"{self.endpoint}{self._path}{path}"
+        url = "ws" + url.removeprefix("http") if url.startswith("http") else url
+        if params:
+            url += "?" + urlencode(params)
+        return url, {k: v for k, v in self._arker._headers.items()}
+
     def _tcp_target(self, port: int) -> tuple[str, dict[str, str]]:
         """(ws URL, headers) of the raw TCP relay into `port` (for `arker forward`)."""
-        url = f"{self.endpoint}{self._path}/tcp/{_port(port)}"
-        url = "ws" + url.removeprefix("http") if url.startswith("http") else url
-        return url, {k: v for k, v in self._arker._headers.items()}
+        return self._ws_target(f"/tcp/{_port(port)}")
+
+    def _pty_target(
+        self, user: str, cols: int, rows: int, command: str | None, term: str | None
+    ) -> tuple[str, dict[str, str]]:
+        """(ws URL, headers) of a terminal in this VM."""
+        if user not in ("user", "root"):
+            raise ArkerError(ErrorCode.INVALID_REQUEST, f"user must be user or root, not {user!r}")
+        _size(cols, rows)
+        params = {"user": user, "cols": str(cols), "rows": str(rows)}
+        if command is not None:
+            params["command"] = command
+        if term is not None:
+            params["term"] = term
+        return self._ws_target("/pty", params)
 
     def _read_file_request(self, path: str) -> Request:
         return self._call("GET", "/files", params={"path": check_path(path)})

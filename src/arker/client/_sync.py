@@ -27,6 +27,8 @@ from typing import Any, Literal, overload
 import time
 import httpx
 from pydantic import BaseModel
+from websockets.sync.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from arker.client._base import (
     KEEP,
@@ -35,6 +37,8 @@ from arker.client._base import (
     ComputerBase,
     Request,
     RetryArg,
+    _as_bytes,
+    _size,
 )
 from arker.client._events import EventParser, Printer, result_of
 from arker.client._localtar import pack_dir, unpack_into
@@ -61,17 +65,20 @@ from arker.client._wire import (
     decode_fs_list,
     decode_goldens,
     decode_port_token,
+    decode_pty_frame,
     decode_run,
     decode_run_status,
     decode_stdin_written,
     decode_vm,
     decode_vm_page,
+    error_from_pty_close,
+    error_from_pty_refusal,
     error_from_response,
     error_from_transport,
 )
 from arker.errors import ArkerError, ErrorCode
 
-__all__ = ["Arker", "Computer", "FileSync", "Fs", "RunHandle"]
+__all__ = ["Arker", "Computer", "FileSync", "Fs", "Pty", "RunHandle"]
 
 DEFAULT_RETRY = RetryPolicy()
 EVENTS_READ_TIMEOUT_S = 60.0
@@ -139,7 +146,7 @@ class Arker(ArkerBase):
                 delay = self.retry.delay_after(attempt, response)
                 if delay is None:
                     raise error_from_response(response)
-                self._sleep(delay)
+            self._sleep(delay)
 
     def _events(self, request: Request, parser: EventParser) -> Iterator[RunEvent]:
         """A run's events; on a dropped connection (a server restart, a
@@ -187,9 +194,20 @@ class Arker(ArkerBase):
         """The goldens `fork` accepts as a source (from the normal endpoint)."""
         return decode_goldens(self._send(self._goldens_request()))
 
-    def list(self, *, limit: int = 50, offset: int = 0) -> VmPage:
-        """One page of this key's VMs on the normal endpoint, newest first."""
-        return decode_vm_page(self._send(self._list_request(limit, offset)))
+    def list(
+        self,
+        *,
+        limit: int = 50,
+        offset: int = 0,
+        label: Mapping[str, str] | None = None,
+        parent_id: str | None = None,
+        state: Literal["running", "stopped", "lost"] | None = None,
+    ) -> VmPage:
+        """One page of this key's VMs on the normal endpoint, newest first:
+        those with every label in `label` (e.g. {"team": "ml"}), forked from
+        `parent_id`, in `state`; `total` counts all that match."""
+        request = self._list_request(limit, offset, label, parent_id, state)
+        return decode_vm_page(self._send(request))
 
     def get(self, vm_id: str) -> Vm:
         """One VM, asked of the endpoint its id routes to."""
@@ -235,13 +253,22 @@ class Computer(ComputerBase[Arker]):
         durable: bool = False,
         resources: Mapping[str, Any] | BaseModel | None = None,
         network: Mapping[str, Any] | BaseModel | None = None,
+        ttl_s: int | None = KEEP,
+        idle_stop_s: int | None = KEEP,
+        labels: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
     ) -> Computer:
         """A copy-on-write copy of this golden or VM, pinned to the same endpoint.
         `resources`, e.g. {"disk_mib": 2048} (or arker.Resources), and `network`,
         e.g. {"egress": True, "allow": ["example.com"]} or {"egress": False}, override
-        what the fork would inherit; omitted, the parent's or the server's default."""
-        request = self._fork_request(name, durable, idempotency_key, resources, network)
+        what the fork would inherit; omitted, the parent's or the server's default.
+        `ttl_s`: deleted that many seconds from now; `idle_stop_s`: stopped after
+        that long with nothing to do (files kept); None for neither, left out for
+        the server's default (never the parent's). `labels`: {key: value} to find
+        it by with `list(label=...)`; a fork does not inherit them."""
+        request = self._fork_request(
+            name, durable, idempotency_key, resources, network, ttl_s, idle_stop_s, labels
+        )
         response = self._send(request)
         vm = decode_vm(response)
         return Computer(self._arker, vm.vm_id, self.endpoint, vm)
@@ -387,6 +414,12 @@ class Computer(ComputerBase[Arker]):
         """Kill a run's process tree; a finished run is returned as it is."""
         return decode_run_status(self._send(self._cancel_run_request(run_id)))
 
+    def update(self, *, ttl_s: int | None = KEEP, idle_stop_s: int | None = KEEP) -> Vm:
+        """Move the VM's TTL (`ttl_s` seconds from now; None: never deleted) or
+        change its idle stop (None: never stopped); what is left out stays."""
+        self.info = decode_vm(self._send(self._update_request(ttl_s, idle_stop_s)))
+        return self.info
+
     def restart(self) -> Vm:
         """Kill every process of the VM (a fork bomb too) and start it again;
         its files stay, runs in flight end `failed`."""
@@ -407,6 +440,49 @@ class Computer(ComputerBase[Arker]):
         `ttl_s` seconds (the server's default: an hour); `.url`, `.expires_at`."""
         return decode_port_token(self._send(self._port_token_request(port, ttl_s)))
 
+    def pty(
+        self,
+        *,
+        user: Literal["user", "root"] = "user",
+        cols: int = 80,
+        rows: int = 24,
+        command: str | None = None,
+        term: str | None = None,
+    ) -> Pty:
+        """An interactive terminal in this VM: a login shell of `user` (or
+        `command`, by /bin/sh -c) on a pty of `cols` x `rows`, once it runs.
+        Closing it ends the shell and everything it started."""
+        url, headers = self._pty_target(user, cols, rows, command, term)
+        opening = connect(
+            url,
+            additional_headers=headers,
+            open_timeout=self._arker.timeout_s,
+            max_size=None,
+            compression=None,
+        )
+        try:
+            # Entered, not awaited: the sync twin's connect() warns when it
+            # is not used as a context manager; the handle closes it itself.
+            ws = opening.__enter__()
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            raise ArkerError(
+                ErrorCode.UNAVAILABLE if status >= 500 else ErrorCode.NOT_FOUND,
+                f"the server refused the terminal: HTTP {status}",
+                status,
+            ) from exc
+        except (InvalidHandshake, OSError, TimeoutError) as exc:
+            raise ArkerError(
+                ErrorCode.CONNECTION_ERROR, f"cannot open a terminal at {url}: {exc}", 0
+            ) from exc
+        pty = Pty(ws)
+        try:
+            pty._started()
+        except BaseException:
+            ws.close()
+            raise
+        return pty
+
     def __enter__(self) -> Computer:
         return self
 
@@ -421,6 +497,100 @@ class Computer(ComputerBase[Arker]):
         except ArkerError as error:
             if error.code != ErrorCode.NOT_FOUND:  # already deleted is fine
                 raise
+
+
+class Pty:
+    """A terminal in a VM, from `Computer.pty`. `send` types, `recv` (or
+    `output()`) reads what the terminal shows, `resize` changes its size;
+    after the shell exits, `recv` gives b"" and `exit_code` holds its status
+    (None when the VM ended it). Closing it (or leaving `async with`) ends the
+    shell and all it started."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self._ws = ws
+        self.done = False
+        self.exit_code: int | None = None
+
+    def _started(self) -> None:
+        """Wait for the server's first frame: started, or the refusal."""
+        try:
+            message = self._ws.recv()
+        except ConnectionClosed as exc:
+            self._closed(exc)
+            raise ArkerError(
+                ErrorCode.CONNECTION_ERROR, "the terminal closed as it opened", 0
+            ) from exc
+        frame = decode_pty_frame(message if isinstance(message, str) else "")
+        if frame.type == "error":
+            try:
+                self._ws.recv()
+            except ConnectionClosed as exc:
+                raise error_from_pty_refusal(frame, exc.rcvd.code if exc.rcvd else None) from None
+            raise error_from_pty_refusal(frame, None)
+        if frame.type != "started":
+            raise ArkerError(ErrorCode.INVALID_RESPONSE, f"the terminal began with {frame.type}")
+
+    def send(self, data: bytes | str) -> None:
+        """Type `data` (str as UTF-8); Ctrl-C is b"\\x03", Enter b"\\r"."""
+        self._ws.send(_as_bytes(data, "data"))
+
+    def resize(self, cols: int, rows: int) -> None:
+        """The window's new size (the shell's programs get SIGWINCH)."""
+        self._ws.send(_size(cols, rows))
+
+    def recv(self) -> bytes:
+        """What the terminal shows next, as it comes; b"" once it has ended."""
+        while not self.done:
+            try:
+                message = self._ws.recv()
+            except ConnectionClosed as exc:
+                self._closed(exc)
+                return b""
+            if isinstance(message, bytes):
+                return message
+            frame = decode_pty_frame(message)
+            if frame.type == "exit":
+                self.exit_code = frame.exit_code
+                self.done = True
+        return b""
+
+    def output(self) -> Iterator[bytes]:
+        """The terminal's output, piece by piece, until it ends."""
+        while chunk := self.recv():
+            yield chunk
+
+    def wait(self) -> int | None:
+        """Read (and drop) the output until the shell exits; its exit status."""
+        while self.recv():
+            pass
+        return self.exit_code
+
+    def _closed(self, exc: ConnectionClosed) -> None:
+        """The connection ended: normally after the exit frame, else an error."""
+        already = self.done
+        self.done = True
+        code = exc.rcvd.code if exc.rcvd is not None else None
+        error = error_from_pty_close(code, exc.rcvd.reason if exc.rcvd is not None else "")
+        if error is None and not already and code is None:
+            error = ArkerError(ErrorCode.CONNECTION_ERROR, "the terminal's connection was lost", 0)
+        if error is not None and not already:
+            raise error from exc
+
+    def close(self) -> None:
+        """End the terminal: the shell and all it started are killed."""
+        self.done = True
+        self._ws.close()
+
+    def __enter__(self) -> Pty:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -3,6 +3,7 @@
     error body {"error": {"code", "message", "details"?}}  -> ArkerError(code, ..., status)
         (a code from a newer server stays a plain string)
     error status without such a body                     -> ArkerError(code for the status)
+    a terminal's PtyRefused frame, its close 4000+status -> ArkerError(code, ..., status)
     httpx.TimeoutException                               -> ArkerError(timeout, status 0)
     other httpx.RequestError                             -> ArkerError(connection_error, 0)
     success body that is not JSON or breaks the contract -> ArkerError(invalid_response)
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import httpx
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from arker import _types as wire
 from arker.client._models import (
@@ -54,6 +55,9 @@ __all__ = [
     "decode_stdin_written",
     "decode_vm",
     "decode_vm_page",
+    "decode_pty_frame",
+    "error_from_pty_close",
+    "error_from_pty_refusal",
     "error_from_response",
     "error_from_transport",
 ]
@@ -236,3 +240,36 @@ def decode_fs_list(response: httpx.Response) -> FsList:
 
 def decode_archive_unpacked(response: httpx.Response) -> ArchiveUnpacked:
     return _validate(ArchiveUnpacked, _json(response), response)
+
+
+PtyFrame = wire.PtyStarted | wire.PtyExit | wire.PtyRefused
+_PTY_FRAME: TypeAdapter[PtyFrame] = TypeAdapter(PtyFrame)
+
+
+def decode_pty_frame(text: str) -> PtyFrame:
+    """A terminal's control frame from the server (text frames are JSON)."""
+    try:
+        return _PTY_FRAME.validate_json(text)
+    except ValidationError as exc:
+        raise ArkerError(
+            ErrorCode.INVALID_RESPONSE, f"the terminal sent an unknown frame: {text[:200]!r}"
+        ) from exc
+
+
+def error_from_pty_refusal(refused: wire.PtyRefused, close_code: int | None) -> ArkerError:
+    """The error of a refused terminal; its status is in the close that follows."""
+    status = close_code - 4000 if close_code is not None and 4400 <= close_code <= 4599 else 0
+    error = refused.error
+    return ArkerError(error.code, error.message, status, error.details)
+
+
+def error_from_pty_close(code: int | None, reason: str) -> ArkerError | None:
+    """The error a terminal's close stands for, None for a normal end."""
+    if code is not None and 4400 <= code <= 4599:
+        status = code - 4000
+        return ArkerError(_CODE_BY_STATUS.get(status, ErrorCode.UNAVAILABLE), reason, status)
+    if code == 1000:
+        return None
+    if code in (1001, 1012):  # going away, restarting: the server shut down
+        return ArkerError(ErrorCode.UNAVAILABLE, "the server ended the terminal: it shut down", 503)
+    return ArkerError(ErrorCode.CONNECTION_ERROR, f"the terminal closed with {code} {reason}", 0)

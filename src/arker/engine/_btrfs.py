@@ -39,6 +39,7 @@ __all__ = [
     "remove_qgroup",
     "set_qgroup_limit",
     "fs_type",
+    "host_safe",
     "is_readonly",
     "rename_exchange",
     "rename_noreplace",
@@ -341,6 +342,17 @@ def fs_type(path: str) -> int:
     return int(st.f_type) & 0xFFFFFFFF
 
 
+# nosuid,nodev: root in a VM (in its user namespace) makes files that are,
+# on disk, setuid-root or device nodes; on the host they must be inert.
+_POOL_OPTIONS = "noatime,discard=async,nosuid,nodev"
+
+
+def host_safe(path: Path) -> bool:
+    """Whether setuid bits and device nodes under `path` are inert on the host."""
+    flags = os.statvfs(path).f_flag
+    return bool(flags & os.ST_NOSUID) and bool(flags & os.ST_NODEV)
+
+
 class LoopImage:
     """A sparse btrfs image file loop-mounted at a directory.
 
@@ -364,6 +376,8 @@ class LoopImage:
             if fstype != "btrfs":
                 raise OSError(22, f"{self.mountpoint} is a {fstype} mount, not the pool")
             self.device = source
+            if not host_safe(self.mountpoint):  # mounted by an older engine
+                _run("mount", "-o", "remount,nosuid,nodev", str(self.mountpoint))
             return
         if not self.image.exists():
             self._make(size_bytes)
@@ -372,9 +386,7 @@ class LoopImage:
         if device is None:
             device = _run("losetup", "--find", "--show", str(self.image)).strip()
         try:
-            _run(
-                "mount", "-t", "btrfs", "-o", "noatime,discard=async", device, str(self.mountpoint)
-            )
+            _run("mount", "-t", "btrfs", "-o", _POOL_OPTIONS, device, str(self.mountpoint))
         except BaseException:
             if attached_here:
                 _run("losetup", "-d", device)

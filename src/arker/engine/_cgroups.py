@@ -4,9 +4,10 @@
       /sys/fs/cgroup/{memory,pids,cpu}/<root>/<vm>       limits, all of the VM
       /sys/fs/cgroup/unified/<root>/<vm>/init            the VM's PID 1
       /sys/fs/cgroup/unified/<root>/<vm>/r-<run_id>      one run's process tree
+      /sys/fs/cgroup/unified/<root>/<vm>/p-<pty_id>      one terminal's
     pure v2
       /sys/fs/cgroup/<root>/<vm>                         limits
-      /sys/fs/cgroup/<root>/<vm>/{init,r-<run_id>}       leaves
+      /sys/fs/cgroup/<root>/<vm>/{init,r-<run_id>,p-<pty_id>}  leaves
 
 `<root>` is named after the data directory, so engines on different data
 directories (parallel tests, several engineers) never touch each other's
@@ -51,6 +52,8 @@ class Cgroups:
         real = os.path.realpath(data_dir)
         self.name = "arker-" + hashlib.sha256(real.encode()).hexdigest()[:8]
         self.fs = fs
+        # The host uid of root in each running VM's user namespace.
+        self._owners: dict[str, int] = {}
         self.v2 = (fs / "cgroup.controllers").exists() and not (fs / "memory").is_dir()
         if self.v2:
             self.unified = fs / self.name
@@ -80,9 +83,14 @@ class Cgroups:
         return [*procs, str(self.unified / vm_id / leaf / "cgroup.procs")]
 
     # -- VMs
-    def create_vm(self, vm_id: str, limits: Limits) -> list[str]:
+    def create_vm(self, vm_id: str, limits: Limits, owner: int | None = None) -> list[str]:
         """Make the VM's cgroups with its limits; return the cgroup.procs files
-        its PID 1 joins."""
+        its PID 1 joins. With `owner` (the host uid of root in the VM's user
+        namespace), PID 1 may fork runs into the VM's leaves: the kernel asks
+        for write access to the cgroup.procs of the VM's unified cgroup, the
+        leaves' common ancestor, and for that of each leaf (create_run,
+        create_pty). Nothing else is delegated: the limits stay
+        the host's, and no cgroup file system is mounted in a VM."""
         if self.v2:
             self.unified.mkdir(exist_ok=True)
             _enable_controllers(self.fs)
@@ -92,6 +100,9 @@ class Cgroups:
             d.mkdir(exist_ok=True)
         (self.unified / vm_id).mkdir(parents=True, exist_ok=True)
         (self.unified / vm_id / "init").mkdir(exist_ok=True)
+        if owner is not None:
+            os.chown(self.unified / vm_id / "cgroup.procs", owner, owner)
+            self._owners[vm_id] = owner
         self._set_limits(vm_id, limits)
         return self._join(vm_id, "init")
 
@@ -119,10 +130,33 @@ class Cgroups:
         leaf = f"{self.unified}/{vm_id}/r-{run_id}"
         with contextlib.suppress(FileExistsError):
             os.mkdir(leaf)
+        self._delegate(vm_id, leaf)
         return RunCgroup(leaf, self._oom_file(vm_id))
+
+    def _delegate(self, vm_id: str, leaf: str) -> None:
+        owner = self._owners.get(vm_id)
+        if owner is not None:
+            os.chown(f"{leaf}/cgroup.procs", owner, owner)
 
     def kill_run(self, vm_id: str, run_id: str) -> None:
         _kill(self.unified / vm_id / f"r-{run_id}")
+
+    def create_pty(self, vm_id: str, pty_id: str) -> RunCgroup:
+        """A terminal's leaf: `p-`, which `sweep_runs` leaves alone."""
+        leaf = f"{self.unified}/{vm_id}/p-{pty_id}"
+        os.mkdir(leaf)
+        self._delegate(vm_id, leaf)
+        return RunCgroup(leaf, self._oom_file(vm_id))
+
+    def remove_pty(self, vm_id: str, pty_id: str, timeout_s: float = 2.0) -> None:
+        """Kill a terminal's tree and remove its leaf once empty (a leaf that
+        does not empty in time goes with its VM)."""
+        leaf = self.unified / vm_id / f"p-{pty_id}"
+        _kill(leaf)
+        deadline = time.monotonic() + timeout_s
+        while _populated(leaf) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        _rmdir(leaf)
 
     def sweep_runs(self, vm_id: str, keep: set[str]) -> None:
         """Remove the leaves of runs that ended and left nothing running."""
@@ -178,6 +212,7 @@ class Cgroups:
         """Kill every process of the VM, wait until none is left, remove its
         cgroups (leaves first). Missing cgroups are fine."""
         top = self.unified / vm_id
+        self._owners.pop(vm_id, None)
         _kill(top)
         if not self.v2:
             for d in self._limit_dirs(vm_id):

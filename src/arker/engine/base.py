@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     import socket
 
+    from arker.engine.pty import Pty
+
 from arker.errors import ArkerError, ErrorCode
 
 __all__ = [
@@ -363,7 +365,9 @@ class Engine(abc.ABC):
 
     def output_wakers(self, vm_id: str, run_id: str) -> tuple[int, ...]:
         """fds that turn readable when the run may have new output (each
-        drained by `read_output`); () when there are none to watch."""
+        drained by `read_output`); () when there are none to watch. They are
+        the caller's to close: copies that stay valid after the run is
+        forgotten, so a watcher never holds a number reused for another file."""
         return ()
 
     def write_stdin(self, vm_id: str, run_id: str, data: bytes, timeout_s: float) -> int:
@@ -437,6 +441,23 @@ class Engine(abc.ABC):
         server bound to 127.0.0.1 or 0.0.0.0 there), starting the VM if it is
         stopped. Nothing listening: ArkerError(unavailable), at once."""
         raise _unsupported("ports")
+
+    # -- terminals
+    def open_pty(
+        self,
+        vm_id: str,
+        *,
+        user: Literal["user", "root"] = "user",
+        cols: int = 80,
+        rows: int = 24,
+        command: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Pty:
+        """A login shell of `user` (or `command`, by /bin/sh -c) on a terminal
+        of `cols` x `rows` in the VM, starting the VM if it is stopped. It is
+        contained as a run is (the VM's cgroups, no privileges, seccomp) and
+        dies with the VM; `Pty.close` kills all it started."""
+        raise _unsupported("terminals")
 
     # -- checkpoints (durable VMs); engines without them raise unsupported_operation
     def checkpoint(self, vm_id: str, checkpoint_id: str) -> None:

@@ -24,14 +24,15 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import socket
 import threading
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from arker.engine import _native, _netns, archive, files, fs, jail
+from arker.engine import _btrfs, _native, _netns, archive, files, fs, jail, pty, userns
 from arker.engine._cgroups import Cgroups
 from arker.engine.base import (
     ArchiveReader,
@@ -55,6 +56,7 @@ from arker.engine.egress.policy import Policy, parse_allow
 from arker.engine.egress.services import EgressServices
 from arker.engine.net import Network
 from arker.engine.pool import Pool, check_name
+from arker.engine.pty import Pty
 from arker.engine.runner import Runner
 from arker.errors import ArkerError, ErrorCode
 
@@ -91,6 +93,7 @@ class NamespaceEngine(Engine):
         tmp_size_bytes: int | None = None,  # None: a quarter of each VM's memory limit
         pool_reserve_bytes: int = 0,
         networking: bool = True,  # False: every VM has loopback only
+        user_namespaces: bool = True,  # False: root in a VM is host root, as before
     ) -> None:
         self.data_dir = Path(data_dir)
         self.default_limits = default_limits
@@ -110,6 +113,9 @@ class NamespaceEngine(Engine):
         self._policies: dict[str, NetworkPolicy] = {}  # of running VMs with a link
         self._by_address: dict[str, Policy] = {}  # the same, by VM address, for egress/
         self._egress: EgressServices | None = None
+        self._want_userns = user_namespaces
+        self.userns = False  # set by open(): wanted, and this kernel can idmap the pool
+        self._ids = userns.IdRanges()
 
     # -- lifecycle
     def open(self) -> None:
@@ -120,6 +126,7 @@ class NamespaceEngine(Engine):
             self._helper = _native.helper_path(self.data_dir)
             self.state_dir.mkdir(parents=True, exist_ok=True)
             self._runner = Runner(self.cgroups)
+            self._open_userns()
             self._reconcile()
             if self._networking:
                 self._open_network()
@@ -141,6 +148,24 @@ class NamespaceEngine(Engine):
                 state.unlink()
             else:
                 self._save(vm_id, {**self._load(vm_id), "init": None})
+
+    def _open_userns(self) -> None:
+        if not self._want_userns:
+            return
+        why = userns.idmap_unsupported(self._helper, self.pool.root / "vms")
+        if why is not None:
+            log.warning(
+                "vms run without user namespaces (root in a vm is host root): this kernel "
+                "cannot idmap the pool (%s)",
+                why,
+            )
+        self.userns = why is None
+        if self.userns and not _btrfs.host_safe(self.pool.root):
+            log.warning(
+                "the pool %s is not mounted nosuid,nodev: setuid files and device nodes "
+                "made by root in a vm would be live on the host; remount it so",
+                self.pool.root,
+            )
 
     def close(self) -> None:
         if self._runner is not None:
@@ -218,7 +243,11 @@ class NamespaceEngine(Engine):
             limits = limits or self.default_limits
             # conflict if vm_id exists: the snapshot says EEXIST
             self.pool.fork(source, vm_id, disk_bytes=limits.disk_bytes)
-            state = {"hostname": hostname, "limits": asdict(limits), "init": None}
+            state: dict[str, Any] = {"hostname": hostname, "limits": asdict(limits), "init": None}
+            if self.userns:
+                # The range is the VM's from now until its delete: a restart
+                # of the server finds it in the state.
+                state["id_base"] = self._ids.claim(self._state_path(vm_id))
             self._save(vm_id, {**state, "network": (network or NetworkPolicy()).as_dict()})
 
     def set_network(self, vm_id: str, network: NetworkPolicy) -> None:
@@ -264,7 +293,10 @@ class NamespaceEngine(Engine):
             self._kill(vm_id, "the vm was deleted")
             self.runner.forget_vm(vm_id)
             self.pool.delete_vm(vm_id)
-            (self.state_dir / f"{vm_id}.json").unlink(missing_ok=True)
+            id_base = self._load(vm_id).get("id_base")
+            if id_base is not None:  # only now, with its files gone, may it be reused
+                self._ids.release(int(id_base), self._state_path(vm_id))
+            self._state_path(vm_id).unlink(missing_ok=True)
         with self._locks_lock:
             self._locks.pop(vm_id, None)
 
@@ -311,6 +343,7 @@ class NamespaceEngine(Engine):
         if init is not None:  # alive, but not ours to run in: cannot happen after
             self._kill(vm_id, "the vm was restarted")  # open() reconciled; be safe
         state = self._load(vm_id)
+        id_base = self._id_base(vm_id, state) if self.userns else None
         init = jail.start_vm(
             self._helper,
             self.cgroups,
@@ -320,6 +353,7 @@ class NamespaceEngine(Engine):
             limits=Limits(**state["limits"]),
             tmp_size_bytes=self.tmp_size_bytes,
             disk=self._disk(vm_id, state),  # the state just loaded, not read again
+            id_base=id_base,
         )
         self._save(vm_id, {**state, "init": [init.pid, init.start_time]})
         self._live[vm_id] = init
@@ -331,6 +365,22 @@ class NamespaceEngine(Engine):
                 self._kill(vm_id, "the vm could not get its network")
                 raise
         return init
+
+    def _id_base(self, vm_id: str, state: dict[str, Any]) -> int:
+        """The VM's host id range, claimed again (after a reboot emptied /run,
+        or for a VM forked without one); recorded in `state` if it changed."""
+        had = state.get("id_base")
+        base = self._ids.claim(self._state_path(vm_id), want=None if had is None else int(had))
+        if base != had:
+            state["id_base"] = base
+            self._save(vm_id, state)
+        return base
+
+    def id_base(self, vm_id: str) -> int | None:
+        """The first host uid/gid of the VM's user namespace, or None."""
+        self._require(vm_id)
+        base = self._load(vm_id).get("id_base")
+        return int(base) if base is not None and self.userns else None
 
     def _attach(self, vm_id: str, init: jail.InitProcess, policy: NetworkPolicy) -> None:
         if not policy.egress:
@@ -442,6 +492,54 @@ class NamespaceEngine(Engine):
         sock.settimeout(None)
         return sock
 
+    # -- terminals
+    def open_pty(
+        self,
+        vm_id: str,
+        *,
+        user: Literal["user", "root"] = "user",
+        cols: int = 80,
+        rows: int = 24,
+        command: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Pty:
+        pty.check_size(cols, rows)
+        self._require(vm_id)
+        shell = "/bin/sh"
+        if command is None:
+            try:
+                passwd = files.read_file(
+                    self.pool.vm_path(vm_id), "/etc/passwd", 1 << 20, anywhere=True
+                )
+            except ArkerError:
+                passwd = b""  # none, or not a file: the VM's root may have made it anything
+            shell = pty.login_shell(passwd, 0 if user == "root" else 1000)
+        pty_id = secrets.token_hex(8)
+        with self._lock(vm_id):
+            self._require(vm_id)  # under the lock: a delete may have just won
+            init = self._start(vm_id)
+            assert init.agent is not None
+            cg = self.cgroups.create_pty(vm_id, pty_id)
+
+            def end() -> None:
+                self.cgroups.remove_pty(vm_id, pty_id)
+
+            try:
+                return pty.start(
+                    init.agent,
+                    cg,
+                    end,
+                    user=user,
+                    cols=cols,
+                    rows=rows,
+                    command=command,
+                    shell=shell,
+                    env=env,
+                )
+            except BaseException:
+                end()
+                raise
+
     # -- files
     def read_file(self, vm_id: str, path: str, max_bytes: int) -> bytes:
         self._require(vm_id)
@@ -528,6 +626,9 @@ class NamespaceEngine(Engine):
     def _lock(self, vm_id: str) -> threading.RLock:
         with self._locks_lock:
             return self._locks.setdefault(vm_id, threading.RLock())
+
+    def _state_path(self, vm_id: str) -> Path:
+        return self.state_dir.absolute() / f"{vm_id}.json"
 
     def _load(self, vm_id: str) -> dict[str, Any]:
         try:

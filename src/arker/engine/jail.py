@@ -73,12 +73,15 @@ def start_vm(
     limits: Limits,
     tmp_size_bytes: int | None = None,
     disk: tuple[int, str] | None = None,
+    id_base: int | None = None,
 ) -> InitProcess:
     """Start the VM's PID 1 rooted at `root`; return once its mounts are up.
     With `disk` (its quota in bytes, the host file holding the bytes charged
-    to it), statfs in the VM answers with the VM's own size."""
+    to it), statfs in the VM answers with the VM's own size. With `id_base`
+    the VM runs in a user namespace whose ids 0-65535 are host ids
+    id_base.. (native/userns.c), its root an idmapped mount."""
     cgroups.remove_vm(vm_id)  # whatever an earlier life of this VM left
-    procs = cgroups.create_vm(vm_id, limits)
+    procs = cgroups.create_vm(vm_id, limits, owner=id_base)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     cmd = [str(helper), "init", "--root", str(root), "--hostname", hostname]
     cmd += ["--tmp-size", str(tmp_bytes_for(limits, tmp_size_bytes)), "--ready-fd", "1"]
@@ -87,6 +90,8 @@ def start_vm(
         cmd += ["--cgroup-procs", p]
     if disk is not None:
         cmd += ["--disk-limit", str(disk[0]), "--disk-usage", disk[1]]
+    if id_base is not None:
+        cmd += ["--id-base", str(id_base)]
     try:
         # The launcher prints PID 1's host pid and exits; PID 1 itself is
         # reparented away from us, so it outlives this server.

@@ -53,7 +53,9 @@ class _Stream:
         self.head = cap // 2
         self.tail = cap - self.head
         self.total = 0
-        self._lock = threading.Lock()
+        # Held by every read as well: close() must not free an fd number
+        # (for another file to take) between a read's check and its pread.
+        self.lock = threading.RLock()
         self.fd = os.memfd_create("arker-output", os.MFD_CLOEXEC)
         try:
             self.count = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -63,7 +65,7 @@ class _Stream:
 
     def refresh(self) -> int:
         """The stream's byte count now (the eventfd adds what came since)."""
-        with self._lock:  # the loop and worker threads both read it
+        with self.lock:  # the loop and worker threads both read it
             if self.count >= 0:
                 with contextlib.suppress(BlockingIOError):
                     self.total += os.eventfd_read(self.count)
@@ -72,6 +74,10 @@ class _Stream:
     def read(self, offset: int, limit: int) -> OutputChunk:
         """Up to `limit` kept bytes from `offset` on, without crossing the
         dropped middle: `start` > `offset` when the bytes there are gone."""
+        with self.lock:
+            return self._read(offset, limit)
+
+    def _read(self, offset: int, limit: int) -> OutputChunk:
         total = self.refresh()
         kept_head = min(total, self.head)
         if offset < kept_head:
@@ -97,6 +103,10 @@ class _Stream:
     def kept(self) -> bytes:
         """Everything kept: the whole stream, or its head and its tail
         (cap/2 bytes each, the head first) when it carried more than the cap."""
+        with self.lock:
+            return self._kept()
+
+    def _kept(self) -> bytes:
         total = self.refresh()
         if total <= self.head + self.tail:
             return _pread(self.fd, total, 0)
@@ -104,11 +114,12 @@ class _Stream:
         return head + self._ring(total - self.tail, self.tail)
 
     def close(self) -> None:
-        for fd in (self.fd, self.count):
+        with self.lock:
+            fds, self.fd, self.count = (self.fd, self.count), -1, -1
+        for fd in fds:
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        self.fd = self.count = -1
 
 
 class _Run:
@@ -375,7 +386,15 @@ class Runner:
         """Two fds that turn readable when the run's stdout or stderr has new
         bytes; `read_output` drains them (they are PID 1's counters)."""
         run = self._run(vm_id, run_id)
-        return run.out.count, run.err.count
+        with run.out.lock, run.err.lock:  # not closed under us by a forget
+            if run.out.count < 0 or run.err.count < 0:
+                raise ArkerError(ErrorCode.NOT_FOUND, f"run {run_id!r} is forgotten")
+            out = os.dup(run.out.count)
+            try:
+                return out, os.dup(run.err.count)
+            except BaseException:
+                os.close(out)
+                raise
 
     def write_stdin(self, vm_id: str, run_id: str, data: bytes, timeout_s: float) -> int:
         """Write `data` to the run's open stdin, waiting up to `timeout_s` for

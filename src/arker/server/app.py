@@ -25,6 +25,7 @@ from arker.server.config import Settings
 from arker.server.edge import Edge
 from arker.server.metrics import Metrics
 from arker.server.ports import router as ports_router
+from arker.server.pty import router as pty_router
 from arker.server.routes import metrics_response, router
 from arker.server.service import Service
 from arker.server.store import Database
@@ -149,6 +150,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     app.state.asgi = app  # what the MCP tools' SDK clients call: build_app makes it the edge
     app.include_router(router)
     app.include_router(ports_router)
+    app.include_router(pty_router)
     if mcp is not None:
         mcp_app = mcp
         app.router.routes.append(Route(MCP_PATH, _McpGate(mcp_app, auth)))

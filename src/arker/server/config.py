@@ -37,9 +37,16 @@ class Settings:
     # working (metadata for a commit, deletes) does not grow with the disk.
     pool_reserve_mib: int = 2048
     egress: bool = True  # a fork that says nothing of its network, from a golden
+    # Each VM in a user namespace of its own where the kernel can idmap the
+    # pool; False runs root in a VM as host root (the bench's baseline).
+    user_namespaces: bool = True
     # Requests whose Host is {port}-{vm_id}.<preview_domain> are relayed to
     # that port of that VM (for browsers); None: only the /ports/ paths.
     preview_domain: str | None = None
+    # What a fork that says nothing of them gets (a fork may send null: none).
+    default_ttl_s: int | None = None  # None: VMs live until deleted
+    default_idle_stop_s: int | None = None  # None: VMs are never stopped for idleness
+    lifecycle_interval_s: float = 1.0  # how often expired and idle VMs are looked for
 
     @property
     def db_url(self) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -130,8 +131,8 @@ class Wakeups:
             pass
         finally:
             watch.waiters.discard(waiter)
-            if not watch.waiters:
-                self._unwatch(run_id)
+            if not watch.waiters and self._runs.get(run_id) is watch:
+                self._unwatch(run_id)  # not a newer watch that replaced a woken one
 
     def wake(self, run_id: str) -> None:
         """New output, or the run ended: every stream waiting on it goes on."""
@@ -145,10 +146,18 @@ class Wakeups:
 
     def _unwatch(self, run_id: str) -> None:
         watch = self._runs.pop(run_id, None)
-        if watch is not None and watch.watching:
-            loop = asyncio.get_running_loop()
-            for fd in watch.fds:
+        if watch is None:
+            return
+        loop = asyncio.get_running_loop()
+        for fd in watch.fds:
+            if watch.watching:
                 loop.remove_reader(fd)
+            os.close(fd)  # our own copies (see Engine.output_wakers)
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop the streams run on (at the service's start): a stop can
+        come before any stream has waited."""
+        self._loop = loop
 
     def close_soon(self) -> None:
         """`close` from a signal handler: the server was told to stop, and

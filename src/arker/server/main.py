@@ -28,14 +28,24 @@ log = logging.getLogger("arker.server")
 GRACEFUL_SHUTDOWN_S = 5
 
 
-def load_engine(data_dir: str, spec: str | None = None, *, pool_reserve_mib: int = 0) -> Engine:
+def load_engine(
+    data_dir: str,
+    spec: str | None = None,
+    *,
+    pool_reserve_mib: int = 0,
+    user_namespaces: bool = True,
+) -> Engine:
     """The namespace engine by default; `module:Class` (env ARKER_ENGINE) picks
     another kind, called with the data directory."""
     spec = spec or os.environ.get("ARKER_ENGINE")
     if not spec:
         from arker.engine.host import NamespaceEngine
 
-        return NamespaceEngine(data_dir, pool_reserve_bytes=pool_reserve_mib * 2**20)
+        return NamespaceEngine(
+            data_dir,
+            pool_reserve_bytes=pool_reserve_mib * 2**20,
+            user_namespaces=user_namespaces,
+        )
     module_name, _, cls_name = spec.partition(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
     engine: Engine = cls(data_dir)
@@ -61,7 +71,12 @@ def serve(
     os.makedirs(settings.data_dir, exist_ok=True)
     app = build_app(
         settings,
-        engine or load_engine(settings.data_dir, pool_reserve_mib=settings.pool_reserve_mib),
+        engine
+        or load_engine(
+            settings.data_dir,
+            pool_reserve_mib=settings.pool_reserve_mib,
+            user_namespaces=settings.user_namespaces,
+        ),
     )
     config = uvicorn.Config(
         app,

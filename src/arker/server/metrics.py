@@ -102,6 +102,10 @@ class Metrics:
         self.forks = Counter("arker_forks_total", "VMs forked.")
         self.runs_started = Counter("arker_runs_started_total", "Runs started.")
         self.runs_finished = Counter("arker_runs_finished_total", "Runs finished, by final state.")
+        self.vms_expired = Counter("arker_vms_expired_total", "VMs deleted at their TTL.")
+        self.vms_idle_stopped = Counter(
+            "arker_vms_idle_stopped_total", "VMs stopped after idle_stop_s with nothing to do."
+        )
 
     def render(self, vms_running: int | None, *, delete_pending: int | None = None) -> str:
         lines: list[str] = []
@@ -111,6 +115,8 @@ class Metrics:
             self.forks,
             self.runs_started,
             self.runs_finished,
+            self.vms_expired,
+            self.vms_idle_stopped,
         ):
             lines += metric.render()
         if vms_running is not None:

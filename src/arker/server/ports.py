@@ -467,9 +467,11 @@ async def _relay_websocket(websocket: WebSocket, vm_id: str, port_text: str, pat
         sock.close()
         await _deny(websocket, _bad_gateway(f"the app in the vm refused the WebSocket: {exc}"))
         return
+    svc: Service = websocket.app.state.service
     try:
         await websocket.accept(subprotocol=upstream.subprotocol)
-        await _pump_websocket(websocket, upstream)
+        async with svc.hold(vm_id):  # an open relay keeps the VM from an idle stop
+            await _pump_websocket(websocket, upstream)
     finally:
         await upstream.close()
 
@@ -521,7 +523,9 @@ async def port_tcp(websocket: WebSocket, vm_id: str, port: str) -> None:
             while data := await reader.read(READ_BYTES):
                 await websocket.send_bytes(data)
 
-        await _first_of(up(), down())
+        svc: Service = websocket.app.state.service
+        async with svc.hold(vm_id):
+            await _first_of(up(), down())
         with contextlib.suppress(Exception):
             await websocket.close(1000)
     finally:

@@ -6,17 +6,16 @@ run here."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import re
 import sqlite3
 import time
 
 import anyio.to_thread
 from sqlalchemy import delete
 
+from arker._durations import parse_duration  # where `--run-retention` is read (0: forever)
 from arker.server.batches import Batcher
+from arker.server.periodic import Periodic
 from arker.server.store import Database, Run
 
 __all__ = ["Retention", "parse_duration"]
@@ -24,15 +23,6 @@ __all__ = ["Retention", "parse_duration"]
 log = logging.getLogger("arker.server")
 
 _ENDED = ("completed", "timed_out", "cancelled", "failed")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> float:
-    """`7d`, `12h`, `30m`, `45s` or plain seconds; 0 means forever."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
-    if m is None:
-        raise ValueError(f"not a duration: {text!r} (try 7d, 12h, 30m or seconds)")
-    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
 
 
 class Retention:
@@ -42,28 +32,16 @@ class Retention:
         self.db = db
         self.retention_s = retention_s
         self.interval_s = min(max(retention_s / 10, 1.0), 3600.0)
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic("run retention sweep", self.interval_s, self.sweep)
         self._giver: Batcher[None] = Batcher(self._give_pass)
 
     def start(self) -> None:
-        if self.retention_s > 0 and self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop())
+        if self.retention_s > 0:
+            self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._periodic.stop()
         await self._giver.drain()
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.sweep()
-            except Exception:  # a failed sweep is tried again next time
-                log.warning("run retention sweep failed", exc_info=True)
-            await asyncio.sleep(self.interval_s)
 
     async def sweep(self, now: float | None = None) -> int:
         """Delete ended runs that finished more than retention_s ago; return how many."""

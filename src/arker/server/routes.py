@@ -93,15 +93,28 @@ async def list_goldens(org: Org, svc: Svc) -> Response:
 
 
 @router.get("/v1/vms")
-async def list_vms(org: Org, svc: Svc, limit: int = 50, offset: int = 0) -> Response:
+async def list_vms(
+    org: Org,
+    svc: Svc,
+    limit: int = 50,
+    offset: int = 0,
+    label: Annotated[list[str] | None, Query()] = None,
+    parent_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    state: str | None = None,
+) -> Response:
     # Bounds are checked by the service (400, as the contract says), not by
-    # FastAPI (which would answer 422).
-    return _json(await svc.list_vms(org, limit, offset))
+    # FastAPI (which would answer 422); so are the filters (422 naming one).
+    return _json(await svc.list_vms(org, limit, offset, label, parent_id, state))
 
 
 @router.get("/v1/vms/{vm_id}")
 async def get_vm(vm_id: VmId, org: Org, svc: Svc) -> Response:
     return _json(await svc.get_vm(org, vm_id))
+
+
+@router.patch("/v1/vms/{vm_id}")
+async def update_vm(vm_id: VmId, body: t.VmUpdate, org: Org, svc: Svc) -> Response:
+    return _json(await svc.update_vm(org, vm_id, body))
 
 
 @router.delete("/v1/vms/{vm_id}")

@@ -10,9 +10,12 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
+from typing import TYPE_CHECKING, Literal
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from pydantic import ValidationError
+from sqlalchemy import ColumnElement, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from ulid import ULID
 
@@ -25,6 +28,7 @@ from arker.server import uploads, wire
 from arker.server.batches import Batcher
 from arker.server.config import Settings
 from arker.server.fs import Fs
+from arker.server.lifecycle import Lifecycle, powers
 from arker.server.metrics import Metrics
 from arker.server.port_tokens import PortTokens
 from arker.server.retention import Retention
@@ -34,6 +38,9 @@ from arker.server.store import Database, Upload, Vm
 from arker.server.store import Run as RunRow
 from arker.server.threads import Threads
 
+if TYPE_CHECKING:
+    from arker.engine.pty import Pty
+
 __all__ = ["Service"]
 
 log = logging.getLogger("arker.server")
@@ -42,6 +49,8 @@ GOLDENS_TTL_S = 5.0
 MAX_OFFSET = 2**62
 VM_CACHE_S = 2.0
 MIB = 1024 * 1024
+MAX_LABEL_FILTERS = 64
+VM_STATES = ("running", "stopped", "lost")
 
 
 def vm_memory_bytes(row: Vm | None = None) -> int:
@@ -67,6 +76,25 @@ def checked_network(egress: bool, allow: list[str] | None) -> NetworkPolicy:
     except AllowEntryError as exc:
         raise ArkerError(ErrorCode.INVALID_REQUEST, str(exc), 422) from exc
     return NetworkPolicy(egress=egress, allow=domains + tuple(str(c) for c in cidrs))
+
+
+def label_filter(text: str) -> tuple[str, str]:
+    """`key=value` of `GET /v1/vms?label=`, checked by the rules a fork's
+    labels follow (a filter no label could match is a mistake); 422 otherwise."""
+    key, sep, value = text.partition("=")
+    if sep:
+        try:
+            t.ForkRequest(labels={key: value})
+        except ValidationError:
+            sep = ""
+    if not sep:
+        raise ArkerError(
+            ErrorCode.INVALID_REQUEST,
+            f"label: {text[:80]!r} is not key=value with a valid label key and value",
+            422,
+            details={"field": "label"},
+        )
+    return key, value
 
 
 def host_memory_bytes() -> int:
@@ -96,6 +124,15 @@ class Service:
         self.threads = Threads(settings.engine_threads)
         self.runs = Runs(settings, db, engine, self.threads, metrics)
         self.retention = Retention(db, settings.run_retention_s)
+        self.lifecycle = Lifecycle(
+            db,
+            engine,
+            self.threads,
+            metrics,
+            self.runs,
+            settings.lifecycle_interval_s,
+            self._forget_vm,
+        )
         self.port_tokens = PortTokens(settings.data_dir)
         self._goldens: tuple[float, dict[str, GoldenInfo]] = (0.0, {})
         # VM rows change only when deleted (here) or marked lost (at start), so
@@ -116,18 +153,22 @@ class Service:
 
     # -- lifecycle
     async def start(self) -> None:
+        self.runs.wakeups.bind(asyncio.get_running_loop())
         await self.threads.call(self.port_tokens.open)
         await self.threads.call(self.engine.open)
         try:
             await self._mark_lost()
             await self.runs.recover()
             self.retention.start()
+            await self.lifecycle.watch_running()
+            self.lifecycle.start()
         except BaseException:
             # A failed start must not leave the engine's mounts and processes.
             await self.threads.call(self.engine.close)
             raise
 
     async def stop(self) -> None:
+        await self.lifecycle.stop()
         await self.retention.stop()
         await self._deletes.drain()
         await self.runs.stop()
@@ -145,8 +186,40 @@ class Service:
                     log.warning("vm %s is missing from the engine: marking it lost", row.id)
                     row.lost = True
             await s.commit()
+            # Deleted, but its storage still here: the sweep marks an expired
+            # VM deleted before the engine deletes it, and may have died between.
+            ids = sorted(present)
+            leftover = [
+                vm_id
+                for start in range(0, len(ids), 500)
+                for vm_id in await s.scalars(
+                    select(Vm.id).where(
+                        Vm.id.in_(ids[start : start + 500]), Vm.deleted_at.is_not(None)
+                    )
+                )
+            ]
+        for vm_id in leftover:
+            log.warning("vm %s was deleted but its storage is here: freeing it", vm_id)
+            await self.threads.call(self.engine.delete, vm_id)
         self._vms.clear()
         self._live = {row.id: row.org for row in rows if not row.lost}
+
+    # -- activity (see lifecycle.py)
+    def touch(self, vm_id: str) -> None:
+        """The VM is in use now: its idle time starts again. Every call that
+        uses a VM (runs, files, ports) makes one; it does no I/O."""
+        self.lifecycle.activity.touch(vm_id)
+
+    def hold(self, vm_id: str) -> AbstractAsyncContextManager[None]:
+        """`async with service.hold(vm_id):` the VM is busy (never stopped as
+        idle) while this is held: streams, terminals and relays wrap themselves
+        in it. It counts on this server; the sweep tells the others."""
+        return self.lifecycle.activity.hold(vm_id)
+
+    def _forget_vm(self, vm_id: str, org: str) -> None:
+        """The VM was deleted behind the service's back (its TTL)."""
+        self._live.pop(vm_id, None)
+        self._vms.pop((org, vm_id), None)
 
     # -- goldens
     async def goldens(self, refresh: bool = False) -> dict[str, GoldenInfo]:
@@ -198,6 +271,7 @@ class Service:
             raise ArkerError(
                 ErrorCode.VM_LOST, f"cannot {action} vm {vm_id!r} in state lost: its host is gone"
             )
+        self.touch(vm_id)
         return row
 
     async def _power(self, vm_id: str) -> VmPower | None:
@@ -211,34 +285,81 @@ class Service:
         power = None if row.lost else await self._power(vm_id)
         return wire.vm(row, self.settings.region, power)
 
-    async def list_vms(self, org: str, limit: int, offset: int) -> t.VmList:
+    async def list_vms(
+        self,
+        org: str,
+        limit: int,
+        offset: int,
+        labels: list[str] | None = None,
+        parent_id: str | None = None,
+        state: str | None = None,
+    ) -> t.VmList:
+        """A page of the org's VMs, newest first, narrowed by every filter
+        given (labels `key=value`, all of them); `total` counts the matches."""
         if not 1 <= limit <= 1000:
             raise ArkerError(ErrorCode.INVALID_REQUEST, f"limit must be 1..1000, not {limit}")
         if offset < 0:
             raise ArkerError(ErrorCode.INVALID_REQUEST, f"offset must be >= 0, not {offset}")
         offset = min(offset, MAX_OFFSET)  # past any real total; keeps SQL integers in range
-        live = (Vm.org == org) & Vm.deleted_at.is_(None)
+        where = self._list_filter(org, labels or [], parent_id, state)
+        newest = (Vm.created_at.desc(), Vm.id.desc())
         async with self.db.session() as s:
-            total = await s.scalar(select(func.count()).select_from(Vm).where(live)) or 0
-            rows = (
-                await s.scalars(
-                    select(Vm)
-                    .where(live)
-                    .order_by(Vm.created_at.desc(), Vm.id.desc())
-                    .limit(limit)
-                    .offset(offset)
+            if state in ("running", "stopped"):
+                # The engine knows which VMs run, not the database: filter the
+                # ids, then read the page's rows.
+                ids = list(await s.scalars(select(Vm.id).where(where).order_by(*newest)))
+                found_powers = await self.threads.call(powers, self.engine, ids)
+                running = state == "running"
+                ids = [i for i in ids if (found_powers.get(i) is VmPower.RUNNING) == running]
+                total = len(ids)
+                page = ids[offset : offset + limit]
+                by_id = {r.id: r for r in await s.scalars(select(Vm).where(Vm.id.in_(page)))}
+                rows = [by_id[i] for i in page if i in by_id]
+            else:
+                total = await s.scalar(select(func.count()).select_from(Vm).where(where)) or 0
+                rows = list(
+                    await s.scalars(
+                        select(Vm).where(where).order_by(*newest).limit(limit).offset(offset)
+                    )
                 )
-            ).all()
-        powers = await self.threads.call(self._powers, [r.id for r in rows if not r.lost])
-        items = [wire.vm(r, self.settings.region, powers.get(r.id)) for r in rows]
+                ids = [r.id for r in rows if not r.lost]
+                found_powers = await self.threads.call(powers, self.engine, ids)
+        items = [wire.vm(r, self.settings.region, found_powers.get(r.id)) for r in rows]
         return t.VmList(items=items, total=total)
 
-    def _powers(self, vm_ids: list[str]) -> dict[str, VmPower]:
-        out: dict[str, VmPower] = {}
-        for vm_id in vm_ids:
-            with contextlib.suppress(ArkerError):
-                out[vm_id] = self.engine.power(vm_id)
-        return out
+    @staticmethod
+    def _list_filter(
+        org: str, labels: list[str], parent_id: str | None, state: str | None
+    ) -> ColumnElement[bool]:
+        if len(labels) > MAX_LABEL_FILTERS:
+            raise ArkerError(
+                ErrorCode.INVALID_REQUEST,
+                f"label: at most {MAX_LABEL_FILTERS} filters, not {len(labels)}",
+                422,
+                details={"field": "label"},
+            )
+        if state is not None and state not in VM_STATES:
+            raise ArkerError(
+                ErrorCode.INVALID_REQUEST,
+                f"state: {state[:40]!r} is not one of {', '.join(VM_STATES)}",
+                422,
+                details={"field": "state"},
+            )
+        if parent_id is not None and "\x00" in parent_id:  # PostgreSQL's text holds no NUL
+            raise ArkerError(
+                ErrorCode.INVALID_REQUEST,
+                "parent_id: a NUL is in no vm id",
+                422,
+                details={"field": "parent_id"},
+            )
+        where = (Vm.org == org) & Vm.deleted_at.is_(None)
+        for key, value in map(label_filter, labels):
+            where &= Vm.labels[key].as_string() == value
+        if parent_id is not None:
+            where &= Vm.parent_id == parent_id
+        if state is not None:
+            where &= Vm.lost.is_(state == "lost")
+        return where
 
     async def fork(self, org: str, source: str, req: t.ForkRequest, idem_key: str | None) -> t.Vm:
         durable = bool(req.durable)
@@ -250,6 +371,9 @@ class Service:
         if req.network is not None:  # likewise
             asked_network = checked_network(req.network.egress, req.network.allow)
             fields["network"] = {"egress": asked_network.egress, "allow": req.network.allow}
+        for name in ("ttl_s", "idle_stop_s", "labels"):  # likewise; null is a value here
+            if name in req.model_fields_set:
+                fields[name] = getattr(req, name)
         digest = request_hash(fields)
         if asked_mib is not None and asked_mib > self.settings.vm_disk_max_mib:
             raise ArkerError(
@@ -321,6 +445,14 @@ class Service:
         vm_id = str(ULID())
         if self.settings.burst_suffix:
             vm_id = f"{vm_id}_{self.settings.burst_suffix}"
+        # Sent (a number, or null for none) or the server's default; never
+        # the parent's, as with labels.
+        sent = req.model_fields_set
+        ttl_s = req.ttl_s if "ttl_s" in sent else self.settings.default_ttl_s
+        idle_stop_s = (
+            req.idle_stop_s if "idle_stop_s" in sent else self.settings.default_idle_stop_s
+        )
+        now = time.time()
         values = {
             "id": vm_id,
             "org": org,
@@ -329,11 +461,15 @@ class Service:
             "parent_id": parent.id if parent is not None else None,
             "durable": durable,
             "lost": False,
-            "created_at": time.time(),
+            "created_at": now,
             "idem_key": idem_key,
             "idem_hash": digest if idem_key else None,
             "disk_mib": disk_mib,
             "network": wire.network_json(network),
+            "expires_at": None if ttl_s is None else now + ttl_s,
+            "idle_stop_s": idle_stop_s,
+            "active_at": now,
+            "labels": req.labels or None,
         }
 
         def fork_and_record() -> None:
@@ -479,6 +615,46 @@ class Service:
         self._vms.pop((org, vm_id), None)
         return wire.vm(row, self.settings.region, await self._power(vm_id))
 
+    async def update_vm(self, org: str, vm_id: str, req: t.VmUpdate) -> t.Vm:
+        """A new TTL (counted from now; null: none) or idle time; fields not
+        sent keep theirs. A VM past its TTL is gone, even before the sweep."""
+        row = await self._vm(org, vm_id)
+        now = time.time()
+        values: dict[str, object] = {}
+        if "ttl_s" in req.model_fields_set:
+            values["expires_at"] = None if req.ttl_s is None else now + req.ttl_s
+        if "idle_stop_s" in req.model_fields_set:
+            values["idle_stop_s"] = req.idle_stop_s
+            values["active_at"] = now  # the new idle time counts from now
+            self.touch(vm_id)
+        not_expired = Vm.expires_at.is_(None) | (Vm.expires_at > now)
+        async with self.db.session() as s:
+            if values:
+                # One conditional statement: the sweep's claim of an expired VM
+                # and this either both see the other's write or never meet.
+                res = await s.execute(
+                    update(Vm)
+                    .where(Vm.id == row.id, Vm.deleted_at.is_(None), not_expired)
+                    .values(**values)
+                )
+                await s.commit()
+                found = bool(res.rowcount)  # type: ignore[attr-defined]
+            else:
+                found = (
+                    await s.scalar(
+                        select(func.count()).where(
+                            Vm.id == row.id, Vm.deleted_at.is_(None), not_expired
+                        )
+                    )
+                    == 1
+                )
+            fresh = await s.get(Vm, row.id, populate_existing=True) if found else None
+        self._vms.pop((org, vm_id), None)
+        if fresh is None:
+            raise ArkerError(ErrorCode.NOT_FOUND, f"vm {vm_id!r} not found")
+        power = None if fresh.lost else await self._power(vm_id)
+        return wire.vm(fresh, self.settings.region, power)
+
     async def restart_vm(self, org: str, vm_id: str) -> t.Vm:
         """Kill every process of the VM and start its PID 1 again; runs in
         flight end failed. Its files stay."""
@@ -492,7 +668,8 @@ class Service:
         self, org: str, vm_id: str, req: t.RunRequest, idem_key: str | None
     ) -> tuple[t.CompletedRun | t.TimedOutRun | t.CancelledRun | t.FailedRun | t.StartedRun, int]:
         vm_row = await self._vm(org, vm_id)
-        return await self.runs.run(vm_row, req, idem_key)
+        async with self.hold(vm_id):  # a foreground run keeps it busy to its end
+            return await self.runs.run(vm_row, req, idem_key)
 
     async def run_status(
         self, org: str, vm_id: str, run_id: str, window: Window | None = None
@@ -504,7 +681,14 @@ class Service:
         self, org: str, vm_id: str, run_id: str, offsets: tuple[int, int]
     ) -> AsyncIterator[bytes]:
         await self._vm(org, vm_id)
-        return await self.runs.events(org, vm_id, run_id, offsets)
+        events = await self.runs.events(org, vm_id, run_id, offsets)
+
+        async def held() -> AsyncIterator[bytes]:
+            async with self.hold(vm_id):  # an open stream keeps the VM busy
+                async for chunk in events:
+                    yield chunk
+
+        return held()
 
     async def write_run_stdin(
         self, org: str, vm_id: str, run_id: str, data: bytes, close: bool
@@ -579,6 +763,30 @@ class Service:
         await self._usable_vm(org, vm_id, "reach a port of")
         return await self.threads.call(self.engine.connect_port, vm_id, port)
 
+    # -- terminals
+    async def open_pty(
+        self,
+        org: str,
+        vm_id: str,
+        *,
+        user: Literal["user", "root"],
+        cols: int,
+        rows: int,
+        command: str | None,
+        term: str,
+    ) -> Pty:
+        """A terminal in the caller's VM (started if stopped)."""
+        await self._usable_vm(org, vm_id, "open a terminal in")
+        return await self.threads.call(
+            self.engine.open_pty,
+            vm_id,
+            user=user,
+            cols=cols,
+            rows=rows,
+            command=command,
+            env={"TERM": term},
+        )
+
     async def port_token(self, org: str, vm_id: str, port: int, ttl_s: int) -> tuple[str, float]:
         """(token, expires_at unix s) that opens `port` of the caller's VM
         without the API key, bound to this org, VM and port."""
@@ -597,8 +805,8 @@ class Service:
     # -- operations
     async def vms_running(self) -> int:
         ids = await self.threads.call(self.engine.vm_ids)
-        powers = await self.threads.call(self._powers, ids)
-        return sum(1 for p in powers.values() if p is VmPower.RUNNING)
+        found = await self.threads.call(powers, self.engine, ids)
+        return sum(1 for p in found.values() if p is VmPower.RUNNING)
 
 
 def _quota(message: str, **details: object) -> ArkerError:

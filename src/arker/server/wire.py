@@ -73,6 +73,9 @@ def vm(row: Vm, region: str, power: VmPower | None) -> t.Vm:
         state=state,
         resources=t.VmResources(disk_mib=row.disk_mib),
         network=network(stored_network(row)),
+        expires_at=_opt_ts(row.expires_at),
+        idle_stop_s=row.idle_stop_s,
+        labels=row.labels or {},
     )
 
 

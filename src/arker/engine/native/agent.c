@@ -32,18 +32,22 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -432,6 +436,158 @@ fail:
         close(fds[i]);
 }
 
+/* A terminal, message 'p': PID 1 opens a pty of the VM's own devpts (init.c
+ * mounts a private instance at /dev/pts), forks the command on it as a run
+ * is forked (its leaf cgroup, no privileges, seccomp) but as a session
+ * leader whose controlling terminal is the pty, and answers "s" with the
+ * master attached (SCM_RIGHTS), then "d" and {"exit_code": N} once the
+ * command exits. The engine keeps the master: resizes are its ioctls on it,
+ * and a kill is the leaf's cgroup.kill. PID 1 keeps no end of the pty. */
+enum { P_REPLY, P_REQUEST, P_SIZE, P_CGROUP, NPFDS };
+/* P_REQUEST is a run's request (its cap and timeout are not used); P_SIZE a
+ * memfd holding the struct winsize the terminal starts with. */
+
+struct pty_session {
+    struct pty_session *next;
+    pid_t pid;
+    int reply;
+};
+
+static struct pty_session *ptys;
+
+/* The master of a new pty of the VM's devpts (never the host's: PID 1 is
+ * past pivot_root, and the VM cannot mount), its slave in *slave. */
+static int open_pty(const struct winsize *size, uid_t uid, int *slave)
+{
+    int unlock = 0;
+    struct stat st;
+    struct statfs fs;
+    int master = open("/dev/pts/ptmx", O_RDWR | O_NOCTTY | O_NOFOLLOW | O_CLOEXEC);
+    if (master < 0)
+        return -1;
+    if (fstat(master, &st) < 0 || !S_ISCHR(st.st_mode) || fstatfs(master, &fs) < 0 ||
+        fs.f_type != DEVPTS_SUPER_MAGIC || ioctl(master, TIOCSPTLCK, &unlock) < 0 ||
+        ioctl(master, TIOCSWINSZ, size) < 0)
+        goto fail;
+    *slave = ioctl(master, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (*slave < 0)
+        goto fail;
+    /* As login(1) leaves a terminal: the user's, group tty (devpts gid=5). */
+    if (fchown(*slave, uid, 5) < 0 || fchmod(*slave, 0620) < 0) {
+        close(*slave);
+        goto fail;
+    }
+    return master;
+fail:
+    close(master);
+    return -1;
+}
+
+static int send_master(int reply, int master)
+{
+    char byte = 's';
+    union {
+        char space[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } ctl;
+    struct iovec iov = {&byte, 1};
+    struct msghdr m = {0};
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = ctl.space;
+    m.msg_controllen = sizeof ctl.space;
+    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &master, sizeof(int));
+    return sendmsg(reply, &m, MSG_NOSIGNAL | MSG_DONTWAIT) == 1 ? 0 : -1;
+}
+
+static void start_pty(int *fds, int got)
+{
+    struct request q = {0};
+    struct winsize size;
+    char msg[300];
+    int master = -1, slave = -1;
+    struct pty_session *s = NULL;
+    if (got != NPFDS || parse_request(fds[P_REQUEST], &q) < 0 ||
+        pread(fds[P_SIZE], &size, sizeof size, 0) != (ssize_t)sizeof size ||
+        !(s = calloc(1, sizeof *s))) {
+        snprintf(msg, sizeof msg, "Ebad terminal request");
+        goto fail;
+    }
+    master = open_pty(&size, q.uid, &slave);
+    if (master < 0) {
+        snprintf(msg, sizeof msg, "Ecannot open a terminal: %s", strerror(errno));
+        goto fail;
+    }
+    struct clone3_args args;
+    memset(&args, 0, sizeof args);
+    args.flags = CLONE_INTO_CGROUP;
+    args.exit_signal = SIGCHLD;
+    args.cgroup = (uint64_t)fds[P_CGROUP];
+    pid_t pid = (pid_t)syscall(SYS_clone3, &args, sizeof args);
+    if (pid == 0) {
+        int in[NFDS];
+        in[F_STDIN] = slave;
+        if (setsid() < 0 || ioctl(slave, TIOCSCTTY, 0) < 0)
+            _exit(127);
+        become(&q, in, slave, slave); /* its setsid fails: it leads its session already */
+    }
+    if (pid < 0) {
+        if (errno == EAGAIN)
+            snprintf(msg, sizeof msg, "Pthe vm is at its process limit (pids.max)");
+        else
+            snprintf(msg, sizeof msg, "Ecannot fork the command: %s", strerror(errno));
+        goto fail;
+    }
+    s->pid = pid;
+    s->reply = fds[P_REPLY];
+    s->next = ptys;
+    ptys = s;
+    if (send_master(s->reply, master) < 0)
+        close_fd(&s->reply); /* the engine is gone: its end of the pty with it */
+    free_request(&q);
+    close(master);
+    close(slave);
+    for (int i = P_REQUEST; i < NPFDS; i++)
+        close(fds[i]);
+    return;
+fail:
+    free_request(&q);
+    free(s);
+    if (master >= 0) {
+        close(master);
+        close(slave);
+    }
+    if (got > P_REPLY)
+        ignore(tell(fds[P_REPLY], msg));
+    for (int i = 0; i < got; i++)
+        close(fds[i]);
+}
+
+/* 1 when `pid` was a terminal's command: its result is sent, its session dropped. */
+static int pty_reaped(pid_t pid, int status)
+{
+    for (struct pty_session **p = &ptys; *p; p = &(*p)->next) {
+        struct pty_session *s = *p;
+        if (s->pid != pid)
+            continue;
+        char msg[64];
+        int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        snprintf(msg, sizeof msg, "d{\"exit_code\": %d}", code);
+        if (s->reply >= 0) {
+            ignore(tell(s->reply, msg));
+            close(s->reply);
+        }
+        *p = s->next;
+        free(s);
+        return 1;
+    }
+    return 0;
+}
+
 /* One message from the channel: 1 handled (or dropped), 0 none waiting,
  * -1 the engine closed it. */
 static int receive(int chan)
@@ -465,6 +621,10 @@ static int receive(int chan)
                 close(in[i]);
         }
     }
+    if (byte == 'p' && !(m.msg_flags & MSG_CTRUNC)) {
+        start_pty(fds, got);
+        return 1;
+    }
     if (byte != 'r' || got != NFDS || (m.msg_flags & MSG_CTRUNC)) {
         if (got > F_REPLY)
             ignore(tell(fds[F_REPLY], "Ebad message"));
@@ -481,7 +641,7 @@ static void reap(void)
     int status;
     pid_t pid;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
-        for (struct run *r = runs; r; r = r->next)
+        for (struct run *r = pty_reaped(pid, status) ? NULL : runs; r; r = r->next)
             if (r->pid == pid && !r->exited) {
                 r->exited = 1;
                 r->status = status;

@@ -35,6 +35,8 @@ struct init_opts {
     int agent_fd; /* the engine's channel: see agent.c */
     long long disk_limit;   /* the VM's quota in bytes, 0 = none */
     const char *disk_usage; /* the host file with the bytes it charged */
+    long long id_base;      /* host uid/gid of the VM's 0, -1 = no user namespace */
+    int tree_fd;            /* the idmapped clone of the VM's root (userns.c) */
 };
 
 /* The child reports failures through this pipe; the launcher relays them. */
@@ -71,7 +73,7 @@ static void ensure_dir(const char *path, mode_t mode)
         fail(path);
 }
 
-static void make_dev(void)
+static void make_dev(int userns)
 {
     static const struct { const char *name; unsigned maj, min; } devs[] = {
         {"dev/null", 1, 3}, {"dev/zero", 1, 5}, {"dev/full", 1, 7},
@@ -83,12 +85,26 @@ static void make_dev(void)
         {"/proc/self/fd/2", "dev/stderr"},
     };
     /* mknod of the same majors the host uses: as real root this equals a bind
-     * of the host node, at a fraction of the cost of six bind mounts. */
+     * of the host node, at a fraction of the cost of six bind mounts. In a
+     * user namespace mknod is refused (and a tmpfs mounted there is nodev),
+     * so the host's own nodes are bound instead, while /dev is still the
+     * host's: before pivot_root. */
     ensure_dir("dev", 0755);
     do_mount("tmpfs", "dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=1m");
-    for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++)
-        if (mknod(devs[i].name, S_IFCHR | 0666, makedev(devs[i].maj, devs[i].min)) < 0)
+    for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++) {
+        if (!userns) {
+            if (mknod(devs[i].name, S_IFCHR | 0666, makedev(devs[i].maj, devs[i].min)) < 0)
+                fail(devs[i].name);
+            continue;
+        }
+        int fd = open(devs[i].name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        if (fd < 0)
             fail(devs[i].name);
+        close(fd);
+        char host[32];
+        snprintf(host, sizeof host, "/%s", devs[i].name);
+        do_mount(host, devs[i].name, NULL, MS_BIND, NULL);
+    }
     for (size_t i = 0; i < sizeof links / sizeof links[0]; i++)
         if (symlink(links[i][0], links[i][1]) < 0)
             fail(links[i][1]);
@@ -182,11 +198,13 @@ static void __attribute__((noreturn)) vm_init(const struct init_opts *o)
         fail(o->disk_usage);
     /* Nothing we mount may propagate back to the host's namespace. */
     do_mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);
-    do_mount(o->root, o->root, NULL, MS_BIND | MS_REC, NULL);
-    if (chdir(o->root) < 0)
-        fail("chdir root");
+    if (o->id_base < 0) {
+        do_mount(o->root, o->root, NULL, MS_BIND | MS_REC, NULL);
+        if (chdir(o->root) < 0)
+            fail("chdir root");
+    } /* else the launcher left us in the idmapped root, a mount already */
     make_proc();
-    make_dev();
+    make_dev(o->id_base >= 0);
     ensure_dir("tmp", 01777);
     snprintf(opts, sizeof opts, "mode=1777,size=%lld", o->tmp_size);
     do_mount("tmpfs", "tmp", "tmpfs", MS_NOSUID | MS_NODEV, opts);
@@ -244,6 +262,8 @@ static void parse(int argc, char **argv, struct init_opts *o)
     o->tmp_size = 1LL << 30;
     o->ready_fd = 1;
     o->agent_fd = -1;
+    o->id_base = -1;
+    o->tree_fd = -1;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -266,6 +286,8 @@ static void parse(int argc, char **argv, struct init_opts *o)
             o->disk_limit = parse_ll(a, v);
         else if (!strcmp(a, "--disk-usage"))
             o->disk_usage = v;
+        else if (!strcmp(a, "--id-base"))
+            o->id_base = parse_ll(a, v);
         else if (!strcmp(a, "--cgroup-procs") && o->ncgroups < MAX_CGROUPS)
             o->cgroups[o->ncgroups++] = v;
         else {
@@ -283,6 +305,23 @@ static void parse(int argc, char **argv, struct init_opts *o)
     }
 }
 
+/* A second lock on namespaces beside seccomp's (which denies unshare,
+ * setns and clone's CLONE_NEW* flags): the VM's user namespace may hold no
+ * namespace beyond those it was made with, so a process that got past the
+ * filter still could not make a user namespace (and with it mounts of its
+ * own) or any other. Root in the VM cannot raise these again: it lacks
+ * CAP_SYS_RESOURCE, and /proc/sys is read-only in the VM. */
+static void lock_namespaces(void)
+{
+    static const char *kinds[] = {"user", "mnt", "net", "pid", "ipc", "uts", "cgroup", "time"};
+    char path[64];
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
+        snprintf(path, sizeof path, "/proc/sys/user/max_%s_namespaces", kinds[i]);
+        if (write_str(path, "0") < 0 && errno != ENOENT)
+            die("write %s", path);
+    }
+}
+
 int init_main(int argc, char **argv)
 {
     struct init_opts o;
@@ -292,9 +331,33 @@ int init_main(int argc, char **argv)
     for (int i = 0; i < o.ncgroups; i++)
         if (write_str(o.cgroups[i], "0") < 0)
             die("join cgroup %s", o.cgroups[i]);
+    /* With a user namespace the launcher enters it as its root (host uid
+     * id_base) first, so every namespace below is owned by it. The idmapped
+     * clone of the VM's root is made before, with the host's rights. */
+    if (o.id_base >= 0) {
+        /* The path is walked now, as host root: the uid of the VM's root may
+         * not search the data dir. unshare moves the cwd into the new mount
+         * namespace with the rest. */
+        if (chdir(o.root) < 0)
+            die("chdir %s", o.root);
+        o.tree_fd = enter_userns(o.root, o.id_base);
+    }
     if (unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET |
                 CLONE_NEWPID | CLONE_NEWCGROUP) < 0)
         die("unshare");
+    if (o.tree_fd >= 0) {
+        /* Over the VM's own path in the new mount namespace: the VM's root
+         * is then the idmapped view, the plain one is never in its tree. */
+        if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+            die("make / private");
+        if (move_mount(o.tree_fd, "", AT_FDCWD, "",
+                       MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
+            die("move_mount %s", o.root);
+        if (fchdir(o.tree_fd) < 0)
+            die("chdir to the idmapped root");
+        close(o.tree_fd);
+        lock_namespaces();
+    }
     int p[2];
     if (pipe2(p, O_CLOEXEC) < 0)
         die("pipe");

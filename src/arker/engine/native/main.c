@@ -12,6 +12,8 @@ int main(int argc, char **argv)
     g_argv = argv;
     if (argc >= 2 && strcmp(argv[1], "init") == 0)
         return init_main(argc - 2, argv + 2);
-    fprintf(stderr, "usage: arkervm init [options]\n");
+    if (argc >= 2 && strcmp(argv[1], "probe-idmap") == 0)
+        return probe_idmap_main(argc - 2, argv + 2);
+    fprintf(stderr, "usage: arkervm init [options] | arkervm probe-idmap PATH\n");
     return 2;
 }

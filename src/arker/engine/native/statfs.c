@@ -238,6 +238,14 @@ static void answer(int listener)
 {
     memset(resp, 0, resp_size);
     resp->id = req->id;
+    if ((pid_t)req->pid == getpid()) {
+        /* PID 1's own call (open_pty checks its devpts): the kernel answers.
+         * Its mem could not be opened anyway in a user namespace: PID 1 is
+         * not dumpable, and its memory belongs to the host's namespace. */
+        resp->flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
+        ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, resp);
+        return;
+    }
     char mem_path[64];
     snprintf(mem_path, sizeof mem_path, "/proc/%d/mem", (int)req->pid);
     int mem = open(mem_path, O_RDWR | O_CLOEXEC);

@@ -90,9 +90,12 @@ class SqliteWriter:
             found = self._compiled[key] = self._compile(statement, list(params))
         compiled, defaults = found
         state = compiled.construct_expanded_state({**defaults, **params})  # IN (...) as ?s
+        # The expanded state holds the processors of expanded parameters only;
+        # the others' (JSON, say) are the compiled statement's.
+        processors: dict[str, Any] = {**compiled._bind_processors, **state.processors}
         args = []
         for name in state.positiontup or ():
-            value, process = state.parameters[name], state.processors.get(name)
+            value, process = state.parameters[name], processors.get(name)
             args.append(value if process is None else process(value))
         return state.statement, args
 

@@ -4,6 +4,7 @@ them without time-zone handling; the wire format is built in the service."""
 from __future__ import annotations
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     Float,
@@ -41,6 +42,7 @@ class Vm(Base):
     __table_args__ = (
         UniqueConstraint("org", "idem_key", name="uq_vms_org_idem_key"),
         Index("ix_vms_org_created", "org", "deleted_at", "created_at"),
+        Index("ix_vms_expires", "expires_at"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -58,6 +60,17 @@ class Vm(Base):
     # {"egress": bool, "allow": [...] | null} as JSON; None: made before
     # networking, loopback only.
     network: Mapped[str | None] = mapped_column(Text, default=None)
+    # Lifecycle (see lifecycle.py): deleted at expires_at; stopped after
+    # idle_stop_s with nothing to do. active_at is the last activity any
+    # server wrote down (each keeps the exact time in memory and writes it
+    # every sweep), so servers sharing the database and a restarted server
+    # agree on when a VM went idle. None: no TTL, no idle stop, not known.
+    expires_at: Mapped[float | None] = mapped_column(Float, default=None)
+    idle_stop_s: Mapped[int | None] = mapped_column(Integer, default=None)
+    active_at: Mapped[float | None] = mapped_column(Float, default=None)
+    # {key: value}; None: no labels. JSON, so a list filters on it in SQL
+    # (json_extract on SQLite, ->> on PostgreSQL).
+    labels: Mapped[dict[str, str] | None] = mapped_column(JSON(none_as_null=True), default=None)
 
 
 class Run(Base):
