@@ -23,6 +23,8 @@ Measured, each next to its floor from the same run:
   stream      a line sent to a run's stdin, echoed by the shell, received
               as an event of its SSE stream: an upper bound of byte-in-VM to
               event-on-client; floor: the stdin POST alone
+  userns      fork and create on this server and on a third one started with
+              --userns off, in turns: the cost of user namespaces
   deletes     N networked VMs deleted at once while another VM runs `true`
               again and again: that call's latency, over the same with
               nothing going on (deleting VMs must not block other calls)
@@ -76,6 +78,7 @@ class Plan:
 FULL = Plan(30, 30, 100, 200, 200, 5, 100 * MIB, 1000 * MB, 200, 30, 1000)
 QUICK = Plan(5, 5, 10, 20, 20, 2, 10 * MIB, 100 * MB, 10, 5, 20)
 NO_QUOTA = ("--vm-disk-mib", "0")
+NO_USERNS = ("--userns", "off")
 # 1000 idle VMs of 1 GiB limits each are 42 times this machine's memory (they
 # use ~2.5 MiB each): admission must let the delete crowd start.
 CROWD = ("--overcommit", "64")
@@ -85,14 +88,18 @@ def _say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def measure(server: LocalServer, bare: LocalServer, plan: Plan) -> Results:
+def measure(server: LocalServer, bare: LocalServer, plain: LocalServer, plan: Plan) -> Results:
     """Every figure, in an order where each leaves the machine as it found it.
-    `bare` is the same server without disk quotas, for their cost."""
+    `bare` is the same server without disk quotas, for their cost; `plain`
+    the same without user namespaces, for theirs."""
     http = httpx.Client()
     arker = Arker(server.api_key, base_url=server.base_url, retry=False, http_client=http)
     fleet = scenarios.Fleet(arker)
     bare_fleet = scenarios.Fleet(
         Arker(bare.api_key, base_url=bare.base_url, retry=False, http_client=http)
+    )
+    plain_fleet = scenarios.Fleet(
+        Arker(plain.api_key, base_url=plain.base_url, retry=False, http_client=http)
     )
     try:
         with floors.SnapshotFloor(server.data_dir) as snap:
@@ -123,11 +130,14 @@ def measure(server: LocalServer, bare: LocalServer, plan: Plan) -> Results:
         memory = crowd.idle_memory(server.base_url, server.api_key, server.data_dir, plan.idle_vms)
         _say(f"quota and network cost: {plan.quota_rounds} rounds, with and without each")
         side = scenarios.side_by_side(fleet, bare_fleet, plan.quota_rounds)
+        _say(f"user namespace cost: {plan.quota_rounds} rounds, with and without")
+        userns = scenarios.side_by_side(fleet, plain_fleet, plan.quota_rounds)
         _say(f"{plan.deleted_vms} networked VMs deleted while another VM runs `true`")
         deletes = crowd.delete_crowd(server.base_url, server.api_key, plan.deleted_vms)
     finally:
         fleet.delete_all_quietly()
         bare_fleet.delete_all_quietly()
+        plain_fleet.delete_all_quietly()
         http.close()
     return Results(
         fork_golden=fork_golden,
@@ -142,6 +152,7 @@ def measure(server: LocalServer, bare: LocalServer, plan: Plan) -> Results:
         true_floor=true_floor,
         http_floor=http_floor,
         side=side,
+        userns=userns,
         deletes=deletes,
         stream=stream,
     )
@@ -194,8 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     with (
         local_server(args.out / "server.log", args.data_dir, CROWD) as server,
         local_server(args.out / "server-no-quota.log", args.data_dir, NO_QUOTA) as bare,
+        local_server(args.out / "server-no-userns.log", args.data_dir, NO_USERNS) as plain,
     ):
-        results = measure(server, bare, plan)
+        results = measure(server, bare, plain, plan)
     cpus = os.cpu_count() or 1
     goals = judge(results.figures(), plan.burst, cpus)
     load_at_end = list(os.getloadavg())

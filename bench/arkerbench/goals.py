@@ -15,6 +15,7 @@ __all__ = ["Goal", "judge"]
 
 QUOTA_COST = 1.1  # what a VM's disk quota may add to a fork or a create
 NETWORK_COST = 1.3  # what a VM's network may add to a create (issue 11)
+USERNS_COST = 1.3  # what a VM's user namespace may add to a fork or a create (issue 13)
 # How much slower another VM's `true` may get (its median over its quiet
 # median) while a crowd of networked VMs is deleted: slower from sharing the
 # cores, never stuck behind the deletes (issue 11). Its p99 and max are in
@@ -148,6 +149,24 @@ def judge(f: dict[str, float], burst_n: int, cpus: int) -> list[Goal]:
             f["stream_echo_median_ms"] <= 5,
             f["floor_stdin_post_median_ms"],
             "the stdin POST alone",
+        ),
+        Goal(
+            "user namespace cost: fork (median)",
+            f["userns_on_fork_median_ms"],
+            "ms",
+            f"<= {USERNS_COST} x without ({USERNS_COST * f['userns_off_fork_median_ms']:.2f} ms)",
+            f["userns_cost_fork_ratio"] <= USERNS_COST,
+            f["userns_off_fork_median_ms"],
+            "same fork, --userns off",
+        ),
+        Goal(
+            "user namespace cost: create",
+            f["userns_on_create_median_ms"],
+            "ms",
+            f"<= {USERNS_COST} x without ({USERNS_COST * f['userns_off_create_median_ms']:.2f} ms)",
+            f["userns_cost_create_ratio"] <= USERNS_COST,
+            f["userns_off_create_median_ms"],
+            "same create, --userns off",
         ),
         Goal(
             "idle running VM",

@@ -60,7 +60,8 @@ def table(results: Results, goals: list[Goal]) -> str:
         f"cost of a disk quota (with / without, same run): fork "
         f"{f['quota_cost_fork_ratio']:.2f}x, create to first command "
         f"{f['quota_cost_create_ratio']:.2f}x; of a VM's network: create to first command "
-        f"{f['network_cost_create_ratio']:.2f}x"
+        f"{f['network_cost_create_ratio']:.2f}x; of user namespaces: fork "
+        f"{f['userns_cost_fork_ratio']:.2f}x, create {f['userns_cost_create_ratio']:.2f}x"
     )
     lines.append(
         f"{d['deleted_vms']} networked VMs deleted, 64 at a time: wall "

@@ -30,6 +30,7 @@ class Results:
     true_floor: Series
     http_floor: Series
     side: SideBySide
+    userns: SideBySide  # this server against one with --userns off
     deletes: DeleteCrowd
     stream: StreamLatency
 
@@ -64,6 +65,14 @@ class Results:
         put("net_off_create", q.create_no_egress)
         # The cost of a VM's network: a create with egress over one without.
         f["network_cost_create_ratio"] = q.create_on.median_ms / q.create_no_egress.median_ms
+        u = self.userns
+        put("userns_on_fork", u.fork_on)
+        put("userns_off_fork", u.fork_off)
+        put("userns_on_create", u.create_on)
+        put("userns_off_create", u.create_off)
+        # The cost of user namespaces: the same work with them over without.
+        f["userns_cost_fork_ratio"] = u.fork_on.median_ms / u.fork_off.median_ms
+        f["userns_cost_create_ratio"] = u.create_on.median_ms / u.create_off.median_ms
         d = self.deletes
         put("probe_quiet", d.quiet)
         put("probe_during_deletes", d.busy)
@@ -110,6 +119,8 @@ class Results:
             "quota_on_create": self.side.create_on,
             "quota_off_create": self.side.create_off,
             "net_off_create": self.side.create_no_egress,
+            "userns_off_fork": self.userns.fork_off,
+            "userns_off_create": self.userns.create_off,
             "stream_echo": self.stream.echo,
             "floor_stdin_post": self.stream.post,
             "probe_quiet": self.deletes.quiet,

@@ -55,6 +55,8 @@ def test_quick_bench_reports_every_figure(tmp_path: Path) -> None:
         "stream_echo_median_ms",
         "floor_stdin_post_median_ms",
         "delete_crowd_probe_ratio",
+        "userns_cost_fork_ratio",
+        "userns_cost_create_ratio",
     }
     assert expected <= figures.keys()
     for name, value in figures.items():
