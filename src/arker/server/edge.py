@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from arker.errors import ArkerError, ErrorCode
 from arker.server.config import Settings
 from arker.server.metrics import Metrics
-from arker.server.ports import PREVIEW_PATH, preview_target
+from arker.server.port_access import PREVIEW_PATH, preview_target
 
 __all__ = ["Edge", "error_body"]
 
