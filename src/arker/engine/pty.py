@@ -27,12 +27,11 @@ import threading
 from collections.abc import Callable, Mapping
 
 from arker.engine._cgroups import RunCgroup
-from arker.engine.runner import _PATH, _USERS, _memfd, _open
+from arker.engine._pid1 import PATH, USERS, ask, fd_for, memfd, request
 from arker.errors import ArkerError, ErrorCode
 
 __all__ = ["MAX_SIZE", "Pty", "check_size", "start"]
 
-_START_TIMEOUT_S = 30.0
 MAX_SIZE = 1000  # columns or rows; a struct winsize holds 65535, no screen that many
 DEFAULT_TERM = "xterm-256color"
 
@@ -179,59 +178,27 @@ def start(
     `cg`; `end` kills the terminal's tree. Without `command`, `shell` runs as
     a login shell."""
     check_size(cols, rows)
-    if user not in _USERS:
+    if user not in USERS:
         raise ArkerError(ErrorCode.INVALID_REQUEST, f"unknown user {user!r}", 422)
     if command is not None and "\0" in command:
         raise ArkerError(ErrorCode.INVALID_REQUEST, "command must not contain NUL", 422)
-    uid, gid, home = _USERS[user]
+    uid, gid, home = USERS[user]
     name = "root" if uid == 0 else "user"
-    environ = {"PATH": _PATH, "HOME": home, "USER": name, "LOGNAME": name, "SHELL": shell}
+    environ = {"PATH": PATH, "HOME": home, "USER": name, "LOGNAME": name, "SHELL": shell}
     environ["TERM"] = DEFAULT_TERM
     for key, value in (env or {}).items():
         if not key or "=" in key or "\0" in key or "\0" in value:
             raise ArkerError(ErrorCode.INVALID_REQUEST, f"invalid environment variable {key!r}")
         environ[key] = value
     argv = [shell, "-l"] if command is None else ["/bin/sh", "-c", command]
-    fields = [str(uid), str(gid), "0", "0", home, str(len(argv)), *argv]
-    fields += [f"{k}={v}" for k, v in environ.items()]
-    request = b"".join(f.encode() + b"\0" for f in fields)
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     fds: list[int] = []
     try:
-        fds.append(_memfd("arker-pty", request))
-        fds.append(_memfd("arker-pty-size", struct.pack("HHHH", rows, cols, 0, 0)))
-        fds.append(_open(cg.leaf, os.O_RDONLY | os.O_DIRECTORY))
-        try:
-            socket.send_fds(agent, [b"p"], [theirs.fileno(), *fds])
-        except OSError as exc:
-            raise ArkerError(
-                ErrorCode.UNAVAILABLE, f"the vm's init did not take the terminal: {exc}"
-            ) from exc
-        theirs.close()
-        ours.settimeout(_START_TIMEOUT_S)
-        try:
-            answer, got, _, _ = socket.recv_fds(ours, 4096, 1, socket.MSG_CMSG_CLOEXEC)
-        except OSError as exc:
-            raise ArkerError(
-                ErrorCode.UNAVAILABLE, f"the vm's init did not start the terminal: {exc}"
-            ) from exc
-        ours.settimeout(None)
-    except BaseException:
-        ours.close()
-        raise
+        fds.append(memfd("arker-pty", request(uid, gid, 0, 0, home, argv, environ)))
+        fds.append(memfd("arker-pty-size", struct.pack("HHHH", rows, cols, 0, 0)))
+        fds.append(fd_for(cg.leaf, os.O_RDONLY | os.O_DIRECTORY))
+        ours, got = ask(agent, b"p", fds, "terminal", fds_back=1)
     finally:
-        theirs.close()
         for fd in fds:
             os.close(fd)
-    if answer == b"s" and len(got) == 1:
-        os.set_blocking(got[0], False)
-        return Pty(got[0], ours, end)
-    for fd in got:
-        os.close(fd)
-    ours.close()
-    reason = answer[1:].decode(errors="replace")
-    if answer.startswith(b"P"):
-        raise ArkerError(ErrorCode.CONFLICT, f"cannot start the terminal: {reason}")
-    if answer.startswith(b"E"):
-        raise ArkerError(ErrorCode.INTERNAL, f"cannot start the terminal: {reason}")
-    raise ArkerError(ErrorCode.UNAVAILABLE, "the vm stopped as the terminal was starting")
+    os.set_blocking(got[0], False)
+    return Pty(got[0], ours, end)

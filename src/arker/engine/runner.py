@@ -29,19 +29,17 @@ import time
 from typing import Any
 
 from arker.engine._cgroups import Cgroups, RunCgroup
+from arker.engine._pid1 import PATH, USERS, ask, fd_for, memfd, request
 from arker.engine.base import OutputChunk, RunInfo, RunPhase, RunSpec
 from arker.engine.jail import InitProcess
 from arker.errors import ArkerError, ErrorCode
 
 __all__ = ["Runner"]
 
-_START_TIMEOUT_S = 30.0
 _CANCEL_TIMEOUT_S = 10.0
-_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # A VM this close to its pids.max as a run ends is full: its next fork fails.
 PIDS_NEAR_MAX = 8
 STDIN_PIPE_BYTES = 1 << 20  # what a run's open stdin holds before it reads
-_USERS = {"user": (1000, 1000, "/home/user"), "root": (0, 0, "/root")}
 
 
 class _Stream:
@@ -261,52 +259,22 @@ class Runner:
         err: _Stream,
     ) -> socket.socket:
         """Send the run to PID 1 and wait for its "started"; return the run's socket."""
-        uid, gid, _ = _USERS[spec.user]
+        uid, gid, _ = USERS[spec.user]
         timeout_ms = 0 if spec.timeout_s is None else max(1, math.ceil(spec.timeout_s * 1000))
-        fields = [str(uid), str(gid), str(max(0, spec.output_cap_bytes)), str(timeout_ms)]
-        fields += [spec.cwd, str(len(argv)), *argv, *(f"{k}={v}" for k, v in env.items())]
-        request = b"".join(f.encode() + b"\0" for f in fields)
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        cap = max(0, spec.output_cap_bytes)
         fds: list[int] = []
         try:
-            fds.append(_memfd("arker-run", request))
-            fds.append(_open(cg.leaf, os.O_RDONLY | os.O_DIRECTORY))
-            fds.append(_open(f"{cg.leaf}/cgroup.kill", os.O_WRONLY, missing_ok=True))
-            fds.append(_open(cg.oom_file, os.O_RDONLY, missing_ok=True))
+            fds.append(memfd("arker-run", request(uid, gid, cap, timeout_ms, spec.cwd, argv, env)))
+            fds.append(fd_for(cg.leaf, os.O_RDONLY | os.O_DIRECTORY))
+            fds.append(fd_for(f"{cg.leaf}/cgroup.kill", os.O_WRONLY, missing_ok=True))
+            fds.append(fd_for(cg.oom_file, os.O_RDONLY, missing_ok=True))
             request_fd, leaf_fd, kill_fd, oom_fd = fds
-            order = [theirs.fileno(), request_fd, stdin_fd, out.fd, err.fd, leaf_fd, kill_fd]
-            order += [oom_fd, out.count, err.count]
-            try:
-                socket.send_fds(agent, [b"r"], order)
-            except OSError as exc:  # EPIPE: PID 1 is gone; timeout: it is stuck
-                raise ArkerError(
-                    ErrorCode.UNAVAILABLE, f"the vm's init did not take the run: {exc}"
-                ) from exc
-            theirs.close()
-            ours.settimeout(_START_TIMEOUT_S)
-            try:
-                answer = ours.recv(4096)
-            except OSError as exc:
-                raise ArkerError(
-                    ErrorCode.UNAVAILABLE, f"the vm's init did not start the run: {exc}"
-                ) from exc
-            ours.settimeout(None)
-        except BaseException:
-            ours.close()
-            raise
+            order = [request_fd, stdin_fd, out.fd, err.fd, leaf_fd, kill_fd]
+            ours, _ = ask(agent, b"r", [*order, oom_fd, out.count, err.count], "run")
+            return ours
         finally:
-            theirs.close()
             for fd in fds:
                 os.close(fd)
-        if answer == b"s":
-            return ours
-        ours.close()
-        reason = answer[1:].decode(errors="replace")
-        if answer.startswith(b"P"):
-            raise ArkerError(ErrorCode.CONFLICT, f"cannot start the command: {reason}")
-        if answer.startswith(b"E"):
-            raise ArkerError(ErrorCode.INTERNAL, f"cannot start the command: {reason}")
-        raise ArkerError(ErrorCode.UNAVAILABLE, "the vm stopped as the run was starting")
 
     def wait(self, vm_id: str, run_id: str, timeout_s: float | None = None) -> RunInfo:
         self._run(vm_id, run_id).ended(timeout_s)
@@ -471,30 +439,6 @@ class Runner:
         return run
 
 
-def _open(path: str, flags: int, missing_ok: bool = False) -> int:
-    """An fd for PID 1; with `missing_ok`, /dev/null stands in for a file this
-    kernel lacks (cgroup.kill before 5.14, an oom counter)."""
-    try:
-        return os.open(path, flags | os.O_CLOEXEC)
-    except FileNotFoundError:
-        if not missing_ok:
-            raise
-        return os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
-
-
-def _memfd(name: str, data: bytes) -> int:
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.lseek(fd, 0, os.SEEK_SET)  # the command reads its stdin from the start
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
 def _pread(fd: int, n: int, at: int) -> bytes:
     """n bytes at `at` (PID 1 wrote them before it counted them)."""
     if fd < 0 or n <= 0:
@@ -509,8 +453,8 @@ def _stdin(spec: RunSpec) -> tuple[int, int]:
     `spec.stdin` and takes more through `write_stdin`."""
     if not spec.stdin_open:
         if spec.stdin:
-            return _memfd("arker-stdin", spec.stdin), -1
-        return _open("/dev/null", os.O_RDONLY), -1
+            return memfd("arker-stdin", spec.stdin), -1
+        return fd_for("/dev/null", os.O_RDONLY), -1
     r, w = os.pipe2(os.O_CLOEXEC)
     try:
         with contextlib.suppress(OSError):  # more than 1 MiB is refused: the pipe stays 64 KiB
@@ -537,11 +481,11 @@ def _command(spec: RunSpec) -> tuple[list[str], dict[str, str]]:
         raise ArkerError(ErrorCode.INVALID_REQUEST, "command and cwd must not contain NUL")
     if not spec.cwd.startswith("/"):
         raise ArkerError(ErrorCode.INVALID_REQUEST, f"cwd must be absolute: {spec.cwd!r}")
-    if spec.user not in _USERS:
+    if spec.user not in USERS:
         raise ArkerError(ErrorCode.INVALID_REQUEST, f"unknown user {spec.user!r}")
-    uid, _, home = _USERS[spec.user]
+    uid, _, home = USERS[spec.user]
     name = "root" if uid == 0 else "user"
-    env = {"PATH": _PATH, "HOME": home, "USER": name, "LOGNAME": name, "SHELL": "/bin/sh"}
+    env = {"PATH": PATH, "HOME": home, "USER": name, "LOGNAME": name, "SHELL": "/bin/sh"}
     for key, value in spec.env.items():
         if not key or "=" in key or "\0" in key or "\0" in value:
             raise ArkerError(ErrorCode.INVALID_REQUEST, f"invalid environment variable {key!r}")
