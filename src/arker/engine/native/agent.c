@@ -368,6 +368,25 @@ static void __attribute__((noreturn)) become(const struct request *q, const int 
     child_fail(what);
 }
 
+/* clone3 straight into the leaf cgroup `cgroup`: 0 in the child, its pid in
+ * PID 1, or -1 with the answer for the engine in msg ("P...": the VM is full). */
+static pid_t fork_into(int cgroup, char *msg, size_t len)
+{
+    struct clone3_args args;
+    memset(&args, 0, sizeof args);
+    args.flags = CLONE_INTO_CGROUP;
+    args.exit_signal = SIGCHLD;
+    args.cgroup = (uint64_t)cgroup;
+    pid_t pid = (pid_t)syscall(SYS_clone3, &args, sizeof args);
+    if (pid < 0) {
+        if (errno == EAGAIN)
+            snprintf(msg, len, "Pthe vm is at its process limit (pids.max)");
+        else
+            snprintf(msg, len, "Ecannot fork the command: %s", strerror(errno));
+    }
+    return pid;
+}
+
 static void start_run(int *fds)
 {
     struct request q = {0};
@@ -384,24 +403,14 @@ static void start_run(int *fds)
     }
     r->oom_before = oom_kills(fds[F_OOM]);
     r->started = now_s();
-    struct clone3_args args;
-    memset(&args, 0, sizeof args);
-    args.flags = CLONE_INTO_CGROUP;
-    args.exit_signal = SIGCHLD;
-    args.cgroup = (uint64_t)fds[F_CGROUP];
-    pid_t pid = (pid_t)syscall(SYS_clone3, &args, sizeof args);
+    pid_t pid = fork_into(fds[F_CGROUP], msg, sizeof msg);
     if (pid == 0) {
         close(po[0]);
         close(pe[0]);
         become(&q, fds, po[1], pe[1]);
     }
-    if (pid < 0) {
-        if (errno == EAGAIN)
-            snprintf(msg, sizeof msg, "Pthe vm is at its process limit (pids.max)");
-        else
-            snprintf(msg, sizeof msg, "Ecannot fork the command: %s", strerror(errno));
+    if (pid < 0)
         goto fail;
-    }
     free_request(&q);
     close(po[1]);
     close(pe[1]);
@@ -522,12 +531,7 @@ static void start_pty(int *fds, int got)
         snprintf(msg, sizeof msg, "Ecannot open a terminal: %s", strerror(errno));
         goto fail;
     }
-    struct clone3_args args;
-    memset(&args, 0, sizeof args);
-    args.flags = CLONE_INTO_CGROUP;
-    args.exit_signal = SIGCHLD;
-    args.cgroup = (uint64_t)fds[P_CGROUP];
-    pid_t pid = (pid_t)syscall(SYS_clone3, &args, sizeof args);
+    pid_t pid = fork_into(fds[P_CGROUP], msg, sizeof msg);
     if (pid == 0) {
         int in[NFDS];
         in[F_STDIN] = slave;
@@ -535,13 +539,8 @@ static void start_pty(int *fds, int got)
             _exit(127);
         become(&q, in, slave, slave); /* its setsid fails: it leads its session already */
     }
-    if (pid < 0) {
-        if (errno == EAGAIN)
-            snprintf(msg, sizeof msg, "Pthe vm is at its process limit (pids.max)");
-        else
-            snprintf(msg, sizeof msg, "Ecannot fork the command: %s", strerror(errno));
+    if (pid < 0)
         goto fail;
-    }
     s->pid = pid;
     s->reply = fds[P_REPLY];
     s->next = ptys;
