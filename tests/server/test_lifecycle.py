@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from fake_engine import FakeDisk
 from harness import Server
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from arker.engine.base import VmPower
-from arker.server.store import Vm
+from arker.server.store import Run, Vm
 
 StartServer = Callable[..., AbstractAsyncContextManager[Server]]
 DEADLINE_S = 30.0
@@ -119,6 +119,8 @@ async def test_ttl_deletes_the_vm_within_seconds(
         r = await s.client.post(f"/v1/vms/{vm_id}/runs", json={"command": "echo hi"})
         assert r.status_code == 200
         keep = await _fork(s, ttl_s=3600)
+        r = await s.client.post(f"/v1/vms/{keep['vm_id']}/runs", json={"command": "echo kept"})
+        assert r.status_code == 200
 
         async def gone() -> bool:
             return (await s.client.get(f"/v1/vms/{vm_id}")).status_code == 404
@@ -131,6 +133,9 @@ async def test_ttl_deletes_the_vm_within_seconds(
         listed = (await s.client.get("/v1/vms")).json()
         assert [v["vm_id"] for v in listed["items"]] == [keep["vm_id"]]
         assert (await s.client.get(f"/v1/vms/{keep['vm_id']}")).status_code == 200
+        async with s.service.db.session() as session:  # the expired VM's runs went with it
+            rows = (await session.execute(select(Run.vm_id))).scalars().all()
+        assert rows == [keep["vm_id"]]
 
 
 async def test_patch_moves_and_removes_the_ttl(slow: Server) -> None:

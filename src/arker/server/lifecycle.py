@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import cast
 
-from sqlalchemy import Table, bindparam, delete, exists, func, or_, select, update
+from sqlalchemy import Table, bindparam, delete, exists, or_, select, update
 
 from arker.engine.base import Engine, VmPower
 from arker.errors import ArkerError
@@ -52,6 +52,21 @@ _WRITE_ACTIVE = (
     )
     .values(active_at=bindparam("at"))
 )
+
+
+# A TTL's delete, claimed only while the VM is still expired (a PATCH may have
+# just moved its TTL); its runs and uploads go in the same transaction, and
+# only if the claim (deleted_at = this sweep's `now`) took.
+_CLAIM_EXPIRED = (
+    update(_TABLE)
+    .where(
+        _VMS.id == bindparam("vid"), _VMS.deleted_at.is_(None), _VMS.expires_at <= bindparam("now")
+    )
+    .values(deleted_at=bindparam("now"))
+)
+_CLAIMED = exists().where(_VMS.id == bindparam("vid"), _VMS.deleted_at == bindparam("now"))
+_DROP_CLAIMED_RUNS = delete(Run).where(Run.vm_id == bindparam("vid"), _CLAIMED)
+_DROP_CLAIMED_UPLOADS = delete(Upload).where(Upload.vm_id == bindparam("vid"), _CLAIMED)
 
 
 def powers(engine: Engine, vm_ids: list[str]) -> dict[str, VmPower]:
@@ -225,28 +240,21 @@ class Lifecycle:
         return True
 
     async def _claim_expired(self, vm_id: str, now: float) -> bool:
-        """Mark the VM deleted if it is still expired (a PATCH may have just
-        moved its TTL), with its runs and uploads, in one transaction."""
-        async with self.db.session() as s:
-            res = await s.execute(
-                update(Vm)
-                .where(Vm.id == vm_id, Vm.deleted_at.is_(None), Vm.expires_at <= now)
-                .values(deleted_at=now)
-            )
-            claimed = bool(res.rowcount)  # type: ignore[attr-defined]
-            in_flight = 0
-            if claimed:
-                in_flight = (
-                    await s.scalar(
-                        select(func.count()).where(Run.vm_id == vm_id, Run.state.in_(IN_FLIGHT))
-                    )
-                    or 0
-                )
-                await s.execute(delete(Run).where(Run.vm_id == vm_id))
-                await s.execute(delete(Upload).where(Upload.vm_id == vm_id))
-            await s.commit()
-        self.runs.count_failed(in_flight)
-        return claimed
+        """Mark the VM deleted if it is still expired, with its runs and
+        uploads, in one transaction (on SQLite in this process's turn of
+        writing, as deletes are)."""
+        in_flight = await self.runs.in_flight_count([vm_id])
+        params = {"vid": vm_id, "now": now}
+        claimed, _, _ = await self.db.write_all(
+            [
+                (_CLAIM_EXPIRED, params),
+                (_DROP_CLAIMED_RUNS, params),
+                (_DROP_CLAIMED_UPLOADS, params),
+            ]
+        )
+        if claimed:
+            self.runs.count_failed(in_flight)
+        return bool(claimed)
 
     # -- idle stop
     async def _stop_idle(self, now: float) -> int:
