@@ -5,7 +5,6 @@ VMs."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import subprocess
 import sys
@@ -71,8 +70,11 @@ async def _start_many(arker: AsyncArker, n: int, at_once: int, made: list[str]) 
     return [r for r in results if not isinstance(r, BaseException)]
 
 
-async def _delete_all(arker: AsyncArker, vm_ids: list[str], at_once: int = 16) -> None:
-    """Delete every VM, trying all of them even when some fail."""
+async def _delete_all(
+    arker: AsyncArker, vm_ids: list[str], at_once: int = 16, *, quietly: bool = False
+) -> None:
+    """Delete every VM, trying all of them even when some fail; raises then,
+    unless `quietly` (a cleanup after a failure: what is gone is fine)."""
     gate = asyncio.Semaphore(at_once)
 
     async def one(vm_id: str) -> None:
@@ -81,20 +83,12 @@ async def _delete_all(arker: AsyncArker, vm_ids: list[str], at_once: int = 16) -
 
     results = await asyncio.gather(*(one(v) for v in vm_ids), return_exceptions=True)
     failed = [r for r in results if isinstance(r, BaseException)]
-    if failed:
+    if quietly:
+        for exc in failed:
+            if not isinstance(exc, ArkerError):
+                raise exc
+    elif failed:
         raise RuntimeError(f"could not delete {len(failed)} of {len(vm_ids)} VMs: {failed[0]!r}")
-
-
-async def _delete_quietly(arker: AsyncArker, vm_ids: list[str]) -> None:
-    """Cleanup after a failure: what is already gone is fine."""
-    gate = asyncio.Semaphore(16)
-
-    async def one(vm_id: str) -> None:
-        async with gate:
-            with contextlib.suppress(ArkerError):
-                await arker.vm(vm_id).delete()
-
-    await asyncio.gather(*(one(v) for v in vm_ids))
 
 
 @dataclass(frozen=True)
@@ -216,7 +210,7 @@ async def _delete_crowd(base_url: str, api_key: str, n: int) -> DeleteCrowd:
             if proc.returncode != 0:
                 raise RuntimeError(f"the probe failed (exit {proc.returncode})")
         finally:
-            await _delete_quietly(arker, [*made, probe.vm_id])
+            await _delete_all(arker, [*made, probe.vm_id], quietly=True)
     samples = json.loads(out)
     quiet = [ms for at, ms in samples if at < start]
     busy = [ms for at, ms in samples if start <= at <= end]
