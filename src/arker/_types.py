@@ -469,16 +469,12 @@ class Vm(BaseModel):
         ),
     ]
     name: str | None
-    base_image: Annotated[
-        str, Field(description="The golden at the root of this VM's lineage.")
-    ]
+    base_image: Annotated[str, Field(description="The golden at the root of this VM's lineage.")]
     region: str
     created_at: AwareDatetime
     parent_id: Annotated[
         str | None,
-        Field(
-            description="The VM this one was forked from; null when forked from a golden."
-        ),
+        Field(description="The VM this one was forked from; null when forked from a golden."),
     ]
     durable: bool
     state: Annotated[
@@ -490,9 +486,7 @@ class Vm(BaseModel):
     resources: VmResources | None = None
     network: Annotated[
         NetworkPolicy | None,
-        Field(
-            description="The policy in force (absent from servers older than networking)."
-        ),
+        Field(description="The policy in force (absent from servers older than networking)."),
     ] = None
     expires_at: Annotated[
         AwareDatetime | None,
@@ -615,9 +609,7 @@ class CompletedRun(BaseModel):
     ]
     warnings: Annotated[
         list[RunWarning] | None,
-        Field(
-            description="Empty when there is nothing to say; older servers leave it out."
-        ),
+        Field(description="Empty when there is nothing to say; older servers leave it out."),
     ] = None
 
 
@@ -651,9 +643,7 @@ class TimedOutRun(BaseModel):
     timeout_s: float
     warnings: Annotated[
         list[RunWarning] | None,
-        Field(
-            description="Empty when there is nothing to say; older servers leave it out."
-        ),
+        Field(description="Empty when there is nothing to say; older servers leave it out."),
     ] = None
 
 
@@ -686,9 +676,7 @@ class CancelledRun(BaseModel):
     duration_ms: Annotated[int, Field(ge=0)]
     warnings: Annotated[
         list[RunWarning] | None,
-        Field(
-            description="Empty when there is nothing to say; older servers leave it out."
-        ),
+        Field(description="Empty when there is nothing to say; older servers leave it out."),
     ] = None
 
 
@@ -719,20 +707,14 @@ class FailedRun(BaseModel):
     stdout_truncated: bool
     stderr_truncated: bool
     duration_ms: Annotated[int, Field(ge=0)]
-    failure_reason: Annotated[
-        str, Field(description="Why the run failed, for a person.")
-    ]
+    failure_reason: Annotated[str, Field(description="Why the run failed, for a person.")]
     warnings: Annotated[
         list[RunWarning] | None,
-        Field(
-            description="Empty when there is nothing to say; older servers leave it out."
-        ),
+        Field(description="Empty when there is nothing to say; older servers leave it out."),
     ] = None
 
 
-class RunResult(
-    RootModel[CompletedRun | TimedOutRun | CancelledRun | FailedRun | StartedRun]
-):
+class RunResult(RootModel[CompletedRun | TimedOutRun | CancelledRun | FailedRun | StartedRun]):
     root: Annotated[
         CompletedRun | TimedOutRun | CancelledRun | FailedRun | StartedRun,
         Field(discriminator="type"),
@@ -772,18 +754,14 @@ class RunStatus(BaseModel):
             ge=0,
         ),
     ]
-    failure_reason: Annotated[
-        str | None, Field(description="Why a `failed` run failed.")
-    ]
+    failure_reason: Annotated[str | None, Field(description="Why a `failed` run failed.")]
     created_at: AwareDatetime
     started_at: AwareDatetime | None
     finished_at: AwareDatetime | None
     duration_ms: Annotated[int | None, Field(ge=0)]
     warnings: Annotated[
         list[RunWarning] | None,
-        Field(
-            description="Empty when there is nothing to say; older servers leave it out."
-        ),
+        Field(description="Empty when there is nothing to say; older servers leave it out."),
     ] = None
     stdout_bytes: Annotated[
         int | None,
@@ -852,9 +830,7 @@ class FsEntry(BaseModel):
         Literal["file", "dir", "symlink", "other"],
         Field(description="`other`: a FIFO, socket or device node."),
     ]
-    size: Annotated[
-        int, Field(description="Bytes (of a symlink: its target's length).", ge=0)
-    ]
+    size: Annotated[int, Field(description="Bytes (of a symlink: its target's length).", ge=0)]
     mode: Annotated[
         int,
         Field(
@@ -866,9 +842,7 @@ class FsEntry(BaseModel):
     mtime: AwareDatetime
     link_target: Annotated[
         str | None,
-        Field(
-            description="What a symlink points to, as written; null for other types."
-        ),
+        Field(description="What a symlink points to, as written; null for other types."),
     ] = None
 
 
@@ -880,9 +854,7 @@ class FsList(BaseModel):
     entries: list[FsEntry]
     next_offset: Annotated[
         int | None,
-        Field(
-            description="The `offset` of the next page; null on the last page.", ge=0
-        ),
+        Field(description="The `offset` of the next page; null on the last page.", ge=0),
     ]
     truncated: Annotated[
         bool,

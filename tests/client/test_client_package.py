@@ -62,7 +62,7 @@ def test_generated_files_are_up_to_date() -> None:
 
 def test_check_fails_on_a_stale_twin_and_regeneration_fixes_it(tmp_path: Path) -> None:
     twins = [*ROOT.glob("src/arker/client/_*sync.py"), *ROOT.glob("tests/client/test_*sync_*.py")]
-    for path in [UNASYNC, *twins]:
+    for path in [UNASYNC, ROOT / "pyproject.toml", *twins]:
         rel = path.relative_to(ROOT)
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, tmp_path / rel)

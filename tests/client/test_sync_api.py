@@ -64,9 +64,7 @@ def test_fork_sends_resources_only_when_set(arker: Arker, server: FakeServer) ->
     assert "resources" not in body(server.last)
 
 
-def test_normal_golden_forks_on_the_region_host(
-    arker: Arker, server: FakeServer
-) -> None:
+def test_normal_golden_forks_on_the_region_host(arker: Arker, server: FakeServer) -> None:
     server.reply(ok(vm(name="hello"), 201), ok(completed(b"hi\n")))
     child = arker.vm("debian").fork(name="hello")
     assert server.last.method == "POST"
@@ -111,9 +109,7 @@ def test_base_url_keeps_its_prefix_and_takes_burst_traffic(
     ]
 
 
-def test_burst_base_url_overrides_the_burst_host(
-    server: FakeServer, sleeps: list[float]
-) -> None:
+def test_burst_base_url_overrides_the_burst_host(server: FakeServer, sleeps: list[float]) -> None:
     client = make(server, sleeps, burst_base_url="http://burst.test/x/")
     server.reply(ok(vm(BURST_VM_ID)))
     client.get(BURST_VM_ID)
@@ -147,9 +143,7 @@ def test_goldens_list_and_get(arker: Arker, server: FakeServer) -> None:
     assert (arker.get(VM_ID)).state == "stopped"
 
 
-def test_run_sends_every_option_and_decodes_bytes(
-    arker: Arker, server: FakeServer
-) -> None:
+def test_run_sends_every_option_and_decodes_bytes(arker: Arker, server: FakeServer) -> None:
     raw = bytes(range(256))
     server.reply(ok(completed(raw, b"warn\n", exit_code=3)))
     result = arker.vm(VM_ID).run(
@@ -291,9 +285,7 @@ def test_a_large_file_goes_in_pieces_with_its_length_and_again_on_retry(
 
 
 @pytest.mark.parametrize("path", ["rel.txt", "/etc/passwd", "/home/user/../root", "/home/user"])
-def test_bad_paths_fail_before_any_request(
-    arker: Arker, server: FakeServer, path: str
-) -> None:
+def test_bad_paths_fail_before_any_request(arker: Arker, server: FakeServer, path: str) -> None:
     files = arker.vm(VM_ID).sync
     with pytest.raises(ArkerError) as read:
         files.read_file(path)
@@ -325,18 +317,14 @@ def test_computer_deletes_its_vm_on_exit(arker: Arker, server: FakeServer) -> No
     assert str(server.last.url) == f"{NORMAL}/v1/vms/{VM_ID}"
 
 
-def test_computer_exit_tolerates_an_already_deleted_vm(
-    arker: Arker, server: FakeServer
-) -> None:
+def test_computer_exit_tolerates_an_already_deleted_vm(arker: Arker, server: FakeServer) -> None:
     server.reply(httpx.Response(204), error(404, "not_found"))
     with arker.vm(VM_ID) as computer:
         computer.delete()
     assert [r.method for r in server.requests] == ["DELETE", "DELETE"]
 
 
-def test_computer_exit_raises_other_delete_errors(
-    arker: Arker, server: FakeServer
-) -> None:
+def test_computer_exit_raises_other_delete_errors(arker: Arker, server: FakeServer) -> None:
     server.reply(error(409, "conflict", "busy"))
 
     def use() -> None:
@@ -355,9 +343,7 @@ def test_computer_exit_raises_other_delete_errors(
     "call",
     ["fork_name", "fork_key", "run_empty", "run_env", "run_timeout", "list_limit", "vm_id"],
 )
-def test_bad_arguments_fail_before_any_request(
-    arker: Arker, server: FakeServer, call: str
-) -> None:
+def test_bad_arguments_fail_before_any_request(arker: Arker, server: FakeServer, call: str) -> None:
     computer = arker.vm(VM_ID)
     with pytest.raises(ArkerError) as caught:
         if call == "fork_name":
@@ -378,9 +364,7 @@ def test_bad_arguments_fail_before_any_request(
     assert server.requests == []
 
 
-def test_foreground_run_gets_a_longer_http_timeout(
-    arker: Arker, server: FakeServer
-) -> None:
+def test_foreground_run_gets_a_longer_http_timeout(arker: Arker, server: FakeServer) -> None:
     server.reply(ok(completed()))
     arker.vm(VM_ID).run("sleep 100", timeout_s=100)
     assert server.last.extensions["timeout"]["read"] == 130.0

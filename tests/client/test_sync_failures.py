@@ -50,9 +50,7 @@ def test_retries_a_503_then_succeeds_with_bounded_waits(
     assert all(0 < s <= arker.retry.max_delay_s for s in sleeps)
 
 
-def test_gives_up_after_the_attempts(
-    arker: Arker, server: FakeServer, sleeps: list[float]
-) -> None:
+def test_gives_up_after_the_attempts(arker: Arker, server: FakeServer, sleeps: list[float]) -> None:
     server.reply(error(502, "unavailable", "bad gateway"))
     with pytest.raises(ArkerError) as caught:
         arker.goldens()
@@ -61,9 +59,7 @@ def test_gives_up_after_the_attempts(
 
 
 @pytest.mark.parametrize(("retry", "tries"), [(False, 1), ({"attempts": 2}, 2)])
-def test_retry_setting(
-    server: FakeServer, sleeps: list[float], retry: object, tries: int
-) -> None:
+def test_retry_setting(server: FakeServer, sleeps: list[float], retry: object, tries: int) -> None:
     client = make(server, sleeps, retry=retry)
     server.reply(error(504, "unavailable"))
     with pytest.raises(ArkerError):
@@ -71,9 +67,7 @@ def test_retry_setting(
     assert len(server.requests) == tries
 
 
-def test_retry_after_is_honoured(
-    arker: Arker, server: FakeServer, sleeps: list[float]
-) -> None:
+def test_retry_after_is_honoured(arker: Arker, server: FakeServer, sleeps: list[float]) -> None:
     server.reply(error(429, "rate_limited", headers={"Retry-After": "1.5"}), ok({"items": []}))
     arker.goldens()
     assert sleeps == [1.5]
@@ -89,9 +83,7 @@ def test_a_connection_error_waits_before_the_next_try(
     assert all(0 < s <= arker.retry.max_delay_s for s in sleeps)
 
 
-def test_one_idempotency_key_across_attempts_of_a_run(
-    arker: Arker, server: FakeServer
-) -> None:
+def test_one_idempotency_key_across_attempts_of_a_run(arker: Arker, server: FakeServer) -> None:
     server.reply(error(503, "unavailable"), httpx.ConnectError("reset"), ok(completed()))
     arker.vm(VM_ID).run("make")
     keys = {r.headers["Idempotency-Key"] for r in server.requests}
@@ -102,9 +94,7 @@ def test_one_idempotency_key_across_attempts_of_a_run(
     assert server.requests[-1].headers["Idempotency-Key"] not in keys  # a new call, a new key
 
 
-def test_one_upload_id_across_attempts_of_a_write(
-    arker: Arker, server: FakeServer
-) -> None:
+def test_one_upload_id_across_attempts_of_a_write(arker: Arker, server: FakeServer) -> None:
     server.reply(error(502, "unavailable"), httpx.ReadTimeout("slow"), ok(written()))
     arker.vm(VM_ID).sync.write_file("/home/user/a.txt", b"abc")
     assert len(server.requests) == 3
@@ -113,9 +103,7 @@ def test_one_upload_id_across_attempts_of_a_write(
     assert {r.content for r in server.requests} == {b"abc"}
 
 
-def test_fork_keeps_the_callers_key_across_attempts(
-    arker: Arker, server: FakeServer
-) -> None:
+def test_fork_keeps_the_callers_key_across_attempts(arker: Arker, server: FakeServer) -> None:
     server.reply(error(408, "timeout"), ok(vm(), 201))
     arker.vm("debian").fork(idempotency_key="fork-1")
     assert [r.headers["Idempotency-Key"] for r in server.requests] == ["fork-1", "fork-1"]
@@ -200,9 +188,7 @@ def test_bad_success_bodies_are_invalid_response(
     assert len(server.requests) == 1
 
 
-def test_fields_from_a_newer_server_are_ignored(
-    arker: Arker, server: FakeServer
-) -> None:
+def test_fields_from_a_newer_server_are_ignored(arker: Arker, server: FakeServer) -> None:
     server.reply(ok({**vm(), "gpu": "h100"}))
     assert (arker.get(VM_ID)).vm_id == VM_ID
 

@@ -25,9 +25,7 @@ def arker(server: FakeServer, sleeps: list[float]) -> Arker:
     return make(server, sleeps)
 
 
-def test_fork_sends_lifecycle_fields_only_when_set(
-    arker: Arker, server: FakeServer
-) -> None:
+def test_fork_sends_lifecycle_fields_only_when_set(arker: Arker, server: FakeServer) -> None:
     info = vm(expires_at=WHEN, idle_stop_s=600, labels={"team": "ml"})
     server.reply(ok(info, 201), ok(vm(), 201), ok(vm(), 201))
     child = arker.vm("debian").fork(ttl_s=3600, idle_stop_s=600, labels={"team": "ml"})

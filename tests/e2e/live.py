@@ -203,9 +203,7 @@ async def _check_async(response: httpx.Response) -> None:
     check(response)
 
 
-def make_live(
-    database_url: str | None, *extra_args: str, goldens: tuple[str, ...] = ()
-) -> Live:
+def make_live(database_url: str | None, *extra_args: str, goldens: tuple[str, ...] = ()) -> Live:
     """A server over busybox and `goldens`, with keys for acme, globex and ops."""
     data_dir = Path(tempfile.mkdtemp(prefix="arker-e2e-"))
     server = LiveServer(data_dir, database_url, list(extra_args))

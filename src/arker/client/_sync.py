@@ -235,9 +235,7 @@ class Computer(ComputerBase[Arker]):
     """A golden or a VM. Every call goes to the endpoint it is pinned to; on
     leaving `async with`, the VM is deleted."""
 
-    def __init__(
-        self, arker: Arker, vm_id: str, endpoint: str, info: Vm | None = None
-    ) -> None:
+    def __init__(self, arker: Arker, vm_id: str, endpoint: str, info: Vm | None = None) -> None:
         super().__init__(arker, vm_id, endpoint, info)
         self.sync = FileSync(self)
         self.fs = Fs(self)
@@ -399,9 +397,7 @@ class Computer(ComputerBase[Arker]):
         request = self._run_events_request(run_id, stdout_after, stderr_after)
         return self._arker._events(request, parser)
 
-    def send_stdin(
-        self, run_id: str, data: bytes | str, *, close: bool = False
-    ) -> RunStdinWritten:
+    def send_stdin(self, run_id: str, data: bytes | str, *, close: bool = False) -> RunStdinWritten:
         """Append to the stdin of a run started with `stdin_open`; `close`
         then closes it (the command reads end-of-file)."""
         return decode_stdin_written(self._send(self._stdin_request(run_id, data, close)))
