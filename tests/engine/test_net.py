@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from arker.engine.net import Network
+from arker.errors import ArkerError
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, nftables)")
 
@@ -86,10 +87,37 @@ def test_allow_lists_are_set_elements_not_chains(net: Network, netns_pid: int) -
     net.detach("vm-b")
 
 
+def test_a_new_allow_list_replaces_the_old_in_one_transaction(net: Network, netns_pid: int) -> None:
+    link = net.attach("vm-c", netns_pid, ["198.51.100.0/24"])
+    assert net._nft is not None
+    real_run = net._nft.run
+    sent: list[str] = []
+
+    def counted(command: str) -> None:  # the real nft, its transactions counted
+        sent.append(command)
+        real_run(command)
+
+    net._nft.run = counted  # type: ignore[method-assign]
+    try:
+        net.set_allow("vm-c", ["192.0.2.0/28"])
+        # Unlisted between two transactions, the VM would have had the internet.
+        assert len(sent) == 1 and "delete element" in sent[0] and "add element" in sent[0]
+        with pytest.raises(ArkerError, match="nftables refused"):  # none of the batch applies
+            net.set_allow("vm-c", ["192.0.2.0/28", "999.1.2.3/32"])
+        table = _table(net)
+        assert f'"{link.name}" . 192.0.2.0/28' in table and "999." not in table
+        net.set_allow("vm-c", None)  # the engine still knows the list in force
+        assert link.name not in _table(net)
+    finally:
+        net._nft.run = real_run  # type: ignore[method-assign]
+        net.detach("vm-c")
+
+
 CRASH = """
 import os, sys
 sys.path.insert(0, {src!r})
 from arker.engine.net import Network
+from arker.errors import ArkerError
 n = Network(dns_port=1, proxy_port=2)
 n.open()
 print(n.table, flush=True)

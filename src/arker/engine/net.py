@@ -289,9 +289,20 @@ class Network:
         if slot is None:
             raise ArkerError(ErrorCode.CONFLICT, f"vm {vm_id!r} has no network")
         name = self._link(slot).name
-        self._unlist(vm_id, name)
+        had = self._listed.get(vm_id)
+        # One nft transaction: between the old list and the new one the VM
+        # must never be unlisted, which would be the whole internet.
+        command = self._unlisting(vm_id, name)
         if allow_cidrs is not None:
-            self._list(vm_id, name, allow_cidrs)
+            command += self._listing(vm_id, name, allow_cidrs)
+        if command and self._nft is not None:
+            try:
+                self._nft.run(command)
+            except BaseException:
+                self._listed.pop(vm_id, None)
+                if had is not None:
+                    self._listed[vm_id] = had  # the transaction left the old list in force
+                raise
 
     def link(self, vm_id: str) -> Link | None:
         slot = self._slots.get(vm_id)
@@ -349,22 +360,37 @@ class Network:
 
     def _list(self, vm_id: str, name: str, cidrs: list[str]) -> None:
         assert self._nft is not None
+        command = self._listing(vm_id, name, cidrs)
+        try:
+            self._nft.run(command)
+        except BaseException:
+            self._listed.pop(vm_id, None)
+            raise
+
+    def _unlist(self, vm_id: str, name: str) -> None:
+        command = self._unlisting(vm_id, name)
+        if command and self._nft is not None:
+            self._nft.run(command)
+
+    def _listing(self, vm_id: str, name: str, cidrs: list[str]) -> str:
+        """The commands that put the VM's link on the allow-list with `cidrs`."""
         elements = ", ".join(f'"{name}" . {c}' for c in cidrs)
         command = f'add element inet {self.table} listed {{ "{name}" }}\n'
         if elements:
             command += f"add element inet {self.table} allowed {{ {elements} }}\n"
-        self._nft.run(command)
         self._listed[vm_id] = list(cidrs)
+        return command
 
-    def _unlist(self, vm_id: str, name: str) -> None:
+    def _unlisting(self, vm_id: str, name: str) -> str:
+        """The commands that take the VM's link off the allow-list ("" when it is not on it)."""
         cidrs = self._listed.pop(vm_id, None)
-        if cidrs is None or self._nft is None:
-            return
+        if cidrs is None:
+            return ""
         command = f'delete element inet {self.table} listed {{ "{name}" }}\n'
         if cidrs:
             elements = ", ".join(f'"{name}" . {c}' for c in cidrs)
             command += f"delete element inet {self.table} allowed {{ {elements} }}\n"
-        self._nft.run(command)
+        return command
 
 
 def _ifindex(name: str) -> int:
