@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from ulid import ULID
 
 from arker import _types as t
-from arker.engine.base import Engine, OutputChunk, RunInfo, RunPhase, RunSpec
+from arker.engine.base import Engine, OutputChunk, RunInfo, RunMoved, RunPhase, RunSpec
 from arker.errors import ArkerError, ErrorCode
 from arker.server import runspec, wire
 from arker.server.config import Settings
@@ -267,7 +267,8 @@ class Runs:
         run_id = row.id
 
         def done(_task: object) -> None:
-            self._tasks.pop(run_id, None)
+            if self._tasks.get(run_id) is task:  # not a later attempt's task
+                del self._tasks[run_id]
             self.wakeups.wake(run_id)  # streams of the run go on to its end
 
         task.add_done_callback(done)
@@ -347,6 +348,8 @@ class Runs:
         try:
             while info is None or not info.done:
                 info, finished = await self.threads.wait(self._wait, row)
+        except RunMoved:
+            return None  # started again elsewhere, and driven there (cluster takeover)
         except ArkerError as exc:
             if not self._stopping:
                 await self._fail([run_id], f"the engine lost the run: {exc.message}")
@@ -547,6 +550,22 @@ class Runs:
             by_vm[r.vm_id].append(r)
         for vm_id, runs in by_vm.items():
             await self._recover_vm(vms.get(vm_id), vm_id, runs)
+
+    async def recover_vm(self, vm_id: str) -> None:
+        """What `recover` does, for one VM: its in-flight runs started again
+        from their checkpoint (durable) or failed. A cluster's takeover calls
+        it once the VM is on its new host."""
+        async with self.db.session() as s:
+            runs = (
+                await s.scalars(
+                    select(Run)
+                    .where(Run.vm_id == vm_id, Run.state.in_(IN_FLIGHT))
+                    .order_by(Run.created_at)
+                )
+            ).all()
+            vm = await s.get(Vm, vm_id)
+        if runs:
+            await self._recover_vm(vm, vm_id, list(runs))
 
     async def _recover_vm(self, vm: Vm | None, vm_id: str, runs: list[Run]) -> None:
         ids = [r.id for r in runs]
