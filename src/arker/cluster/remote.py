@@ -103,6 +103,7 @@ class _Transport:
                 additional_headers=self.headers(),
                 open_timeout=10,
                 max_size=None,
+                legacy=True,  # closed by its owner (the relay threads), not a with block
             )
         except (OSError, TimeoutError) as exc:
             raise HostUnreachable(self.url, exc) from exc
