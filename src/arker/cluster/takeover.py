@@ -30,7 +30,7 @@ from arker.server.runs import Runs
 from arker.server.store import ClusterHost, Database, Placement, Vm
 from arker.server.threads import Threads
 
-__all__ = ["Takeover"]
+__all__ = ["Moved", "Takeover", "claim"]
 
 log = logging.getLogger("arker.cluster")
 
@@ -83,40 +83,7 @@ class Takeover:
 
     async def sweep(self) -> int:
         """One pass; how many VMs it took over or marked lost."""
-        found_at = time.monotonic()
-        moved: list[Moved] = []
-        lost: list[tuple[str, str]] = []
-        async with self.db.session() as s, s.begin():
-            now = db_now()
-            rows = (
-                await s.execute(
-                    select(Placement, Vm.durable, Vm.org)
-                    .join(ClusterHost, ClusterHost.id == Placement.host_id)
-                    .join(Vm, Vm.id == Placement.vm_id)
-                    .where(
-                        Vm.deleted_at.is_(None),
-                        Vm.lost.is_(False),
-                        or_(
-                            ClusterHost.lease_expires_at < now, ClusterHost.fence != Placement.fence
-                        ),
-                    )
-                    .limit(BATCH)
-                    .with_for_update(of=Placement, skip_locked=True)
-                )
-            ).all()
-            if not rows:
-                return 0
-            healthy = list(
-                await s.scalars(select(ClusterHost).where(ClusterHost.lease_expires_at > now))
-            )
-            for placement, durable, org in rows:
-                target = _roomiest([h for h in healthy if h.id != placement.host_id] or healthy)
-                if durable and target is not None:
-                    placement.host_id, placement.fence = target.id, target.fence
-                    moved.append(Moved(placement.vm_id, target.id, dict(placement.spec), found_at))
-                elif not durable:
-                    await s.execute(update(Vm).where(Vm.id == placement.vm_id).values(lost=True))
-                    lost.append((placement.vm_id, org))
+        moved, lost = await claim(self.db)
         for vm_id, org in lost:
             log.warning("vm %s is lost with its host", vm_id)
             self.forget(vm_id, org)
@@ -145,6 +112,46 @@ class Takeover:
             return
         await self.runs.recover_vm(m.vm_id)
         self.resumed.append((m.vm_id, time.monotonic() - m.found_at))
+
+
+async def claim(db: Database) -> tuple[list[Moved], list[tuple[str, str]]]:
+    """The transaction of a pass: lock (skipping rows another replica holds)
+    the placements of VMs whose host lost its lease; place each durable one
+    on a healthy host and mark each other one lost. What it moved, and the
+    (vm_id, org) of what it marked lost."""
+    found_at = time.monotonic()
+    moved: list[Moved] = []
+    lost: list[tuple[str, str]] = []
+    async with db.session() as s, s.begin():
+        now = db_now()
+        rows = (
+            await s.execute(
+                select(Placement, Vm.durable, Vm.org)
+                .join(ClusterHost, ClusterHost.id == Placement.host_id)
+                .join(Vm, Vm.id == Placement.vm_id)
+                .where(
+                    Vm.deleted_at.is_(None),
+                    Vm.lost.is_(False),
+                    or_(ClusterHost.lease_expires_at < now, ClusterHost.fence != Placement.fence),
+                )
+                .limit(BATCH)
+                .with_for_update(of=Placement, skip_locked=True)
+            )
+        ).all()
+        if not rows:
+            return [], []
+        healthy = list(
+            await s.scalars(select(ClusterHost).where(ClusterHost.lease_expires_at > now))
+        )
+        for placement, durable, org in rows:
+            target = _roomiest([h for h in healthy if h.id != placement.host_id] or healthy)
+            if durable and target is not None:
+                placement.host_id, placement.fence = target.id, target.fence
+                moved.append(Moved(placement.vm_id, target.id, dict(placement.spec), found_at))
+            elif not durable:
+                await s.execute(update(Vm).where(Vm.id == placement.vm_id).values(lost=True))
+                lost.append((placement.vm_id, org))
+    return moved, lost
 
 
 def _roomiest(hosts: list[ClusterHost]) -> ClusterHost | None:
