@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import pytest
 
 from arker.cluster.blobs import BlobStore
 from arker.cluster.local import Postgres, Seaweed, start_postgres, start_seaweed
+from arker.engine.base import RunInfo, RunSpec
+from arker.engine.host import NamespaceEngine
 
 POSTGRES_PORT = 18400
 SEAWEED_PORT_BASE = 18410  # uses 18410-18419
@@ -66,3 +69,48 @@ def blob_store(cluster_seaweed: Seaweed) -> BlobStore:
         access_key=cluster_seaweed.access_key,
         secret_key=cluster_seaweed.secret_key,
     )
+
+
+# -- two engines on this machine, as two hosts of a cluster ------------------
+
+
+def _engine(where: Path) -> Iterator[NamespaceEngine]:
+    eng = NamespaceEngine(where, image_size_bytes=4 << 30, tmp_size_bytes=64 << 20,
+                          networking=False)  # fmt: skip
+    eng.open()
+    try:
+        eng.build_golden("busybox")
+        yield eng
+    finally:
+        for vm_id in eng.vm_ids():
+            eng.delete(vm_id)
+        eng.close()
+
+
+@pytest.fixture(scope="session")
+def engine_a(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NamespaceEngine]:
+    """The first host's engine (its own data dir and pool)."""
+    if os.geteuid() != 0 and not os.environ.get("CI"):
+        pytest.skip("real btrfs pools and namespaces: needs root")
+    yield from _engine(tmp_path_factory.mktemp("host-a"))
+
+
+@pytest.fixture(scope="session")
+def engine_b(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NamespaceEngine]:
+    """The second host's engine."""
+    if os.geteuid() != 0 and not os.environ.get("CI"):
+        pytest.skip("real btrfs pools and namespaces: needs root")
+    yield from _engine(tmp_path_factory.mktemp("host-b"))
+
+
+def new_id(prefix: str = "vm") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def sh(engine: NamespaceEngine, vm_id: str, command: str) -> RunInfo:
+    """A foreground run in the VM: start, wait, forget."""
+    run_id = uuid.uuid4().hex[:12]
+    engine.start_run(vm_id, run_id, RunSpec(command=command))
+    info = engine.wait_run(vm_id, run_id, 120)
+    engine.forget_run(vm_id, run_id)
+    return info

@@ -224,6 +224,20 @@ def test_every_method_crosses(cluster: tuple[Cluster, HostProc]) -> None:
     with pytest.raises(ArkerError) as err:
         e.adopt(vm, hostname="x")  # this host has no blob store
     assert err.value.code == "unsupported_operation"
+    # Streams to and from the blob store are the host's own (its Shipper):
+    # a file object of this process cannot cross, and the call says so here.
+    for name, args in (
+        ("send_checkpoint", (vm, "cp", None, io.BytesIO())),
+        ("receive_checkpoint", (vm, "cp", None, io.BytesIO())),
+        ("send_golden", ("busybox", io.BytesIO())),
+        ("receive_golden", ("other", io.BytesIO())),
+    ):
+        with pytest.raises(ArkerError) as err:
+            getattr(e, name)(*args)
+        assert err.value.code == "unsupported_operation", name
+    with pytest.raises(ArkerError) as err:
+        e.restore_received(child, "cp_never_received", hostname="x")  # crosses, and fails there
+    assert err.value.status in (404, 409) and err.value.code in ("not_found", "conflict")
     e.delete(child)
     e.delete(vm)
     assert vm not in e.vm_ids()

@@ -70,8 +70,8 @@ def host_routes(target: Any, guard: Guard, spool_dir: str) -> list[Route | WebSo
 
     async def call(request: Request) -> Response:
         m = METHODS.get(request.path_params["name"])
-        if m is None:
-            return _error(ArkerError(ErrorCode.NOT_FOUND, "no such engine method"))
+        if m is None or m.kind == "local":
+            return _error(ArkerError(ErrorCode.NOT_FOUND, "no such engine method here"))
         try:
             if m.body_streamed:
                 kwargs = _parse(request.headers.get(ARGS_HEADER), m)

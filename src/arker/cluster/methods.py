@@ -13,6 +13,9 @@ parameters and result with their type hints, and how each crosses, by type:
     parameter bytes         the request body (one per method)
     parameter HostPath      the file, streamed as the request body
     parameter a callable    stays with the caller (the host gets None)
+    parameter BinaryIO      a file object of this process: the call cannot
+                            cross (unsupported_operation, raised here); the
+                            host makes these itself (its Shipper, to S3)
     anything else           JSON, by codec.py
 
 so adding a method to `Engine` adds it to the host API with no code here.
@@ -24,7 +27,7 @@ import collections.abc
 import inspect
 import socket
 from dataclasses import dataclass
-from typing import Annotated, Any, get_args, get_origin
+from typing import Annotated, Any, BinaryIO, get_args, get_origin
 
 from arker.cluster.codec import hints_of
 from arker.engine.base import ArchiveReader, Engine, Fd, FileWriter, HostPath
@@ -52,7 +55,7 @@ class Method:
     signature: inspect.Signature  # with self
     params: dict[str, Any]  # name -> hint, the ones that cross as JSON
     result: Any
-    kind: str  # "value" or a RESULTS kind, or "fds"
+    kind: str  # "value", a RESULTS kind, "fds", or "local" (cannot cross)
     body: str | None  # the parameter sent as the request body, if any
     body_is_path: bool  # that parameter is a HostPath (a file), not bytes
     local: frozenset[str]  # parameters that stay with the caller
@@ -61,6 +64,10 @@ class Method:
     def body_streamed(self) -> bool:
         """Whether the request carries a body (and the JSON arguments in a header)."""
         return self.body is not None or self.kind == "writer"
+
+
+def _unwrap(hint: Any) -> Any:
+    return get_args(hint)[0] if get_origin(hint) is Annotated else hint
 
 
 def _is_callable(hint: Any) -> bool:
@@ -82,6 +89,8 @@ def _method(name: str, fn: Any) -> Method:
     kind = RESULTS.get(result, "value")
     if _is_fds(result):
         kind = "fds"
+    if any(_unwrap(hints.get(p)) is BinaryIO for p in list(sig.parameters)[1:]):
+        kind = "local"
     params: dict[str, Any] = {}
     local: set[str] = set()
     body: str | None = None

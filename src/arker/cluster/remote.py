@@ -144,6 +144,11 @@ class RemoteEngineBase(Engine):
         t = self.transport
         if m.kind == "fds":
             return ()  # nothing to watch from here: callers poll read_output
+        if m.kind == "local":
+            raise ArkerError(
+                ErrorCode.UNSUPPORTED_OPERATION,
+                f"{m.name} takes a file object of this process: the host makes it itself",
+            )
         if m.kind in ("socket", "pty"):
             conn = t.ws(m.name, args)
             return _socket_over(conn) if m.kind == "socket" else _RemotePty(conn)

@@ -14,7 +14,7 @@ import abc
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, Literal
 
 if TYPE_CHECKING:
     import socket
@@ -491,6 +491,43 @@ class Engine(abc.ABC):
 
     def checkpoints(self, vm_id: str) -> list[str]:
         raise _unsupported("checkpoints")
+
+    # -- shipping: a cluster moves checkpoints and goldens between hosts as
+    # zstd-compressed `btrfs send` streams; engines without it raise unsupported_operation
+    def send_checkpoint(
+        self, vm_id: str, checkpoint_id: str, parent_id: str | None, out: BinaryIO
+    ) -> None:
+        """Write the checkpoint to `out` as a compressed stream: whole, or only
+        what changed since the checkpoint `parent_id` (which the receiver has)."""
+        raise _unsupported("checkpoint shipping")
+
+    def receive_checkpoint(
+        self, vm_id: str, checkpoint_id: str, parent_id: str | None, src: BinaryIO
+    ) -> None:
+        """Keep the checkpoint that `src` streams (what `send_checkpoint` wrote
+        on another host); an incremental needs `parent_id` received first."""
+        raise _unsupported("checkpoint shipping")
+
+    def restore_received(
+        self,
+        vm_id: str,
+        checkpoint_id: str,
+        *,
+        hostname: str,
+        limits: Limits | None = None,
+        network: NetworkPolicy | None = None,
+    ) -> None:
+        """Make the VM `vm_id` on this engine, stopped, with the files of its
+        received checkpoint (conflict if the VM is here already)."""
+        raise _unsupported("checkpoint shipping")
+
+    def send_golden(self, name: str, out: BinaryIO) -> None:
+        """Write the golden to `out` as a compressed stream."""
+        raise _unsupported("golden shipping")
+
+    def receive_golden(self, name: str, src: BinaryIO) -> None:
+        """Keep the golden that `src` streams as `name` (conflict if it is here)."""
+        raise _unsupported("golden shipping")
 
 
 # A closed port is the VM's app not serving, not this server failing: 502, as a
