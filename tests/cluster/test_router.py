@@ -1,4 +1,4 @@
-"""The router through the public API: two real host agents, two API replicas
+"""The router (and replica loss) through the public API: two real host agents, two API replicas
 (`arker serve --cluster`) on one PostgreSQL. Forks of a golden go to a live
 host and forks of a VM to its host; any replica serves any VM; a host killed
 with SIGKILL leaves its non-durable VMs lost (410 vm_lost, state lost) on
@@ -111,3 +111,52 @@ def test_a_killed_host_leaves_its_vms_lost_and_cleans_up_when_back(cluster: Clus
         time.sleep(0.2)
     assert one.get(vm.vm_id).state == "lost"  # and it stays lost: nothing replaced it
     one.vm(vm.vm_id).delete()
+
+
+def test_killing_a_replica_loses_nothing_it_acknowledged(cluster: Cluster) -> None:
+    """A foreground run in flight on a replica that is SIGKILLed: the SDK's
+    retry with the same idempotency key, to the other replica, gets the
+    run's answer; a fork acknowledged by it is there on the other."""
+    first, second = cluster.replicas
+    a = Arker(api_key=cluster.keys["acme"], base_url=first.url)
+    b = Arker(api_key=cluster.keys["acme"], base_url=second.url)
+    vm = a.vm("busybox").fork(name="replica-loss", idempotency_key="ccore-fork-1")
+    assert b.get(vm.vm_id).name == "replica-loss"
+    # The same fork again, to the other replica: the same VM.
+    assert (
+        b.vm("busybox").fork(name="replica-loss", idempotency_key="ccore-fork-1").vm_id == vm.vm_id
+    )
+
+    import threading
+
+    import httpx
+
+    answer: dict[str, object] = {}
+
+    def call() -> None:
+        try:
+            answer["r"] = httpx.post(
+                f"{first.url}/v1/vms/{vm.vm_id}/runs",
+                json={"command": "sleep 2; echo slow-done"},
+                headers={
+                    "Authorization": f"Bearer {cluster.keys['acme']}",
+                    "Idempotency-Key": "ccore-run-1",
+                },
+                timeout=30,
+            )
+        except httpx.HTTPError as exc:
+            answer["error"] = exc
+
+    t = threading.Thread(target=call)
+    t.start()
+    time.sleep(0.8)
+    first.kill()  # mid-request
+    t.join(30)
+    assert "error" in answer  # the client saw no answer: it retries
+    retried = b.vm(vm.vm_id).run("sleep 2; echo slow-done", idempotency_key="ccore-run-1")
+    assert retried.type == "completed" and retried.stdout == b"slow-done\n"
+    again = b.vm(vm.vm_id).run("sleep 2; echo slow-done", idempotency_key="ccore-run-1")
+    assert again.type == "completed" and again.run_id == retried.run_id  # the same answer
+    assert f"adopting run {retried.run_id}" in second.log()  # the other replica recorded it
+    first.start()
+    vm.delete()

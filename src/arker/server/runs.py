@@ -52,6 +52,11 @@ SIGNALS = {
     )
 }  # fmt: skip
 WAIT_CHUNK_S = 30.0
+# A cluster replica answering for a run no task of its own drives (the
+# replica that started it may have died): after this many looks (0.1 s
+# each) it waits for the run itself and records its end. Two replicas
+# doing so is harmless: only the first end is recorded.
+ADOPT_AFTER_POLLS = 10
 
 # Built once: constructing statements per run showed up in profiles of `true`.
 _INSERT = insert(Run)
@@ -210,6 +215,7 @@ class Runs:
 
     async def _answer(self, run_id: str) -> Answer:
         """The foreground result, waiting for the run if it is still going."""
+        polls = 0
         while True:
             task = self._tasks.get(run_id)
             # The task is shielded: a client hanging up must not stop the run
@@ -221,6 +227,9 @@ class Runs:
             assert row is not None
             if row.state not in IN_FLIGHT:
                 break
+            polls += 1
+            if polls == ADOPT_AFTER_POLLS and self.settings.cluster and run_id not in self._tasks:
+                self._adopt(row)
             await asyncio.sleep(0.1)  # being recovered, or driven by another replica
         return wire.run_result(row), 200
 
@@ -251,6 +260,22 @@ class Runs:
         except Exception:
             # The run is safe with its checkpoint taken; a leftover is pruned next time.
             log.warning("could not prune checkpoints of vm %s", vm_id, exc_info=True)
+
+    def _adopt(self, row: Run) -> None:
+        """Wait for a run started elsewhere and record its end (cluster/)."""
+        log.info("adopting run %s of vm %s: no replica is known to drive it", row.id, row.vm_id)
+        run_spec = runspec.for_engine(row.spec, self.settings.output_cap_bytes)
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._drive(row, run_spec, False, False, None, start=False))
+        self._tasks[row.id] = task
+        run_id = row.id
+
+        def done(_task: object) -> None:
+            if self._tasks.get(run_id) is task:
+                del self._tasks[run_id]
+            self.wakeups.wake(run_id)
+
+        task.add_done_callback(done)
 
     async def _launch(
         self, row: Run, run_spec: RunSpec, new: bool, record: bool, wait_started: bool
@@ -319,7 +344,13 @@ class Runs:
 
     # -- finishing
     async def _drive(
-        self, row: Run, spec: RunSpec, new: bool, record: bool, started: asyncio.Future[None] | None
+        self,
+        row: Run,
+        spec: RunSpec,
+        new: bool,
+        record: bool,
+        started: asyncio.Future[None] | None,
+        start: bool = True,
     ) -> Run | None:
         """Record and start the run, wait for it and record its end; return the
         finished row, or None when it is left for recovery (shutdown) or
@@ -328,14 +359,17 @@ class Runs:
         # SQLite writes from the worker thread, in place; asyncpg's writes stay
         # on the loop, where its connections live.
         on_loop = not self.db.writes_in_threads
+        info: RunInfo | None = None
+        finished: Run | None = None
         try:
-            if record and on_loop:
-                await self.db.write(_INSERT, _values(row))
-            # A foreground run waits in this hop, so it goes with the waits.
-            hop = self.threads.wait if started is None else self.threads.call
-            info, finished = await hop(
-                self._begin, row, spec, new, record and not on_loop, started is None
-            )
+            if start:  # else started elsewhere: only wait for it (see _adopt)
+                if record and on_loop:
+                    await self.db.write(_INSERT, _values(row))
+                # A foreground run waits in this hop, so it goes with the waits.
+                hop = self.threads.wait if started is None else self.threads.call
+                info, finished = await hop(
+                    self._begin, row, spec, new, record and not on_loop, started is None
+                )
         except Exception as exc:
             if not new:  # a recovered run's only failure here is its start
                 await self._fail([run_id], f"the engine could not start it again: {exc}")
