@@ -8,6 +8,7 @@ its pool."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,12 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))  # live
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "server"))  # pg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # contract_check
 
-import contextlib
 
-from live import _arker_cmd, build_busybox, create_key
+from live import Live, _arker_cmd, build_busybox, create_key
 from pg import PG_URL, _admin_sync
 
-__all__ = ["Cluster", "HostProc", "ReplicaProc", "make_database", "PG_URL"]
+__all__ = ["PG_URL", "Cluster", "HostProc", "ReplicaProc", "cluster_live", "make_database"]
 
 PORTS = iter(range(18300, 18400))
 START_TIMEOUT_S = 90.0
@@ -255,3 +256,18 @@ class Cluster:
         if not left:
             shutil.rmtree(self.root, ignore_errors=True)
         return left
+
+
+@contextlib.contextmanager
+def cluster_live(hosts: int = 2) -> Iterator[Live]:
+    """A cluster as the e2e tests' `live`: its replica is the server they call."""
+    c = Cluster.create()
+    try:
+        for _ in range(hosts):
+            c.add_host()
+        replica = c.add_replica()
+        admin = create_key(replica.data_dir, "ops", c.database_url, admin=True)
+        yield Live(replica, c.keys, admin)  # type: ignore[arg-type]
+    finally:
+        left = c.close()
+        assert not left, left
