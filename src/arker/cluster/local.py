@@ -209,6 +209,12 @@ class Seaweed:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        # Its gRPC servers also listen on unix sockets it names by port in /tmp
+        # (no flag moves them); a killed server leaves them behind.
+        for name, port in _seaweed_ports(self.port_base).items():
+            if name.endswith(".grpc"):
+                kind = name.split(".")[0]
+                Path(f"/tmp/seaweedfs-{kind}-grpc-{port}.sock").unlink(missing_ok=True)
 
 
 def _seaweed_ports(base: int) -> dict[str, int]:

@@ -403,8 +403,9 @@ class Pool:
         """Delete the VM's subvolume and its checkpoints; missing is fine.
         The caller stops the VM first (its mounts pin the subvolume)."""
         cp_dir = self._checkpoint_dir(vm_id)
-        for cp in self.checkpoints(vm_id):
-            self._destroy(cp_dir, cp)
+        with contextlib.suppress(FileNotFoundError):
+            for cp in os.listdir(cp_dir):  # half-received ones too, which are not listed
+                self._destroy(cp_dir, cp)
         with contextlib.suppress(FileNotFoundError):
             cp_dir.rmdir()
         vms = self.root / "vms"
@@ -518,9 +519,11 @@ class Pool:
         """Receive straight into `dest`'s directory (a read-only subvolume
         cannot be moved to another directory), check the stream made exactly
         `dest` and made it whole (read-only), else remove what it began."""
-        if dest.exists():
-            raise ArkerError(ErrorCode.CONFLICT, f"{what} already exists")
         with self._receive_lock:
+            if dest.exists() and not self._sealed(dest):  # a receive a crash cut short
+                self._destroy(dest.parent, dest.name)
+            if dest.exists():
+                raise ArkerError(ErrorCode.CONFLICT, f"{what} already exists")
             before = set(os.listdir(dest.parent))
             created: list[str] = []
             try:

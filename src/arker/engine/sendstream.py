@@ -92,6 +92,7 @@ def receive(dest_dir: Path, src: Source, created: list[str]) -> int:
                     break  # a side died: its exit status says why
         except BaseException:
             _kill(receiver, unpacker)
+            created.extend(m.group(1) for m in _AT.finditer(_text(err)))
             raise
         finally:
             with contextlib.suppress(BrokenPipeError):
