@@ -34,7 +34,7 @@ from arker.server.auth import KEY_PREFIX, Authenticator
 from arker.server.routes import Org, Svc, VmId
 from arker.server.service import Service
 
-__all__ = ["PREVIEW_PATH", "preview_target", "router"]
+__all__ = ["PREVIEW_PATH", "preview_target", "relay_socket", "router"]
 
 log = logging.getLogger("arker.server")
 
@@ -504,12 +504,25 @@ async def port_tcp(websocket: WebSocket, vm_id: str, port: str) -> None:
     if sock is None:
         return
     try:
+        await websocket.accept()
+    except BaseException:
+        sock.close()
+        raise
+    svc: Service = websocket.app.state.service
+    async with svc.hold(vm_id):
+        await relay_socket(websocket, sock)
+
+
+async def relay_socket(websocket: WebSocket, sock: socket.socket) -> None:
+    """Bytes both ways between an accepted WebSocket (binary frames) and a
+    connected socket, until either side ends; then both are closed (also
+    the host agent's relay of `connect_port`, cluster/hostapp.py)."""
+    try:
         reader, writer = await asyncio.open_connection(sock=sock)
     except BaseException:
         sock.close()
         raise
     try:
-        await websocket.accept()
 
         async def up() -> None:
             while True:
@@ -523,9 +536,7 @@ async def port_tcp(websocket: WebSocket, vm_id: str, port: str) -> None:
             while data := await reader.read(READ_BYTES):
                 await websocket.send_bytes(data)
 
-        svc: Service = websocket.app.state.service
-        async with svc.hold(vm_id):
-            await _first_of(up(), down())
+        await _first_of(up(), down())
         with contextlib.suppress(Exception):
             await websocket.close(1000)
     finally:
