@@ -23,7 +23,15 @@ from pathlib import Path
 
 from arker.errors import ArkerError, ErrorCode
 
-__all__ = ["PG_BIN", "Postgres", "Seaweed", "start_postgres", "start_seaweed", "weed_binary"]
+__all__ = [
+    "PG_BIN",
+    "Postgres",
+    "Seaweed",
+    "remove_seaweed_sockets",
+    "start_postgres",
+    "start_seaweed",
+    "weed_binary",
+]
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 _PG_USER = "postgres"  # PostgreSQL refuses to run as root; Debian's package makes this user
@@ -209,12 +217,15 @@ class Seaweed:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-        # Its gRPC servers also listen on unix sockets it names by port in /tmp
-        # (no flag moves them); a killed server leaves them behind.
-        for name, port in _seaweed_ports(self.port_base).items():
-            if name.endswith(".grpc"):
-                kind = name.split(".")[0]
-                Path(f"/tmp/seaweedfs-{kind}-grpc-{port}.sock").unlink(missing_ok=True)
+        remove_seaweed_sockets(self.port_base)
+
+
+def remove_seaweed_sockets(port_base: int) -> None:
+    """SeaweedFS's gRPC servers also listen on unix sockets it names by port in
+    /tmp (no flag moves them); a killed server leaves them behind."""
+    for name, port in _seaweed_ports(port_base).items():
+        if name.endswith(".grpc"):
+            Path(f"/tmp/seaweedfs-{name.split('.')[0]}-grpc-{port}.sock").unlink(missing_ok=True)
 
 
 def _seaweed_ports(base: int) -> dict[str, int]:
