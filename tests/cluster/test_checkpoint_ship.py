@@ -216,3 +216,18 @@ def test_bad_input_and_a_store_that_is_down(
             call()
         assert err.value.code == ErrorCode.UNAVAILABLE
     assert engine_a.checkpoints(vm_a) == ["cp1"] and vm_a not in engine_b.vm_ids()
+
+
+def test_ships_racing_in_one_process_take_turns(
+    blob_store: BlobStore, engine_a: NamespaceEngine, vm_a: str
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    ship = Shipper(blob_store, engine_a)
+    for n in range(4):
+        engine_a.checkpoint(vm_a, f"cp{n}")
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda n: ship.ship(vm_a, f"cp{n}"), range(4)))
+    shipped = _manifests(blob_store, vm_a)
+    assert [s.seq for s in shipped] == [1, 2, 3, 4]
+    assert sorted(s.checkpoint_id for s in shipped) == ["cp0", "cp1", "cp2", "cp3"]

@@ -73,6 +73,7 @@ class Shipper:
         self._last: dict[str, Shipped] = {}  # per VM, the last one this process knows of
         self._lock = threading.Lock()
         self._golden_locks: dict[str, threading.Lock] = {}
+        self._vm_locks: dict[str, threading.Lock] = {}
 
     # -- checkpoints ---------------------------------------------------------
 
@@ -82,6 +83,12 @@ class Shipper:
         checkpoint again right after is a no-op."""
         check_name(vm_id, "vm id")
         check_name(checkpoint_id, "checkpoint id")
+        with self._lock:
+            lock = self._vm_locks.setdefault(vm_id, threading.Lock())
+        with lock:  # one ship per VM at a time: each takes the next seq
+            self._ship(vm_id, checkpoint_id)
+
+    def _ship(self, vm_id: str, checkpoint_id: str) -> None:
         last = self._latest(vm_id)
         if last is not None and last.checkpoint_id == checkpoint_id:
             return
@@ -164,6 +171,7 @@ class Shipper:
         check_name(vm_id, "vm id")
         with self._lock:
             self._last.pop(vm_id, None)
+            self._vm_locks.pop(vm_id, None)
         # Manifests first: a half-forgotten VM must not look restorable from streams it lost.
         keys = self.blobs.list(f"checkpoints/{vm_id}/")
         for key in sorted(keys, key=lambda k: not k.rsplit("/", 1)[-1].startswith("m-")):
