@@ -506,6 +506,12 @@ class Vm(BaseModel):
             description="Its labels (see `ForkRequest.labels`); absent from servers older than labels."
         ),
     ] = None
+    host: Annotated[
+        str | None,
+        Field(
+            description="In a cluster, the id of the host agent that holds the VM; absent outside a cluster."
+        ),
+    ] = None
 
 
 class VmList(BaseModel):

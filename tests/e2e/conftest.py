@@ -43,11 +43,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(pytest.mark.skip(reason=reason))
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+# ARKER_E2E_CLUSTER=1 adds a third server kind, a cluster (tests/cluster/:
+# PostgreSQL, two host agents, an API replica); =only runs the cluster alone
+# (scripts/test runs the quickstart so in CI).
+_CLUSTER = os.environ.get("ARKER_E2E_CLUSTER", "")
+SERVER_KINDS = ["cluster"] if _CLUSTER == "only" else ["sqlite", "postgres"]
+if _CLUSTER == "1":
+    SERVER_KINDS.append("cluster")
+
+
+@pytest.fixture(scope="session", params=SERVER_KINDS)
 def db_choice(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    """None for SQLite in the data dir, else a fresh PostgreSQL database."""
+    """None for SQLite in the data dir, else a fresh PostgreSQL database (or
+    "cluster": see `live`)."""
     if request.param == "sqlite":
         yield None
+        return
+    if request.param == "cluster":
+        if not PG_URL:
+            pytest.skip("ARKER_TEST_POSTGRES_URL is not set")
+        yield "cluster"
         return
     if not PG_URL:
         pytest.skip("ARKER_TEST_POSTGRES_URL is not set")
@@ -61,6 +76,13 @@ def db_choice(request: pytest.FixtureRequest) -> Iterator[str | None]:
 @pytest.fixture(scope="session")
 def live(db_choice: str | None) -> Iterator[Live]:
     """One server per database for the whole session (starting one builds a golden)."""
+    if db_choice == "cluster":
+        sys.path.insert(0, str(HERE.parent / "cluster"))
+        from clusterkit import cluster_live
+
+        with cluster_live() as live_cluster:
+            yield live_cluster
+        return
     server = make_live(db_choice)
     try:
         yield server

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from arker.cli import client, demo, goldens, mcp, ports, server, shell, smoke
+from arker.cli import client, cluster, demo, goldens, host, mcp, ports, server, shell, smoke
 
 __all__ = ["app", "main"]
 
@@ -13,6 +13,8 @@ client.register(app)
 ports.register(app)
 shell.register(app)
 server.register(app)
+host.register(app)
+cluster.register(app)
 goldens.register(app)
 smoke.register(app)
 demo.register(app)

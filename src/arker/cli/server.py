@@ -134,6 +134,28 @@ def serve(
             help="Also serve /metrics here, with no key (the API port's needs an admin key).",
         ),
     ] = None,
+    cluster: Annotated[
+        bool,
+        typer.Option(
+            "--cluster",
+            help="Serve as an API replica of a cluster: no engine here, VMs on the host "
+            "agents (`arker host`) registered in --database-url (PostgreSQL).",
+        ),
+    ] = False,
+    blob_url: Annotated[
+        str | None,
+        typer.Option(
+            "--blob-url", envvar="ARKER_BLOB_URL", help="s3://bucket/prefix (with --cluster)."
+        ),
+    ] = None,
+    host_token_file: Annotated[
+        str | None,
+        typer.Option(
+            "--host-token-file",
+            envvar="ARKER_HOST_TOKEN_FILE",
+            help="The host token the host agents take (with --cluster).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the Arker API over this host's engine."""
     from arker.server.config import Settings
@@ -143,6 +165,14 @@ def serve(
         raise typer.BadParameter("--egress takes on or off", param_hint="--egress")
     if userns not in ("on", "off"):
         raise typer.BadParameter("--userns takes on or off", param_hint="--userns")
+    host_token = None
+    if cluster:
+        if not (database_url or "").startswith("postgresql"):
+            raise typer.BadParameter("a cluster needs PostgreSQL", param_hint="--database-url")
+        if not host_token_file:
+            raise typer.BadParameter("a cluster replica needs it", param_hint="--host-token-file")
+        with open(host_token_file) as f:
+            host_token = f.read().strip()
     settings = Settings(
         egress=egress == "on",
         user_namespaces=userns == "on",
@@ -163,6 +193,9 @@ def serve(
         preview_domain=preview_domain.strip(".").lower() if preview_domain else None,
         default_ttl_s=default_ttl_s,
         default_idle_stop_s=default_idle_stop_s,
+        cluster=cluster,
+        blob_url=blob_url,
+        host_token=host_token,
     )
     run_server(settings, host=host, port=port, log_level=log_level, metrics_listen=metrics_listen)
 

@@ -323,6 +323,14 @@ def rename_noreplace(dir_fd: int, old: str, new: str) -> None:
     _renameat2(dir_fd, old, new, _RENAME_NOREPLACE)
 
 
+def move_noreplace(old_dir_fd: int, old: str, new_dir_fd: int, new: str) -> None:
+    """Move `old` to another directory as `new`; EEXIST rather than replacing it."""
+    if _libc.renameat2(old_dir_fd, os.fsencode(old), new_dir_fd, os.fsencode(new),
+                       _RENAME_NOREPLACE) != 0:  # fmt: skip
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), old, None, new)
+
+
 def rename_exchange(dir_fd: int, a: str, b: str) -> None:
     """Swap two names in one directory atomically."""
     _renameat2(dir_fd, a, b, _RENAME_EXCHANGE)

@@ -14,7 +14,7 @@ import abc
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, Literal
 
 if TYPE_CHECKING:
     import socket
@@ -29,15 +29,18 @@ __all__ = [
     "DirListing",
     "Engine",
     "FileInfo",
+    "Fd",
     "FileWriter",
     "FsEntry",
     "GoldenInfo",
+    "HostPath",
     "Limits",
     "NetworkPolicy",
     "OutputChunk",
     "Progress",
     "RunInfo",
     "RunPhase",
+    "RunMoved",
     "RunSpec",
     "Unpacked",
     "VmPower",
@@ -45,6 +48,13 @@ __all__ = [
 ]
 
 DEFAULT_OUTPUT_CAP_BYTES = 8 * 1024 * 1024
+
+# Marks for the kinds of value that are not plain data, so a remote engine
+# (cluster/remote.py) knows how each crosses the wire from the type alone: a
+# path on the engine's own machine (its file is sent), and a file descriptor
+# of this process (it cannot cross at all).
+HostPath = Annotated[str, "a path on the engine's machine"]
+Fd = Annotated[int, "a file descriptor of this process"]
 
 # Called with (bytes_or_steps_done, total_or_None, message) while goldens build.
 Progress = Callable[[int, int | None, str], None]
@@ -239,6 +249,15 @@ class _GatheringWriter(FileWriter):
         self._pieces.clear()
 
 
+class RunMoved(ArkerError):
+    """Waiting for a run ended because its VM moved to another machine (a
+    cluster's takeover): this attempt is over, and another one is started
+    from the VM's checkpoint by whoever took it over."""
+
+    def __init__(self, vm_id: str) -> None:
+        super().__init__(ErrorCode.UNAVAILABLE, f"vm {vm_id!r} moved to another host", 503)
+
+
 class VmPower(enum.StrEnum):
     RUNNING = "running"
     STOPPED = "stopped"
@@ -270,7 +289,7 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def import_golden(
-        self, name: str, tarball: str, progress: Progress | None = None
+        self, name: str, tarball: HostPath, progress: Progress | None = None
     ) -> GoldenInfo:
         """Import a rootfs tarball (.tar, .tar.gz, .tar.zst) under `name`."""
 
@@ -363,7 +382,7 @@ class Engine(abc.ABC):
         byte `offset` on, without blocking (cheap enough for the event loop)."""
         raise _unsupported("reading a run's output as it goes")
 
-    def output_wakers(self, vm_id: str, run_id: str) -> tuple[int, ...]:
+    def output_wakers(self, vm_id: str, run_id: str) -> tuple[Fd, ...]:
         """fds that turn readable when the run may have new output (each
         drained by `read_output`); () when there are none to watch. They are
         the caller's to close: copies that stay valid after the run is
@@ -429,7 +448,7 @@ class Engine(abc.ABC):
         directory) are raised here, before any byte."""
         raise _unsupported("archives")
 
-    def unpack_archive(self, vm_id: str, path: str, tarball: str, max_bytes: int) -> Unpacked:
+    def unpack_archive(self, vm_id: str, path: str, tarball: HostPath, max_bytes: int) -> Unpacked:
         """Unpack the tar file `tarball` (a host path: plain, gzip or zstd)
         into the directory `path`, all or nothing: any member that could
         escape it, or is special, is invalid_request with nothing written."""
@@ -472,6 +491,43 @@ class Engine(abc.ABC):
 
     def checkpoints(self, vm_id: str) -> list[str]:
         raise _unsupported("checkpoints")
+
+    # -- shipping: a cluster moves checkpoints and goldens between hosts as
+    # zstd-compressed `btrfs send` streams; engines without it raise unsupported_operation
+    def send_checkpoint(
+        self, vm_id: str, checkpoint_id: str, parent_id: str | None, out: BinaryIO
+    ) -> None:
+        """Write the checkpoint to `out` as a compressed stream: whole, or only
+        what changed since the checkpoint `parent_id` (which the receiver has)."""
+        raise _unsupported("checkpoint shipping")
+
+    def receive_checkpoint(
+        self, vm_id: str, checkpoint_id: str, parent_id: str | None, src: BinaryIO
+    ) -> None:
+        """Keep the checkpoint that `src` streams (what `send_checkpoint` wrote
+        on another host); an incremental needs `parent_id` received first."""
+        raise _unsupported("checkpoint shipping")
+
+    def restore_received(
+        self,
+        vm_id: str,
+        checkpoint_id: str,
+        *,
+        hostname: str,
+        limits: Limits | None = None,
+        network: NetworkPolicy | None = None,
+    ) -> None:
+        """Make the VM `vm_id` on this engine, stopped, with the files of its
+        received checkpoint (conflict if the VM is here already)."""
+        raise _unsupported("checkpoint shipping")
+
+    def send_golden(self, name: str, out: BinaryIO) -> None:
+        """Write the golden to `out` as a compressed stream."""
+        raise _unsupported("golden shipping")
+
+    def receive_golden(self, name: str, src: BinaryIO) -> None:
+        """Keep the golden that `src` streams as `name` (conflict if it is here)."""
+        raise _unsupported("golden shipping")
 
 
 # A closed port is the VM's app not serving, not this server failing: 502, as a

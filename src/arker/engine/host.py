@@ -30,7 +30,7 @@ import socket
 import threading
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from arker.engine import _btrfs, _native, _netns, archive, files, fs, jail, pty, userns
 from arker.engine._cgroups import Cgroups
@@ -238,17 +238,24 @@ class NamespaceEngine(Engine):
         network: NetworkPolicy | None = None,
     ) -> None:
         check_name(vm_id, "vm id")
-        hostname = _hostname(hostname)
         with self._lock(vm_id):
             limits = limits or self.default_limits
             # conflict if vm_id exists: the snapshot says EEXIST
             self.pool.fork(source, vm_id, disk_bytes=limits.disk_bytes)
-            state: dict[str, Any] = {"hostname": hostname, "limits": asdict(limits), "init": None}
-            if self.userns:
-                # The range is the VM's from now until its delete: a restart
-                # of the server finds it in the state.
-                state["id_base"] = self._ids.claim(self._state_path(vm_id))
-            self._save(vm_id, {**state, "network": (network or NetworkPolicy()).as_dict()})
+            self._adopt(vm_id, hostname, limits, network)
+
+    def _adopt(
+        self, vm_id: str, hostname: str, limits: Limits, network: NetworkPolicy | None
+    ) -> None:
+        """Write the state of a VM whose files were just made."""
+        state: dict[str, Any] = {
+            "hostname": _hostname(hostname), "limits": asdict(limits), "init": None,
+        }  # fmt: skip
+        if self.userns:
+            # The range is the VM's from now until its delete: a restart
+            # of the server finds it in the state.
+            state["id_base"] = self._ids.claim(self._state_path(vm_id))
+        self._save(vm_id, {**state, "network": (network or NetworkPolicy()).as_dict()})
 
     def set_network(self, vm_id: str, network: NetworkPolicy) -> None:
         self._require(vm_id)
@@ -610,6 +617,49 @@ class NamespaceEngine(Engine):
     def checkpoints(self, vm_id: str) -> list[str]:
         self._require(vm_id)
         return self.pool.checkpoints(vm_id)
+
+    # -- shipping (the cluster's Shipper moves these streams through S3)
+    def send_checkpoint(
+        self, vm_id: str, checkpoint_id: str, parent_id: str | None, out: BinaryIO
+    ) -> None:
+        path = self.pool.checkpoint_path(vm_id, checkpoint_id)
+        if not path.is_dir():
+            self._require(vm_id)
+        parent = None if parent_id is None else self.pool.checkpoint_path(vm_id, parent_id)
+        self.pool.send(path, parent, out, f"checkpoint {checkpoint_id!r} of {vm_id!r}")
+
+    def receive_checkpoint(
+        self, vm_id: str, checkpoint_id: str, parent_id: str | None, src: BinaryIO
+    ) -> None:
+        if parent_id is not None and not self.pool.checkpoint_path(vm_id, parent_id).is_dir():
+            raise ArkerError(
+                ErrorCode.NOT_FOUND,
+                f"no checkpoint {parent_id!r} of {vm_id!r} here to receive an increment onto",
+            )
+        with self._lock(vm_id):
+            self.pool.receive_checkpoint(vm_id, checkpoint_id, src)
+
+    def restore_received(
+        self,
+        vm_id: str,
+        checkpoint_id: str,
+        *,
+        hostname: str,
+        limits: Limits | None = None,
+        network: NetworkPolicy | None = None,
+    ) -> None:
+        with self._lock(vm_id):
+            if self.pool.vm_path(vm_id).is_dir():
+                raise ArkerError(ErrorCode.CONFLICT, f"vm {vm_id!r} already exists here")
+            limits = limits or self.default_limits
+            self.pool.fork_checkpoint(vm_id, checkpoint_id, disk_bytes=limits.disk_bytes)
+            self._adopt(vm_id, hostname, limits, network)
+
+    def send_golden(self, name: str, out: BinaryIO) -> None:
+        self.pool.send(self.pool.golden_path(name), None, out, f"golden {name!r}")
+
+    def receive_golden(self, name: str, src: BinaryIO) -> None:
+        self.pool.receive_golden(name, src)
 
     # -- state
     def memory_bytes(self, vm_id: str) -> int:

@@ -6,6 +6,9 @@
     root/checkpoints/<vm_id>/<cp_id>       read-only snapshot of a VM
     root/meta/goldens/<name>.json          golden metadata (kept out of the rootfs)
 
+Goldens and checkpoints may also arrive from another host (`btrfs receive`,
+sendstream.py); one is whole only once read-only, and until then it is not listed.
+
 A fork, a checkpoint and a restore are each one snapshot ioctl: constant time
 whatever the VM holds. Where the data directory is not btrfs, the pool lives in
 a sparse image `pool.img` loop-mounted at `pool/`. A background thread syncs
@@ -28,7 +31,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from arker.engine import _btrfs
+from arker.engine import _btrfs, sendstream
 from arker.engine.base import GoldenInfo
 from arker.errors import ArkerError, ErrorCode
 
@@ -81,6 +84,7 @@ class Pool:
         # (parent, name) of subvolumes a delete could not finish: logged, and
         # retried by the flusher, never silently leaked.
         self._pending: set[tuple[Path, str]] = set()
+        self._receive_lock = threading.Lock()
 
     # -- lifecycle
     def open(self) -> None:
@@ -283,11 +287,19 @@ class Pool:
     def goldens(self) -> list[GoldenInfo]:
         """Every sealed golden, by name."""
         names = sorted(n for n in os.listdir(self.root / "goldens") if not n.startswith("."))
-        return [self._golden_info(n) for n in names]
+        return [self._golden_info(n) for n in names if self.has_golden(n)]
 
     def has_golden(self, name: str) -> bool:
         """Whether a sealed golden `name` exists."""
-        return self.golden_path(name).is_dir()
+        return self._sealed(self.golden_path(name))
+
+    def _sealed(self, path: Path) -> bool:
+        """A read-only subvolume at `path` (a golden or checkpoint that is whole)."""
+        try:
+            with _dir_fd(path) as fd:
+                return _btrfs.is_readonly(fd)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
 
     def _golden_info(self, name: str) -> GoldenInfo:
         try:
@@ -319,6 +331,9 @@ class Pool:
                 _btrfs.rename_noreplace(parent, staging.name, name)
             except FileExistsError:
                 raise ArkerError(ErrorCode.CONFLICT, f"golden {name!r} already exists") from None
+        return self._write_golden_meta(name, description)
+
+    def _write_golden_meta(self, name: str, description: str | None) -> GoldenInfo:
         info = GoldenInfo(name, description, time.time())
         meta = self._meta_path(name)
         tmp = meta.with_name(f".{meta.name}.{secrets.token_hex(4)}")
@@ -347,15 +362,31 @@ class Pool:
         """Make vm_id a writable snapshot of `source` (a golden name, else a VM
         id), that may write `disk_bytes` of its own (None: no limit)."""
         check_name(source, "source")
-        dest = self.vm_path(vm_id)
         try:
             src_fd = os.open(self.golden_path(source), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            if not _btrfs.is_readonly(src_fd):  # still arriving from another host
+                os.close(src_fd)
+                raise ArkerError(ErrorCode.NOT_FOUND, f"golden {source!r} is still arriving")
         except FileNotFoundError:
             try:
                 src_fd = os.open(self.vm_path(source), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             except FileNotFoundError:
                 raise ArkerError(ErrorCode.NOT_FOUND, f"no golden or vm {source!r}") from None
+        return self._fork_fd(src_fd, vm_id, disk_bytes)
+
+    def fork_checkpoint(self, vm_id: str, checkpoint_id: str, *, disk_bytes: int | None) -> Path:
+        """Make vm_id a writable snapshot of its own checkpoint (one received
+        from another host: snapshotting keeps the received chain intact, where
+        making the received subvolume writable would break it)."""
+        path = self.checkpoint_path(vm_id, checkpoint_id)
+        if not self._sealed(path):  # missing, or still arriving
+            raise ArkerError(ErrorCode.NOT_FOUND, f"no checkpoint {checkpoint_id!r} of {vm_id!r}")
+        return self._fork_fd(_open_or_404(path, f"checkpoint {checkpoint_id!r}"), vm_id, disk_bytes)
+
+    def _fork_fd(self, src_fd: int, vm_id: str, disk_bytes: int | None) -> Path:
+        """Snapshot the open `src_fd` as vm_id (closes `src_fd`)."""
         try:
+            dest = self.vm_path(vm_id)
             with _dir_fd(dest.parent) as parent:
                 _snapshot(src_fd, parent, vm_id, readonly=False, what=f"vm {vm_id!r}")
         finally:
@@ -372,8 +403,9 @@ class Pool:
         """Delete the VM's subvolume and its checkpoints; missing is fine.
         The caller stops the VM first (its mounts pin the subvolume)."""
         cp_dir = self._checkpoint_dir(vm_id)
-        for cp in self.checkpoints(vm_id):
-            self._destroy(cp_dir, cp)
+        with contextlib.suppress(FileNotFoundError):
+            for cp in os.listdir(cp_dir):  # half-received ones too, which are not listed
+                self._destroy(cp_dir, cp)
         with contextlib.suppress(FileNotFoundError):
             cp_dir.rmdir()
         vms = self.root / "vms"
@@ -427,7 +459,8 @@ class Pool:
         order: list[tuple[int, str]] = []
         for n in names:
             with _dir_fd(cp_dir / n) as fd:
-                order.append((_btrfs.subvolume_id(fd), n))
+                if _btrfs.is_readonly(fd):  # else still arriving from another host
+                    order.append((_btrfs.subvolume_id(fd), n))
         return [n for _, n in sorted(order)]
 
     def restore(self, vm_id: str, checkpoint_id: str) -> None:
@@ -458,6 +491,57 @@ class Pool:
         """Delete one checkpoint; missing is fine."""
         self._destroy(self._checkpoint_dir(vm_id), check_name(checkpoint_id, "checkpoint id"))
 
+    def checkpoint_path(self, vm_id: str, checkpoint_id: str) -> Path:
+        """Where the checkpoint is; validates both ids (the path may not exist)."""
+        return self._checkpoint_dir(vm_id) / check_name(checkpoint_id, "checkpoint id")
+
+    # -- send and receive (a cluster ships checkpoints and goldens through S3)
+    def send(self, subvol: Path, parent: Path | None, out: sendstream.Sink, what: str) -> int:
+        """Write the read-only `subvol` as a compressed send stream."""
+        for path in (subvol, parent):
+            if path is not None and not path.is_dir():
+                missing = what if path is subvol else f"parent {path.name!r}"
+                raise ArkerError(ErrorCode.NOT_FOUND, f"no {missing}")
+        return sendstream.send(subvol, parent, out)
+
+    def receive_checkpoint(self, vm_id: str, checkpoint_id: str, src: sendstream.Source) -> None:
+        """Receive a checkpoint of vm_id sent by another host."""
+        dest = self.checkpoint_path(vm_id, checkpoint_id)
+        dest.parent.mkdir(exist_ok=True)
+        self._receive(src, dest, f"checkpoint {checkpoint_id!r}")
+
+    def receive_golden(self, name: str, src: sendstream.Source) -> GoldenInfo:
+        """Receive a golden sent by another host (conflict if it is here)."""
+        self._receive(src, self.golden_path(name), f"golden {name!r}")
+        return self._write_golden_meta(name, None)
+
+    def _receive(self, src: sendstream.Source, dest: Path, what: str) -> None:
+        """Receive straight into `dest`'s directory (a read-only subvolume
+        cannot be moved to another directory), check the stream made exactly
+        `dest` and made it whole (read-only), else remove what it began."""
+        with self._receive_lock:
+            if dest.exists() and not self._sealed(dest):  # a receive a crash cut short
+                self._destroy(dest.parent, dest.name)
+            if dest.exists():
+                raise ArkerError(ErrorCode.CONFLICT, f"{what} already exists")
+            before = set(os.listdir(dest.parent))
+            created: list[str] = []
+            try:
+                sendstream.receive(dest.parent, src, created)
+                if created != [dest.name]:
+                    why = f"the stream for {what} held {created or 'no subvolume'}"
+                    raise ArkerError(ErrorCode.INVALID_REQUEST, why)
+                with _dir_fd(dest) as fd:
+                    if not _btrfs.is_readonly(fd):
+                        raise ArkerError(
+                            ErrorCode.INVALID_REQUEST, f"the stream for {what} was cut"
+                        )
+            except BaseException:
+                for name in created:
+                    if name not in before and "/" not in name:
+                        self._destroy(dest.parent, name)
+                raise
+
     # -- internals
     def _fd(self) -> int:
         if self._root_fd is None:
@@ -466,6 +550,15 @@ class Pool:
 
     def _sweep(self) -> None:
         """Remove what an interrupted build or restore left behind."""
+        for parent in [self.root / "goldens", *(self.root / "checkpoints").iterdir()]:
+            for name in os.listdir(parent):
+                if not name.startswith(".") and not self._sealed(parent / name):
+                    log.info("removing a half-received %s/%s", parent.name, name)
+                    try:
+                        self._destroy(parent, name)
+                    except (OSError, ArkerError) as exc:
+                        log.error("cannot remove %s/%s yet: %s", parent.name, name, exc)
+                        self._pending.add((parent, name))
         for sub, prefix in (("goldens", _STAGING), ("vms", _RESTORE), ("vms", _DELETED)):
             for name in os.listdir(self.root / sub):
                 if name.startswith(prefix):

@@ -132,6 +132,10 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         await service.start()
         try:
             async with AsyncExitStack() as stack:
+                if settings.cluster:
+                    from arker.cluster.replica import replica
+
+                    await stack.enter_async_context(replica(service))
                 if mcp is not None:
                     await stack.enter_async_context(mcp.run())
                 yield

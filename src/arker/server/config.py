@@ -47,6 +47,11 @@ class Settings:
     default_ttl_s: int | None = None  # None: VMs live until deleted
     default_idle_stop_s: int | None = None  # None: VMs are never stopped for idleness
     lifecycle_interval_s: float = 1.0  # how often expired and idle VMs are looked for
+    # A replica of a cluster (cluster/): no engine of its own; VMs live on
+    # host agents called with host_token; goldens and checkpoints in blob_url.
+    cluster: bool = False
+    blob_url: str | None = None
+    host_token: str | None = None
 
     @property
     def db_url(self) -> str:

@@ -29,6 +29,9 @@ __all__ = ["Source", "Wakeups", "format_event", "parse_offsets", "run_events", "
 
 CHUNK_BYTES = 64 * 1024  # the most one event carries
 KEEPALIVE_S = 15.0
+# An engine with no counters to watch (a cluster's remote engine: fds do not
+# cross machines) is asked again this often while a stream waits.
+NO_WAKERS_POLL_S = 0.05
 STREAMS = ("stdout", "stderr")
 _OFFSETS = re.compile(r"(\d{1,19}):(\d{1,19})")
 
@@ -119,6 +122,8 @@ class Wakeups:
             except ArkerError:
                 fds = ()  # the engine has let go of it: ended, or not here
             watch = self._runs[run_id] = _Watch(fds)
+        if not watch.fds:
+            timeout_s = min(timeout_s, NO_WAKERS_POLL_S)
         waiter: asyncio.Future[None] = loop.create_future()
         watch.waiters.add(waiter)
         if not watch.watching and watch.fds:

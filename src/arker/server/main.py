@@ -69,6 +69,10 @@ def serve(
     # the engine has opened.
     metrics_sock = _bind(metrics_listen) if metrics_listen else None
     os.makedirs(settings.data_dir, exist_ok=True)
+    if engine is None and settings.cluster:
+        from arker.cluster.router import ClusterEngine
+
+        engine = ClusterEngine(settings.host_token or "")  # type: ignore[abstract]
     app = build_app(
         settings,
         engine

@@ -30,7 +30,7 @@ from arker.server.port_access import (
 )
 from arker.server.service import Service
 
-__all__ = ["router"]
+__all__ = ["relay_socket", "router"]
 
 log = logging.getLogger("arker.server")
 
@@ -148,12 +148,25 @@ async def port_tcp(websocket: WebSocket, vm_id: str, port: str) -> None:
     if sock is None:
         return
     try:
+        await websocket.accept()
+    except BaseException:
+        sock.close()
+        raise
+    svc: Service = websocket.app.state.service
+    async with svc.hold(vm_id):
+        await relay_socket(websocket, sock)
+
+
+async def relay_socket(websocket: WebSocket, sock: socket.socket) -> None:
+    """Bytes both ways between an accepted WebSocket (binary frames) and a
+    connected socket, until either side ends; then both are closed (also
+    the host agent's relay of `connect_port`, cluster/hostapp.py)."""
+    try:
         reader, writer = await asyncio.open_connection(sock=sock)
     except BaseException:
         sock.close()
         raise
     try:
-        await websocket.accept()
 
         async def up() -> None:
             while True:
@@ -167,9 +180,7 @@ async def port_tcp(websocket: WebSocket, vm_id: str, port: str) -> None:
             while data := await reader.read(READ_BYTES):
                 await websocket.send_bytes(data)
 
-        svc: Service = websocket.app.state.service
-        async with svc.hold(vm_id):
-            await _first_of(up(), down())
+        await _first_of(up(), down())
         with contextlib.suppress(Exception):
             await websocket.close(1000)
     finally:

@@ -26,7 +26,7 @@ from arker.errors import ArkerError, ErrorCode
 from arker.server.auth import Authenticator
 from arker.server.service import Service
 
-__all__ = ["router"]
+__all__ = ["PtyRelay", "router"]
 
 router = APIRouter()
 
@@ -84,7 +84,7 @@ async def pty_websocket(websocket: WebSocket, vm_id: str) -> None:
         async with _activity(svc, vm_id):
             await websocket.accept()
             await websocket.send_text(t.PtyStarted(type="started").model_dump_json())
-            await _Relay(websocket, pty).run()
+            await PtyRelay(websocket, pty).run()
     finally:
         # In a thread: the kill waits (briefly) for the tree to be gone.
         await anyio.to_thread.run_sync(pty.close)
@@ -103,7 +103,7 @@ async def _refuse(websocket: WebSocket, exc: ArkerError) -> None:
     await websocket.close(4000 + exc.status if 400 <= exc.status <= 599 else 1011, reason)
 
 
-class _Relay:
+class PtyRelay:
     """One terminal's bytes and control messages, until its command exits
     (then PtyExit and a normal close) or the client goes away."""
 

@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from ulid import ULID
 
 from arker import _types as t
-from arker.engine.base import Engine, OutputChunk, RunInfo, RunPhase, RunSpec
+from arker.engine.base import Engine, OutputChunk, RunInfo, RunMoved, RunPhase, RunSpec
 from arker.errors import ArkerError, ErrorCode
 from arker.server import runspec, wire
 from arker.server.config import Settings
@@ -52,6 +52,11 @@ SIGNALS = {
     )
 }  # fmt: skip
 WAIT_CHUNK_S = 30.0
+# A cluster replica answering for a run no task of its own drives (the
+# replica that started it may have died): after this many looks (0.1 s
+# each) it waits for the run itself and records its end. Two replicas
+# doing so is harmless: only the first end is recorded.
+ADOPT_AFTER_POLLS = 10
 
 # Built once: constructing statements per run showed up in profiles of `true`.
 _INSERT = insert(Run)
@@ -210,6 +215,7 @@ class Runs:
 
     async def _answer(self, run_id: str) -> Answer:
         """The foreground result, waiting for the run if it is still going."""
+        polls = 0
         while True:
             task = self._tasks.get(run_id)
             # The task is shielded: a client hanging up must not stop the run
@@ -221,6 +227,9 @@ class Runs:
             assert row is not None
             if row.state not in IN_FLIGHT:
                 break
+            polls += 1
+            if polls == ADOPT_AFTER_POLLS and self.settings.cluster and run_id not in self._tasks:
+                self._adopt(row)
             await asyncio.sleep(0.1)  # being recovered, or driven by another replica
         return wire.run_result(row), 200
 
@@ -252,6 +261,22 @@ class Runs:
             # The run is safe with its checkpoint taken; a leftover is pruned next time.
             log.warning("could not prune checkpoints of vm %s", vm_id, exc_info=True)
 
+    def _adopt(self, row: Run) -> None:
+        """Wait for a run started elsewhere and record its end (cluster/)."""
+        log.info("adopting run %s of vm %s: no replica is known to drive it", row.id, row.vm_id)
+        run_spec = runspec.for_engine(row.spec, self.settings.output_cap_bytes)
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._drive(row, run_spec, False, False, None, start=False))
+        self._tasks[row.id] = task
+        run_id = row.id
+
+        def done(_task: object) -> None:
+            if self._tasks.get(run_id) is task:
+                del self._tasks[run_id]
+            self.wakeups.wake(run_id)
+
+        task.add_done_callback(done)
+
     async def _launch(
         self, row: Run, run_spec: RunSpec, new: bool, record: bool, wait_started: bool
     ) -> None:
@@ -267,7 +292,8 @@ class Runs:
         run_id = row.id
 
         def done(_task: object) -> None:
-            self._tasks.pop(run_id, None)
+            if self._tasks.get(run_id) is task:  # not a later attempt's task
+                del self._tasks[run_id]
             self.wakeups.wake(run_id)  # streams of the run go on to its end
 
         task.add_done_callback(done)
@@ -318,7 +344,13 @@ class Runs:
 
     # -- finishing
     async def _drive(
-        self, row: Run, spec: RunSpec, new: bool, record: bool, started: asyncio.Future[None] | None
+        self,
+        row: Run,
+        spec: RunSpec,
+        new: bool,
+        record: bool,
+        started: asyncio.Future[None] | None,
+        start: bool = True,
     ) -> Run | None:
         """Record and start the run, wait for it and record its end; return the
         finished row, or None when it is left for recovery (shutdown) or
@@ -327,14 +359,17 @@ class Runs:
         # SQLite writes from the worker thread, in place; asyncpg's writes stay
         # on the loop, where its connections live.
         on_loop = not self.db.writes_in_threads
+        info: RunInfo | None = None
+        finished: Run | None = None
         try:
-            if record and on_loop:
-                await self.db.write(_INSERT, _values(row))
-            # A foreground run waits in this hop, so it goes with the waits.
-            hop = self.threads.wait if started is None else self.threads.call
-            info, finished = await hop(
-                self._begin, row, spec, new, record and not on_loop, started is None
-            )
+            if start:  # else started elsewhere: only wait for it (see _adopt)
+                if record and on_loop:
+                    await self.db.write(_INSERT, _values(row))
+                # A foreground run waits in this hop, so it goes with the waits.
+                hop = self.threads.wait if started is None else self.threads.call
+                info, finished = await hop(
+                    self._begin, row, spec, new, record and not on_loop, started is None
+                )
         except Exception as exc:
             if not new:  # a recovered run's only failure here is its start
                 await self._fail([run_id], f"the engine could not start it again: {exc}")
@@ -347,6 +382,8 @@ class Runs:
         try:
             while info is None or not info.done:
                 info, finished = await self.threads.wait(self._wait, row)
+        except RunMoved:
+            return None  # started again elsewhere, and driven there (cluster takeover)
         except ArkerError as exc:
             if not self._stopping:
                 await self._fail([run_id], f"the engine lost the run: {exc.message}")
@@ -547,6 +584,22 @@ class Runs:
             by_vm[r.vm_id].append(r)
         for vm_id, runs in by_vm.items():
             await self._recover_vm(vms.get(vm_id), vm_id, runs)
+
+    async def recover_vm(self, vm_id: str) -> None:
+        """What `recover` does, for one VM: its in-flight runs started again
+        from their checkpoint (durable) or failed. A cluster's takeover calls
+        it once the VM is on its new host."""
+        async with self.db.session() as s:
+            runs = (
+                await s.scalars(
+                    select(Run)
+                    .where(Run.vm_id == vm_id, Run.state.in_(IN_FLIGHT))
+                    .order_by(Run.created_at)
+                )
+            ).all()
+            vm = await s.get(Vm, vm_id)
+        if runs:
+            await self._recover_vm(vm, vm_id, list(runs))
 
     async def _recover_vm(self, vm: Vm | None, vm_id: str, runs: list[Run]) -> None:
         ids = [r.id for r in runs]

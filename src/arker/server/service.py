@@ -156,9 +156,15 @@ class Service:
         self.runs.wakeups.bind(asyncio.get_running_loop())
         await self.threads.call(self.port_tokens.open)
         await self.threads.call(self.engine.open)
+        bind = getattr(self.engine, "bind", None)
+        if bind is not None:
+            bind(self.db)  # a cluster's router reads placements from this database
         try:
-            await self._mark_lost()
-            await self.runs.recover()
+            if not self.settings.cluster:
+                # In a cluster, a VM is lost with its host and runs resume on
+                # takeover (cluster/takeover.py), never at a replica's start.
+                await self._mark_lost()
+                await self.runs.recover()
             self.retention.start()
             await self.lifecycle.watch_running()
             self.lifecycle.start()
@@ -280,10 +286,16 @@ class Service:
         except ArkerError:
             return None
 
+    def _host(self, vm_id: str) -> str | None:
+        """The cluster host holding the VM, as the engine last saw it (None
+        outside a cluster)."""
+        host_id_of = getattr(self.engine, "host_id_of", None)
+        return host_id_of(vm_id) if host_id_of is not None else None
+
     async def get_vm(self, org: str, vm_id: str) -> t.Vm:
         row = await self._vm(org, vm_id)
         power = None if row.lost else await self._power(vm_id)
-        return wire.vm(row, self.settings.region, power)
+        return wire.vm(row, self.settings.region, power, self._host(row.id))
 
     async def list_vms(
         self,
@@ -324,7 +336,9 @@ class Service:
                 )
                 ids = [r.id for r in rows if not r.lost]
                 found_powers = await self.threads.call(powers, self.engine, ids)
-        items = [wire.vm(r, self.settings.region, found_powers.get(r.id)) for r in rows]
+        items = [
+            wire.vm(r, self.settings.region, found_powers.get(r.id), self._host(r.id)) for r in rows
+        ]
         return t.VmList(items=items, total=total)
 
     @staticmethod
@@ -499,7 +513,7 @@ class Service:
                     return found
             raise
         row = Vm(**values)
-        return wire.vm(row, self.settings.region, VmPower.STOPPED)
+        return wire.vm(row, self.settings.region, VmPower.STOPPED, self._host(row.id))
 
     @contextlib.asynccontextmanager
     async def _admitted(self, org: str) -> AsyncIterator[None]:
@@ -570,7 +584,7 @@ class Service:
                 ErrorCode.CONFLICT, "this Idempotency-Key was used for a different fork request"
             )
         power = None if row.lost or row.deleted_at else await self._power(row.id)
-        return wire.vm(row, self.settings.region, power)
+        return wire.vm(row, self.settings.region, power, self._host(row.id))
 
     async def delete_vm(self, org: str, vm_id: str) -> None:
         await self._vm(org, vm_id)
@@ -613,7 +627,7 @@ class Service:
             await s.commit()
         row.network = stored
         self._vms.pop((org, vm_id), None)
-        return wire.vm(row, self.settings.region, await self._power(vm_id))
+        return wire.vm(row, self.settings.region, await self._power(vm_id), self._host(vm_id))
 
     async def update_vm(self, org: str, vm_id: str, req: t.VmUpdate) -> t.Vm:
         """A new TTL (counted from now; null: none) or idle time; fields not
@@ -653,7 +667,7 @@ class Service:
         if fresh is None:
             raise ArkerError(ErrorCode.NOT_FOUND, f"vm {vm_id!r} not found")
         power = None if fresh.lost else await self._power(vm_id)
-        return wire.vm(fresh, self.settings.region, power)
+        return wire.vm(fresh, self.settings.region, power, self._host(vm_id))
 
     async def restart_vm(self, org: str, vm_id: str) -> t.Vm:
         """Kill every process of the VM and start its PID 1 again; runs in
@@ -661,7 +675,7 @@ class Service:
         row = await self._usable_vm(org, vm_id, "restart")
         await self.threads.call(self.engine.restart, vm_id)
         await self.runs.finish_vm_runs(vm_id, "the vm was restarted")
-        return wire.vm(row, self.settings.region, await self._power(vm_id))
+        return wire.vm(row, self.settings.region, await self._power(vm_id), self._host(vm_id))
 
     # -- runs
     async def run(

@@ -60,9 +60,12 @@ def golden(info: GoldenInfo) -> t.Golden:
     return t.Golden(name=info.name, description=info.description, created_at=ts(info.created_at))
 
 
-def vm(row: Vm, region: str, power: VmPower | None) -> t.Vm:
+def vm(row: Vm, region: str, power: VmPower | None, host: str | None = None) -> t.Vm:
+    """`host`: the id of the cluster host that holds it (absent outside a cluster)."""
     state = "lost" if row.lost else "running" if power is VmPower.RUNNING else "stopped"
+    extra = {"host": host} if host is not None else {}
     return t.Vm(
+        **extra,
         vm_id=row.id,
         name=row.name,
         base_image=row.base_image,

@@ -14,7 +14,7 @@ import anyio.from_thread
 import anyio.to_thread
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -130,6 +130,10 @@ def _incremental_vacuum(path: str) -> None:
 
 
 def _upgrade(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        # Replicas and host agents of a cluster start together: one migrates
+        # at a time (the lock ends with the transaction).
+        conn.execute(text("SELECT pg_advisory_xact_lock(87400008)"))
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["connection"] = conn

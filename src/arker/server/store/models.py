@@ -17,7 +17,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["ApiKey", "Base", "Run", "Upload", "Vm"]
+__all__ = ["ApiKey", "Base", "ClusterHost", "Placement", "Run", "Upload", "Vm"]
 
 
 class Base(DeclarativeBase):
@@ -124,3 +124,35 @@ class Upload(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class ClusterHost(Base):
+    """A host agent of a cluster (cluster/leases.py): its lease and what it offers.
+    Unused (empty) outside a cluster."""
+
+    __tablename__ = "cluster_hosts"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    url: Mapped[str] = mapped_column(String(1024))  # --advertise: where replicas call it
+    token_hash: Mapped[str] = mapped_column(String(64))  # sha256 of its host token
+    # Incremented on each acquisition of the lease: what a host holds it by.
+    fence: Mapped[int] = mapped_column(BigInteger, default=0)
+    lease_expires_at: Mapped[float] = mapped_column(Float)  # the database's clock
+    seen_at: Mapped[float] = mapped_column(Float)
+    # {"memory_free_bytes", "memory_total_bytes", "cpu_free", "cpu_total"}
+    capacity: Mapped[dict[str, float] | None] = mapped_column(JSON, default=None)
+    goldens: Mapped[list[str] | None] = mapped_column(JSON, default=None)  # names held
+
+
+class Placement(Base):
+    """Which host holds a VM of a cluster, under which fence, and what a host
+    taking it over needs to make it again."""
+
+    __tablename__ = "vm_placements"
+    __table_args__ = (Index("ix_vm_placements_host", "host_id"),)
+
+    vm_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host_id: Mapped[str] = mapped_column(String(64))
+    fence: Mapped[int] = mapped_column(BigInteger)
+    spec: Mapped[dict[str, object]] = mapped_column(JSON)  # hostname, limits, network
+    placed_at: Mapped[float] = mapped_column(Float)

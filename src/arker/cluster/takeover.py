@@ -1,0 +1,165 @@
+"""Takeover, in every API replica: VMs whose host lost its lease.
+
+About every 100 ms a replica locks, with `SELECT … FOR UPDATE SKIP LOCKED`,
+the placements of live VMs whose host's lease has expired or whose fence is
+older than the host's (it was acquired again since). In that transaction
+each durable VM is placed on the healthy host with the most free memory
+(under that host's fence) and each other VM is marked lost. Two replicas
+racing take disjoint rows; a row moved is no longer expired, so each VM is
+taken over exactly once. Then, outside the lock, the new host restores the
+VM's latest complete checkpoint from the blob store and the service's own
+recovery (Runs.recover_vm) starts its in-flight runs again, retry_count + 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import or_, select, update
+
+from arker.cluster.codec import from_wire
+from arker.cluster.leases import db_now
+from arker.cluster.router import ClusterEngine
+from arker.engine.base import Limits, NetworkPolicy
+from arker.server.runs import Runs
+from arker.server.store import ClusterHost, Database, Placement, Vm
+from arker.server.threads import Threads
+
+__all__ = ["Moved", "Takeover", "claim"]
+
+log = logging.getLogger("arker.cluster")
+
+POLL_S = 0.1
+BATCH = 20
+
+
+@dataclass(frozen=True)
+class Moved:
+    vm_id: str
+    host_id: str
+    spec: dict[str, Any]
+    found_at: float  # monotonic: when this replica saw the expired lease
+
+
+class Takeover:
+    def __init__(
+        self,
+        db: Database,
+        router: ClusterEngine,
+        runs: Runs,
+        threads: Threads,
+        forget: Any,
+        poll_s: float = POLL_S,
+    ) -> None:
+        self.db, self.router, self.runs, self.threads = db, router, runs, threads
+        self.forget = forget  # service._forget_vm-like: drop a lost VM's cached row
+        self.poll_s = poll_s
+        self._task: asyncio.Task[None] | None = None
+        self.resumed: list[tuple[str, float]] = []  # (vm_id, seconds from found to restarted)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("takeover sweep failed", exc_info=True)
+            await asyncio.sleep(self.poll_s)
+
+    async def sweep(self) -> int:
+        """One pass; how many VMs it took over or marked lost."""
+        moved, lost = await claim(self.db)
+        for vm_id, org in lost:
+            log.warning("vm %s is lost with its host", vm_id)
+            self.forget(vm_id, org)
+            await self.runs.finish_vm_runs(vm_id, "the vm's host was lost")
+        for m in moved:
+            await self._resume(m)
+        return len(moved) + len(lost)
+
+    async def _resume(self, m: Moved) -> None:
+        self.router._placed.pop(m.vm_id, None)
+        log.info("durable vm %s: taking it over on host %s", m.vm_id, m.host_id)
+        try:
+            restored = await self.threads.call(
+                self.router.adopt,  # type: ignore[attr-defined]
+                m.vm_id,
+                hostname=m.spec.get("hostname") or m.vm_id.lower(),
+                limits=from_wire(m.spec.get("limits"), Limits | None),
+                network=from_wire(m.spec.get("network"), NetworkPolicy | None),
+            )
+        except Exception as exc:
+            log.exception("could not restore vm %s on host %s", m.vm_id, m.host_id)
+            await self.runs.finish_vm_runs(m.vm_id, f"could not restore it on a new host: {exc}")
+            return
+        if restored is None:
+            await self.runs.finish_vm_runs(m.vm_id, "its host was lost before any checkpoint")
+            return
+        await self.runs.recover_vm(m.vm_id)
+        self.resumed.append((m.vm_id, time.monotonic() - m.found_at))
+
+
+async def claim(db: Database) -> tuple[list[Moved], list[tuple[str, str]]]:
+    """The transaction of a pass: lock (skipping rows another replica holds)
+    the placements of VMs whose host lost its lease; place each durable one
+    on a healthy host and mark each other one lost. What it moved, and the
+    (vm_id, org) of what it marked lost."""
+    found_at = time.monotonic()
+    moved: list[Moved] = []
+    lost: list[tuple[str, str]] = []
+    async with db.session() as s, s.begin():
+        now = db_now()
+        rows = (
+            await s.execute(
+                select(Placement, Vm.durable, Vm.org)
+                .join(ClusterHost, ClusterHost.id == Placement.host_id)
+                .join(Vm, Vm.id == Placement.vm_id)
+                .where(
+                    Vm.deleted_at.is_(None),
+                    Vm.lost.is_(False),
+                    or_(ClusterHost.lease_expires_at < now, ClusterHost.fence != Placement.fence),
+                )
+                .limit(BATCH)
+                .with_for_update(of=Placement, skip_locked=True)
+            )
+        ).all()
+        if not rows:
+            return [], []
+        healthy = list(
+            await s.scalars(select(ClusterHost).where(ClusterHost.lease_expires_at > now))
+        )
+        for placement, durable, org in rows:
+            target = _roomiest([h for h in healthy if h.id != placement.host_id] or healthy)
+            if durable and target is not None:
+                placement.host_id, placement.fence = target.id, target.fence
+                moved.append(Moved(placement.vm_id, target.id, dict(placement.spec), found_at))
+            elif not durable:
+                await s.execute(update(Vm).where(Vm.id == placement.vm_id).values(lost=True))
+                lost.append((placement.vm_id, org))
+    return moved, lost
+
+
+def _roomiest(hosts: list[ClusterHost]) -> ClusterHost | None:
+    if not hosts:
+        return None
+
+    def room(h: ClusterHost) -> tuple[float, float]:
+        cap = h.capacity or {}
+        return (float(cap.get("memory_free_bytes", 0)), float(cap.get("cpu_free", 0)))
+
+    return max(hosts, key=room)

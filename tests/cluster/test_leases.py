@@ -1,0 +1,163 @@
+"""Leases and the fencing rule on a real PostgreSQL: each acquisition takes a
+new fence, a renewal by an old fence or after expiry is refused, `may_act`
+holds only for the current fence while the lease is live, and two replicas
+claiming the same expired host's VMs at once take each exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import insert, select, update
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "server"))
+
+from pg import PG_URL, fresh_pg_database
+
+from arker.cluster.leases import Lease, LeaseCallbacks, LeaseKeeper, acquire, may_act, renew
+from arker.cluster.takeover import claim
+from arker.server.store import ClusterHost, Database, Placement, Vm
+
+pytestmark = pytest.mark.skipif(not PG_URL, reason="ARKER_TEST_POSTGRES_URL is not set")
+
+
+@pytest.fixture
+async def db() -> AsyncIterator[Database]:
+    assert PG_URL
+    async with fresh_pg_database(PG_URL) as url:
+        database = Database(url)
+        await database.migrate()
+        try:
+            yield database
+        finally:
+            await database.close()
+
+
+async def test_each_acquisition_takes_a_new_fence_and_old_fences_are_refused(db: Database) -> None:
+    first = await acquire(db, "h1", "http://h1", "x" * 64, ttl_s=5)
+    assert first.fence == 1 and first.live()
+    renewed = await renew(db, first, ttl_s=5, capacity={"memory_free_bytes": 1.0}, goldens=["g"])
+    assert renewed is not None and renewed.fence == 1
+    again = await acquire(db, "h1", "http://h1", "x" * 64, ttl_s=5)  # restarted, or back
+    assert again.fence == 2
+    assert await renew(db, first, ttl_s=5) is None  # the old life is refused by its fence
+    assert await renew(db, again, ttl_s=5) is not None
+    async with db.session() as s:
+        row = await s.get(ClusterHost, "h1")
+        assert row is not None and row.fence == 2 and row.goldens == ["g"]
+
+
+async def test_an_expired_lease_is_not_renewed(db: Database) -> None:
+    lease = await acquire(db, "h2", "http://h2", "x" * 64, ttl_s=1.2)
+    await asyncio.sleep(1.4)
+    assert not lease.live()  # the host stopped acting before the database expired it
+    assert await renew(db, lease, ttl_s=5) is None
+
+
+def test_the_fencing_rule() -> None:
+    now = time.monotonic()
+    lease = Lease("h1", 3, now + 2)
+    assert may_act(lease, ("h1", 3), now)
+    assert not may_act(lease, ("h1", 2), now)  # placed under an earlier life: taken over
+    assert not may_act(lease, ("h2", 3), now)  # another host's
+    assert not may_act(lease, None, now)  # no VM of the cluster
+    assert not may_act(lease, ("h1", 3), now + 3)  # the lease ran out
+    assert not may_act(None, ("h1", 3), now)
+
+
+async def test_the_keeper_renews_and_says_when_it_lost_the_lease(db: Database) -> None:
+    events: list[str] = []
+
+    async def started(lease: Lease) -> None:
+        events.append(f"started {lease.fence}")
+
+    async def renewed(lease: Lease) -> None:
+        events.append("renewed")
+
+    async def stopped() -> None:
+        events.append("stopped")
+
+    async def report() -> tuple[dict[str, float], list[str]]:
+        return {"memory_free_bytes": 5.0}, []
+
+    keeper = LeaseKeeper(
+        db, "h3", "http://h3", "x" * 64, LeaseCallbacks(started, renewed, stopped, report),
+        ttl_s=3, every_s=0.1,
+    )  # fmt: skip
+    await keeper.start()
+    try:
+        await asyncio.sleep(0.5)
+        assert keeper.current() is not None and "renewed" in events
+        await acquire(db, "h3", "http://h3", "x" * 64)  # someone else took the row
+        await asyncio.sleep(0.5)
+        assert "stopped" in events
+        assert events[-1] in ("started 3", "renewed")  # and it acquired again, fence 3
+        assert keeper.lease is not None and keeper.lease.fence == 3
+    finally:
+        await keeper.stop()
+
+
+async def test_two_replicas_racing_take_each_vm_over_exactly_once(db: Database) -> None:
+    dead = await acquire(db, "dead", "http://dead", "x" * 64, ttl_s=1)
+    await acquire(db, "alive", "http://alive", "x" * 64, ttl_s=60)
+    vm_rows = []
+    placements = []
+    for i in range(30):
+        vm_id = f"vm{i:02d}"
+        durable = i % 3 != 0
+        vm_rows.append(
+            {"id": vm_id, "org": "o", "base_image": "busybox", "durable": durable,
+             "lost": False, "created_at": 0.0}
+        )  # fmt: skip
+        placements.append(
+            {"vm_id": vm_id, "host_id": "dead", "fence": dead.fence, "spec": {}, "placed_at": 0.0}
+        )
+    async with db.engine.begin() as conn:
+        await conn.execute(insert(Vm), vm_rows)
+        await conn.execute(insert(Placement), placements)
+    assert await claim(db) == ([], [])  # the lease is still live: nothing to take
+    await asyncio.sleep(1.1)
+    other = Database(db.url)  # a second replica: its own connections
+    try:
+        results = await asyncio.gather(*(claim(d) for d in (db, other, db, other) * 5))
+    finally:
+        await other.close()
+    moved = [m.vm_id for r in results for m in r[0]]
+    lost = [vm_id for r in results for vm_id, _ in r[1]]
+    assert sorted(moved) == sorted(v["id"] for v in vm_rows if v["durable"])
+    assert sorted(lost) == sorted(v["id"] for v in vm_rows if not v["durable"])
+    assert len(set(moved)) == len(moved) and len(set(lost)) == len(lost)
+    async with db.session() as s:
+        hosts = set(
+            await s.scalars(
+                select(Placement.host_id).join(Vm, Vm.id == Placement.vm_id).where(Vm.durable)
+            )
+        )
+        assert hosts == {"alive"}
+        assert set(await s.scalars(select(Vm.id).where(Vm.lost))) == set(lost)
+    assert await claim(db) == ([], [])  # and nothing is left to take
+    # A host acquired again (a newer fence) has its old placements taken too.
+    async with db.engine.begin() as conn:
+        await conn.execute(update(Placement).values(host_id="alive", fence=1))
+        await conn.execute(update(Vm).values(lost=False))
+    await acquire(db, "alive", "http://alive", "x" * 64, ttl_s=60)  # fence 2 now
+    moved_again, lost_again = [], []
+    while True:  # BATCH rows a pass
+        m, lo = await claim(db)
+        if not m and not lo:
+            break
+        moved_again += m
+        lost_again += lo
+    assert len(lost_again) == 10
+    # The only healthy host is that one: its new life adopts them (from S3).
+    assert len(moved_again) == 20 and {m.host_id for m in moved_again} == {"alive"}
+    async with db.session() as s:
+        assert set(
+            await s.scalars(
+                select(Placement.fence).join(Vm, Vm.id == Placement.vm_id).where(Vm.durable)
+            )
+        ) == {2}

@@ -1,0 +1,162 @@
+"""The router (and replica loss) through the public API: two real host agents, two API replicas
+(`arker serve --cluster`) on one PostgreSQL. Forks of a golden go to a live
+host and forks of a VM to its host; any replica serves any VM; a host killed
+with SIGKILL leaves its non-durable VMs lost (410 vm_lost, state lost) on
+every replica; restarted, it deletes its copy of them and runs nothing."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from clusterkit import PG_URL, Cluster
+
+from arker import Arker, ArkerError
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"), reason="needs root"),
+    pytest.mark.skipif(not PG_URL, reason="ARKER_TEST_POSTGRES_URL is not set"),
+]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    c = Cluster.create()
+    try:
+        c.add_host()
+        c.add_host()
+        c.add_replica()
+        c.add_replica()
+        yield c
+    finally:
+        left = c.close()
+        assert not left, left
+
+
+def _client(c: Cluster, replica: int) -> Arker:
+    return Arker(api_key=c.keys["acme"], base_url=c.replicas[replica].url)
+
+
+def test_vms_live_on_hosts_and_any_replica_serves_them(cluster: Cluster) -> None:
+    one, two = _client(cluster, 0), _client(cluster, 1)
+    assert "busybox" in [g.name for g in one.goldens()]
+    with one.vm("busybox").fork(name="routed") as vm:
+        info = vm.get()
+        hosts = {h.host_id for h in cluster.hosts}
+        assert info.host in hosts
+        assert vm.run("echo hi > /home/user/f; hostname").stdout == b"routed\n"
+        other = two.get(vm.vm_id)  # the other replica finds it on the same host
+        assert other.host == info.host
+        assert two.vm(vm.vm_id).sync.read_file("/home/user/f") == b"hi\n"
+        with vm.fork() as child:
+            assert child.get().host == info.host  # a snapshot is local: the same host
+            assert child.sync.read_file("/home/user/f") == b"hi\n"
+        started = vm.run("for i in 1 2 3; do echo $i; sleep 0.2; done", background=True)
+        events = [e for e in two.vm(vm.vm_id).run_events(started.run_id)]
+        out = b"".join(e.data for e in events if getattr(e, "type", "") == "stdout")
+        assert out == b"1\n2\n3\n"
+    with pytest.raises(ArkerError) as err:
+        one.get(vm.vm_id)
+    assert err.value.code == "not_found"
+
+
+def test_a_killed_host_leaves_its_vms_lost_and_cleans_up_when_back(cluster: Cluster) -> None:
+    one, two = _client(cluster, 0), _client(cluster, 1)
+    vm = one.vm("busybox").fork(name="doomed")
+    host_id = vm.get().host
+    host = next(h for h in cluster.hosts if h.host_id == host_id)
+    vm.run("echo kept > /home/user/f")
+    started = vm.run("sleep 120", background=True)
+    host.kill()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            one.get(vm.vm_id)
+            state = one.get(vm.vm_id).state
+        except ArkerError:
+            state = "?"
+        if state == "lost" or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert state == "lost"
+    for client in (one, two):
+        with pytest.raises(ArkerError) as err:
+            client.vm(vm.vm_id).run("true")
+        assert err.value.code == "vm_lost" and err.value.status == 410
+        with pytest.raises(ArkerError) as err:
+            client.vm(vm.vm_id).sync.read_file("/home/user/f")
+        assert err.value.code == "vm_lost"
+    deadline = time.monotonic() + 10
+    while two.vm(vm.vm_id).run_status(started.run_id).state == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert two.vm(vm.vm_id).run_status(started.run_id).state == "failed"
+    # New VMs go to the host still alive.
+    with one.vm("busybox").fork() as fresh:
+        assert fresh.get().host != host_id
+    # Back: it holds a new lease, deletes its copy of the lost VM, runs nothing.
+    host.start()
+    deleted = f"vm {vm.vm_id} is not placed on this host any more: deleting it here"
+    deadline = time.monotonic() + 15
+    while deleted not in host.log():
+        assert time.monotonic() < deadline, host.log()[-3000:]
+        time.sleep(0.2)
+    assert one.get(vm.vm_id).state == "lost"  # and it stays lost: nothing replaced it
+    one.vm(vm.vm_id).delete()
+
+
+def test_killing_a_replica_loses_nothing_it_acknowledged(cluster: Cluster) -> None:
+    """A foreground run in flight on a replica that is SIGKILLed: the SDK's
+    retry with the same idempotency key, to the other replica, gets the
+    run's answer; a fork acknowledged by it is there on the other."""
+    first, second = cluster.replicas
+    a = Arker(api_key=cluster.keys["acme"], base_url=first.url)
+    b = Arker(api_key=cluster.keys["acme"], base_url=second.url)
+    vm = a.vm("busybox").fork(name="replica-loss", idempotency_key="ccore-fork-1")
+    assert b.get(vm.vm_id).name == "replica-loss"
+    # The same fork again, to the other replica: the same VM.
+    assert (
+        b.vm("busybox").fork(name="replica-loss", idempotency_key="ccore-fork-1").vm_id == vm.vm_id
+    )
+
+    import threading
+
+    import httpx
+
+    answer: dict[str, object] = {}
+
+    def call() -> None:
+        try:
+            answer["r"] = httpx.post(
+                f"{first.url}/v1/vms/{vm.vm_id}/runs",
+                json={"command": "sleep 2; echo slow-done"},
+                headers={
+                    "Authorization": f"Bearer {cluster.keys['acme']}",
+                    "Idempotency-Key": "ccore-run-1",
+                },
+                timeout=30,
+            )
+        except httpx.HTTPError as exc:
+            answer["error"] = exc
+
+    t = threading.Thread(target=call)
+    t.start()
+    time.sleep(0.8)
+    first.kill()  # mid-request
+    t.join(30)
+    assert "error" in answer  # the client saw no answer: it retries
+    retried = b.vm(vm.vm_id).run("sleep 2; echo slow-done", idempotency_key="ccore-run-1")
+    assert retried.type == "completed" and retried.stdout == b"slow-done\n"
+    again = b.vm(vm.vm_id).run("sleep 2; echo slow-done", idempotency_key="ccore-run-1")
+    assert again.type == "completed" and again.run_id == retried.run_id  # the same answer
+    assert f"adopting run {retried.run_id}" in second.log()  # the other replica recorded it
+    first.start()
+    vm.delete()
