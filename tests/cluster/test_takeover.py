@@ -108,7 +108,8 @@ def test_a_durable_run_resumes_on_another_host_exactly_once(cluster: Cluster) ->
 
     expired = _lease_expired_at(cluster, old_host or "")
     assert status.started_at is not None
-    restarted = datetime.fromisoformat(status.started_at.replace("Z", "+00:00")).timestamp()
+    at = status.started_at
+    restarted = (at if isinstance(at, datetime) else datetime.fromisoformat(str(at))).timestamp()
     figure = f"takeover: run restarted {restarted - expired:.2f} s after the lease expired"
     print(figure)
     out = os.environ.get("ARKER_TAKEOVER_FIGURES")

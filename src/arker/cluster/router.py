@@ -15,6 +15,7 @@ then CPU), deletes, goldens, and the engine-wide questions.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -100,7 +101,9 @@ class ClusterEngine(Engine):
         self.hosts.now, self.hosts.read_at = float(now or 0), time.monotonic()
 
     def _fresh_hosts(self) -> _Hosts:
-        if time.monotonic() - self.hosts.read_at > HOSTS_TTL_S:
+        # On the event loop (read_output, for a live stream) the view is as
+        # fresh as the last read: the loop cannot wait for the database.
+        if time.monotonic() - self.hosts.read_at > HOSTS_TTL_S and not _on_loop():
             self._db(self.refresh_hosts)
         return self.hosts
 
@@ -278,6 +281,14 @@ class ClusterEngine(Engine):
 
     def storage_delete_pending(self) -> int:
         return 0
+
+
+def _on_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _routed_method(m: Method) -> Any:
