@@ -5,8 +5,10 @@ the placements of live VMs whose host's lease has expired or whose fence is
 older than the host's (it was acquired again since). In that transaction
 each durable VM is placed on the healthy host with the most free memory
 (under that host's fence) and each other VM is marked lost. Two replicas
-racing take disjoint rows; a row moved is no longer expired, so each VM is
-taken over exactly once. Then, outside the lock, the new host restores the
+racing lock disjoint rows, and each change is an UPDATE conditional on the
+row as read (its old host and fence; for a lost VM, not yet lost), so a row
+that another replica took after this one's snapshot is left alone: each VM
+is taken over exactly once. Then, outside the lock, the new host restores the
 VM's latest complete checkpoint from the blob store and the service's own
 recovery (Runs.recover_vm) starts its in-flight runs again, retry_count + 1.
 """
@@ -144,14 +146,39 @@ async def claim(db: Database) -> tuple[list[Moved], list[tuple[str, str]]]:
             await s.scalars(select(ClusterHost).where(ClusterHost.lease_expires_at > now))
         )
         for placement, durable, org in rows:
+            # Each change is conditional on the row as this pass read it. In
+            # READ COMMITTED a row that another replica changed and committed
+            # after this statement's snapshot can still come back locked here
+            # (a lost VM's placement is not itself updated); the UPDATE takes a
+            # fresh snapshot, so its rowcount says whether this pass won.
             target = _roomiest([h for h in healthy if h.id != placement.host_id] or healthy)
             if durable and target is not None:
-                placement.host_id, placement.fence = target.id, target.fence
-                moved.append(Moved(placement.vm_id, target.id, dict(placement.spec), found_at))
+                took = await s.execute(
+                    update(Placement)
+                    .where(
+                        Placement.vm_id == placement.vm_id,
+                        Placement.host_id == placement.host_id,
+                        Placement.fence == placement.fence,
+                    )
+                    .values(host_id=target.id, fence=target.fence)
+                    .execution_options(synchronize_session=False)
+                )
+                if _rowcount(took) == 1:
+                    moved.append(Moved(placement.vm_id, target.id, dict(placement.spec), found_at))
             elif not durable:
-                await s.execute(update(Vm).where(Vm.id == placement.vm_id).values(lost=True))
-                lost.append((placement.vm_id, org))
+                took = await s.execute(
+                    update(Vm)
+                    .where(Vm.id == placement.vm_id, Vm.lost.is_(False))
+                    .values(lost=True)
+                    .execution_options(synchronize_session=False)
+                )
+                if _rowcount(took) == 1:
+                    lost.append((placement.vm_id, org))
     return moved, lost
+
+
+def _rowcount(result: Any) -> int:
+    return int(result.rowcount)
 
 
 def _roomiest(hosts: list[ClusterHost]) -> ClusterHost | None:
