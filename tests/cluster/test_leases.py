@@ -1,7 +1,8 @@
 """Leases and the fencing rule on a real PostgreSQL: each acquisition takes a
 new fence, a renewal by an old fence or after expiry is refused, `may_act`
 holds only for the current fence while the lease is live, and two replicas
-claiming the same expired host's VMs at once take each exactly once."""
+claiming the same expired host's VMs at once take each exactly once, and
+replicas racing to adopt a dead replica's runs take each run once."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "server"))
 from pg import PG_URL, fresh_pg_database
 
 from arker.cluster.leases import Lease, LeaseCallbacks, LeaseKeeper, acquire, may_act, renew
+from arker.cluster.replica import Drivers, take_orphans
 from arker.cluster.takeover import claim
-from arker.server.store import ClusterHost, Database, Placement, Vm
+from arker.server.store import ClusterHost, ClusterReplica, Database, Placement, Run, Vm
 
 pytestmark = pytest.mark.skipif(not PG_URL, reason="ARKER_TEST_POSTGRES_URL is not set")
 
@@ -161,3 +163,48 @@ async def test_two_replicas_racing_take_each_vm_over_exactly_once(db: Database) 
                 select(Placement.fence).join(Vm, Vm.id == Placement.vm_id).where(Vm.durable)
             )
         ) == {2}
+
+
+async def test_replicas_racing_adopt_a_dead_replicas_runs_exactly_once(db: Database) -> None:
+    dead = Drivers(db, runs=None, ttl_s=1)  # type: ignore[arg-type]
+    alive = Drivers(db, runs=None, ttl_s=60)  # type: ignore[arg-type]
+    await dead.renew()
+    await alive.renew()
+    rows = [
+        {"id": f"run{i:02d}", "vm_id": "vm", "org": "o", "background": True, "spec": "{}",
+         "request_hash": "h", "created_at": 0.0, "state": state, "driver": driver}
+        for i, (state, driver) in enumerate(
+            [("running", dead.id)] * 12 + [("completed", dead.id)] * 3
+            + [("running", alive.id)] * 4 + [("running", None)] * 2
+        )
+    ]  # fmt: skip
+    async with db.engine.begin() as conn:
+        await conn.execute(insert(Run), rows)
+    assert await take_orphans(db, alive.id) == []  # its lease is still live: nothing to take
+    await asyncio.sleep(1.1)
+    other = Database(db.url)
+    try:
+        results = await asyncio.gather(
+            *(take_orphans(d, me) for d, me in [(db, alive.id), (other, "r-third")] * 5)
+        )
+    finally:
+        await other.close()
+    taken = [run_id for r in results for run_id in r]
+    assert sorted(taken) == [f"run{i:02d}" for i in range(12)]  # each in-flight one, once
+    async with db.session() as s:
+        drivers = {k: v for k, v in (await s.execute(select(Run.id, Run.driver))).all()}
+    assert {drivers[r] for r in taken} <= {alive.id, "r-third"}
+    assert all(drivers[f"run{i:02d}"] == dead.id for i in range(12, 15))  # ended: left alone
+    assert drivers["run19"] is None and drivers["run20"] is None  # outside a cluster
+    # Given up on stop: its lease lapses at once, and a long-dead row with no
+    # run in flight is dropped.
+    await alive.stop()
+    assert sorted(await take_orphans(db, "r-fourth")) == sorted(
+        r for r in drivers if drivers[r] == alive.id and int(r[3:]) < 19
+    )
+    async with db.engine.begin() as conn:
+        await conn.execute(update(ClusterReplica).values(lease_expires_at=0.0))
+        await conn.execute(update(Run).values(state="completed"))
+    await take_orphans(db, "r-fourth")
+    async with db.session() as s:
+        assert list(await s.scalars(select(ClusterReplica.id))) == []

@@ -164,3 +164,29 @@ def test_killing_a_replica_loses_nothing_it_acknowledged(cluster: Cluster) -> No
     assert f"adopting run {retried.run_id}" in second.log()  # the other replica recorded it
     first.start()
     vm.delete()
+
+
+def test_a_background_run_of_a_killed_replica_is_adopted_and_finishes(cluster: Cluster) -> None:
+    """A background run started through a replica that is then SIGKILLed goes
+    on on its host; once that replica's lease lapses, the other replica takes
+    the run over and records its end, so its status does not say `running`
+    for ever (nobody waits on it in the foreground)."""
+    first, second = cluster.replicas
+    a = Arker(api_key=cluster.keys["acme"], base_url=first.url)
+    b = Arker(api_key=cluster.keys["acme"], base_url=second.url)
+    vm = a.vm("busybox").fork(name="orphaned-run")
+    try:
+        started = vm.run("sleep 2; echo orphan-done", background=True)
+        first.kill()
+        assert b.vm(vm.vm_id).run_status(started.run_id).state == "running"
+        deadline = time.monotonic() + 60  # a hang guard, not a speed bound
+        status = b.vm(vm.vm_id).run_status(started.run_id)
+        while status.state == "running" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            status = b.vm(vm.vm_id).run_status(started.run_id)
+        assert status.state == "completed", status
+        assert status.exit_code == 0 and status.stdout == b"orphan-done\n"
+        assert f"run {started.run_id} of vm {vm.vm_id}: its replica's lease lapsed" in second.log()
+    finally:
+        first.start()
+        b.vm(vm.vm_id).delete()

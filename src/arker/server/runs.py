@@ -140,6 +140,9 @@ class Runs:
         self._stopping = False
         self._forgetter = Forgetter(engine, threads)
         self.wakeups = Wakeups(engine)
+        # In a cluster, this replica's id: recorded on the runs its tasks drive,
+        # so that another replica adopts them if this one dies (cluster/replica.py).
+        self.driver: str | None = None
 
     # -- starting
     async def run(self, vm: Vm, req: t.RunRequest, idem_key: str | None) -> Answer:
@@ -179,6 +182,7 @@ class Runs:
             retry_count=0,
             created_at=now,
             started_at=now,
+            driver=self.driver,
         )
         try:
             if vm.durable:
@@ -229,7 +233,7 @@ class Runs:
                 break
             polls += 1
             if polls == ADOPT_AFTER_POLLS and self.settings.cluster and run_id not in self._tasks:
-                self._adopt(row)
+                self.adopt(row)
             await asyncio.sleep(0.1)  # being recovered, or driven by another replica
         return wire.run_result(row), 200
 
@@ -261,8 +265,11 @@ class Runs:
             # The run is safe with its checkpoint taken; a leftover is pruned next time.
             log.warning("could not prune checkpoints of vm %s", vm_id, exc_info=True)
 
-    def _adopt(self, row: Run) -> None:
-        """Wait for a run started elsewhere and record its end (cluster/)."""
+    def adopt(self, row: Run) -> None:
+        """Wait for a run started elsewhere and record its end (cluster/): a
+        foreground retry's, or one whose replica's lease lapsed."""
+        if row.id in self._tasks:
+            return  # this replica drives it already
         log.info("adopting run %s of vm %s: no replica is known to drive it", row.id, row.vm_id)
         run_spec = runspec.for_engine(row.spec, self.settings.output_cap_bytes)
         loop = asyncio.get_running_loop()
@@ -362,7 +369,7 @@ class Runs:
         info: RunInfo | None = None
         finished: Run | None = None
         try:
-            if start:  # else started elsewhere: only wait for it (see _adopt)
+            if start:  # else started elsewhere: only wait for it (see adopt)
                 if record and on_loop:
                     await self.db.write(_INSERT, _values(row))
                 # A foreground run waits in this hop, so it goes with the waits.
@@ -632,6 +639,7 @@ class Runs:
                 live.state, live.retry_count, live.started_at = "running", live.retry_count + 1, now
                 live.stdout, live.stderr = b"", b""
                 live.stdout_bytes = live.stderr_bytes = 0
+                live.driver = self.driver
                 await s.commit()
             log.info("restarting run %s of durable vm %s from %s", r.id, vm_id, checkpoint)
             # The engine may still hold the lost attempt under the same run id.

@@ -1,6 +1,25 @@
 """Persistent state: SQLAlchemy models, the async database, migrations."""
 
 from arker.server.store.db import Database
-from arker.server.store.models import ApiKey, Base, ClusterHost, Placement, Run, Upload, Vm
+from arker.server.store.models import (
+    ApiKey,
+    Base,
+    ClusterHost,
+    ClusterReplica,
+    Placement,
+    Run,
+    Upload,
+    Vm,
+)
 
-__all__ = ["ApiKey", "Base", "ClusterHost", "Database", "Placement", "Run", "Upload", "Vm"]
+__all__ = [
+    "ApiKey",
+    "Base",
+    "ClusterHost",
+    "ClusterReplica",
+    "Database",
+    "Placement",
+    "Run",
+    "Upload",
+    "Vm",
+]

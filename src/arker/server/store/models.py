@@ -110,6 +110,9 @@ class Run(Base):
     finished_at: Mapped[float | None] = mapped_column(Float, default=None)
     duration_ms: Mapped[int | None] = mapped_column(Integer, default=None)
     warnings: Mapped[str | None] = mapped_column(Text, default=None)  # JSON [{code, message}]
+    # The cluster replica whose task drives the run (cluster/replica.py); None
+    # outside a cluster. A run whose driver's lease lapsed is adopted by another.
+    driver: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
 class Upload(Base):
@@ -142,6 +145,17 @@ class ClusterHost(Base):
     # {"memory_free_bytes", "memory_total_bytes", "cpu_free", "cpu_total"}
     capacity: Mapped[dict[str, float] | None] = mapped_column(JSON, default=None)
     goldens: Mapped[list[str] | None] = mapped_column(JSON, default=None)  # names held
+
+
+class ClusterReplica(Base):
+    """An API replica of a cluster, by the lease it renews (cluster/replica.py),
+    so that the runs it drove are adopted by another when it dies."""
+
+    __tablename__ = "cluster_replicas"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    lease_expires_at: Mapped[float] = mapped_column(Float)  # the database's clock
+    seen_at: Mapped[float] = mapped_column(Float)
 
 
 class Placement(Base):

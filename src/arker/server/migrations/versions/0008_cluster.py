@@ -1,5 +1,7 @@
-"""Cluster: host agents with their leases (cluster_hosts) and where each VM
-lives (vm_placements). Empty, and unused, outside a cluster.
+"""Cluster: host agents with their leases (cluster_hosts), where each VM
+lives (vm_placements), API replicas by their leases (cluster_replicas) and
+which replica drives each run (runs.driver). Empty, and unused, outside a
+cluster.
 
 Revision ID: 0008_cluster
 Revises: 0005
@@ -37,9 +39,20 @@ def upgrade() -> None:
         sa.Column("placed_at", sa.Float, nullable=False),
     )
     op.create_index("ix_vm_placements_host", "vm_placements", ["host_id"])
+    op.create_table(
+        "cluster_replicas",
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("lease_expires_at", sa.Float, nullable=False),
+        sa.Column("seen_at", sa.Float, nullable=False),
+    )
+    with op.batch_alter_table("runs") as batch:
+        batch.add_column(sa.Column("driver", sa.String(64), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("runs") as batch:
+        batch.drop_column("driver")
+    op.drop_table("cluster_replicas")
     op.drop_index("ix_vm_placements_host", "vm_placements")
     op.drop_table("vm_placements")
     op.drop_table("cluster_hosts")
