@@ -179,6 +179,22 @@ def test_sigkill_ends_a_run_like_a_command_killed(engine: NamespaceEngine, vm: s
         engine.forget_run(vm, "kill")
 
 
+def test_a_signal_sent_right_after_the_start_is_not_lost(engine: NamespaceEngine, vm: str) -> None:  # noqa: F811
+    """Signalled at once, a run's child may not have made its process group
+    yet (setsid): the signal must reach it all the same, every time."""
+    for i in range(30):
+        run_id = f"early{i}"
+        engine.start_run(vm, run_id, RunSpec(command="sleep 300"))
+        try:
+            engine.signal_run(vm, run_id, signal.SIGTERM)
+            info = engine.wait_run(vm, run_id, timeout_s=20)
+            assert info.done and info.exit_code == 128 + signal.SIGTERM, (i, info)
+        finally:
+            if not engine.run_info(vm, run_id).done:
+                engine.cancel_run(vm, run_id)
+            engine.forget_run(vm, run_id)
+
+
 def test_no_fd_is_left_after_runs(engine: NamespaceEngine, vm: str) -> None:  # noqa: F811
     def runs(n: int) -> None:
         for i in range(n):

@@ -714,8 +714,12 @@ void __attribute__((noreturn)) agent_loop(int chan)
                     r->cancelled = 1;
                     kill_tree(r);
                 } else if (got == 2 && c[0] == 'k' && c[1] > 0 && c[1] < 65 && !r->exited) {
-                    /* The run's group (it called setsid): what a terminal's ^C reaches. */
-                    ignore(kill(-r->pid, c[1]));
+                    /* The run's group (it called setsid): what a terminal's ^C reaches.
+                     * Right after the start the child may not have called setsid
+                     * yet, so there is no such group: then the child itself (its
+                     * blocked signals stay pending until it unblocks them to exec). */
+                    if (kill(-r->pid, c[1]) < 0 && errno == ESRCH)
+                        ignore(kill(r->pid, c[1]));
                 } else if (got == 0) {
                     close_fd(&r->reply); /* the engine let go; the run goes on */
                 }
