@@ -53,6 +53,26 @@ async def test_each_acquisition_takes_a_new_fence_and_old_fences_are_refused(db:
         assert row is not None and row.fence == 2 and row.goldens == ["g"]
 
 
+async def test_a_host_restarted_within_its_ttl_resumes_its_fence(db: Database) -> None:
+    first = await acquire(db, "h1", "http://h1", "x" * 64, ttl_s=5)
+    # The same machine's agent started again while its lease is live: same fence.
+    again = await acquire(db, "h1", "http://h1", "x" * 64, ttl_s=5, resume=True)
+    assert again.fence == first.fence and again.live()
+    assert await renew(db, first, ttl_s=5) is not None  # the placements under it still hold
+    # Another machine with the same id (another URL), or another token: a new fence.
+    elsewhere = await acquire(db, "h1", "http://other", "x" * 64, ttl_s=5, resume=True)
+    assert elsewhere.fence == first.fence + 1
+    assert await renew(db, first, ttl_s=5) is None
+    rekeyed = await acquire(db, "h1", "http://other", "y" * 64, ttl_s=5, resume=True)
+    assert rekeyed.fence == elsewhere.fence + 1
+    # Back after its lease expired: a new fence, so what was placed under the old
+    # one is taken over (takeover.py), however it resumes.
+    short = await acquire(db, "h2", "http://h2", "x" * 64, ttl_s=0.5)
+    await asyncio.sleep(0.7)
+    late = await acquire(db, "h2", "http://h2", "x" * 64, ttl_s=5, resume=True)
+    assert late.fence == short.fence + 1
+
+
 async def test_an_expired_lease_is_not_renewed(db: Database) -> None:
     lease = await acquire(db, "h2", "http://h2", "x" * 64, ttl_s=1.2)
     await asyncio.sleep(1.4)

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, case, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -77,12 +77,37 @@ def may_act(
 
 
 async def acquire(
-    db: Database, host_id: str, url: str, token_hash: str, ttl_s: float = DEFAULT_TTL_S
+    db: Database,
+    host_id: str,
+    url: str,
+    token_hash: str,
+    ttl_s: float = DEFAULT_TTL_S,
+    resume: bool = False,
 ) -> Lease:
     """Take the host's row with a new fence (whatever the old lease's state:
-    the VMs placed under the old fence are taken over, see takeover.py)."""
+    the VMs placed under the old fence are taken over, see takeover.py).
+
+    With `resume` (a host process starting, which holds its data dir's pool
+    lock, so the process before it on this machine is gone), a lease still
+    live under the same URL and token keeps its fence: a host agent
+    restarted within its TTL (an upgrade, a crash and a restart) keeps its
+    VMs instead of having them taken over. An expired lease, or one held
+    under another URL (another machine with the same id), takes a new fence."""
     started = time.monotonic()
     now = db_now()
+    fence: Any = ClusterHost.fence + 1
+    if resume:
+        fence = case(
+            (
+                and_(
+                    ClusterHost.lease_expires_at > now,
+                    ClusterHost.url == url,
+                    ClusterHost.token_hash == token_hash,
+                ),
+                ClusterHost.fence,
+            ),
+            else_=ClusterHost.fence + 1,
+        )
     values = {
         "id": host_id,
         "url": url,
@@ -99,7 +124,7 @@ async def acquire(
             set_={
                 "url": url,
                 "token_hash": token_hash,
-                "fence": ClusterHost.fence + 1,
+                "fence": fence,
                 "lease_expires_at": now + ttl_s,
                 "seen_at": now,
             },
@@ -185,8 +210,9 @@ class LeaseKeeper:
         return lease if lease is not None and lease.live() else None
 
     async def start(self) -> None:
-        """Acquire once (raising if the database cannot be reached), then keep it."""
-        await self._acquire()
+        """Acquire once (raising if the database cannot be reached), then keep
+        it. This first acquisition resumes a lease still live (see `acquire`)."""
+        await self._acquire(resume=True)
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
@@ -195,8 +221,10 @@ class LeaseKeeper:
             with contextlib.suppress(BaseException):
                 await self._task
 
-    async def _acquire(self) -> None:
-        self.lease = await acquire(self.db, self.host_id, self.url, self.token_hash, self.ttl_s)
+    async def _acquire(self, resume: bool = False) -> None:
+        self.lease = await acquire(
+            self.db, self.host_id, self.url, self.token_hash, self.ttl_s, resume=resume
+        )
         log.info("host %s holds its lease with fence %d", self.host_id, self.lease.fence)
         await self.callbacks.started(self.lease)
 
