@@ -19,7 +19,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "server"))
 
 from pg import PG_URL, fresh_pg_database
 
-from arker.cluster.leases import Lease, LeaseCallbacks, LeaseKeeper, acquire, may_act, renew
+from arker.cluster.leases import (
+    HostCard,
+    Lease,
+    LeaseCallbacks,
+    LeaseKeeper,
+    acquire,
+    may_act,
+    renew,
+)
 from arker.cluster.replica import Drivers, take_orphans
 from arker.cluster.takeover import claim
 from arker.server.store import ClusterHost, ClusterReplica, Database, Placement, Run, Vm
@@ -40,11 +48,11 @@ async def db() -> AsyncIterator[Database]:
 
 
 async def test_each_acquisition_takes_a_new_fence_and_old_fences_are_refused(db: Database) -> None:
-    first = await acquire(db, "h1", "http://h1", "x" * 64, ttl_s=5)
+    first = await acquire(db, HostCard("h1", "http://h1", "x" * 64), ttl_s=5)
     assert first.fence == 1 and first.live()
     renewed = await renew(db, first, ttl_s=5, capacity={"memory_free_bytes": 1.0}, goldens=["g"])
     assert renewed is not None and renewed.fence == 1
-    again = await acquire(db, "h1", "http://h1", "x" * 64, ttl_s=5)  # restarted, or back
+    again = await acquire(db, HostCard("h1", "http://h1", "x" * 64), ttl_s=5)  # restarted, or back
     assert again.fence == 2
     assert await renew(db, first, ttl_s=5) is None  # the old life is refused by its fence
     assert await renew(db, again, ttl_s=5) is not None
@@ -54,27 +62,27 @@ async def test_each_acquisition_takes_a_new_fence_and_old_fences_are_refused(db:
 
 
 async def test_a_host_restarted_within_its_ttl_resumes_its_fence(db: Database) -> None:
-    first = await acquire(db, "h1", "http://h1", "x" * 64, ttl_s=5)
+    first = await acquire(db, HostCard("h1", "http://h1", "x" * 64), ttl_s=5)
     # The same machine's agent started again while its lease is live: same fence.
-    again = await acquire(db, "h1", "http://h1", "x" * 64, ttl_s=5, resume=True)
+    again = await acquire(db, HostCard("h1", "http://h1", "x" * 64), ttl_s=5, resume=True)
     assert again.fence == first.fence and again.live()
     assert await renew(db, first, ttl_s=5) is not None  # the placements under it still hold
     # Another machine with the same id (another URL), or another token: a new fence.
-    elsewhere = await acquire(db, "h1", "http://other", "x" * 64, ttl_s=5, resume=True)
+    elsewhere = await acquire(db, HostCard("h1", "http://other", "x" * 64), ttl_s=5, resume=True)
     assert elsewhere.fence == first.fence + 1
     assert await renew(db, first, ttl_s=5) is None
-    rekeyed = await acquire(db, "h1", "http://other", "y" * 64, ttl_s=5, resume=True)
+    rekeyed = await acquire(db, HostCard("h1", "http://other", "y" * 64), ttl_s=5, resume=True)
     assert rekeyed.fence == elsewhere.fence + 1
     # Back after its lease expired: a new fence, so what was placed under the old
     # one is taken over (takeover.py), however it resumes.
-    short = await acquire(db, "h2", "http://h2", "x" * 64, ttl_s=0.5)
+    short = await acquire(db, HostCard("h2", "http://h2", "x" * 64), ttl_s=0.5)
     await asyncio.sleep(0.7)
-    late = await acquire(db, "h2", "http://h2", "x" * 64, ttl_s=5, resume=True)
+    late = await acquire(db, HostCard("h2", "http://h2", "x" * 64), ttl_s=5, resume=True)
     assert late.fence == short.fence + 1
 
 
 async def test_an_expired_lease_is_not_renewed(db: Database) -> None:
-    lease = await acquire(db, "h2", "http://h2", "x" * 64, ttl_s=1.2)
+    lease = await acquire(db, HostCard("h2", "http://h2", "x" * 64), ttl_s=1.2)
     await asyncio.sleep(1.4)
     assert not lease.live()  # the host stopped acting before the database expired it
     assert await renew(db, lease, ttl_s=5) is None
@@ -106,15 +114,13 @@ async def test_the_keeper_renews_and_says_when_it_lost_the_lease(db: Database) -
     async def report() -> tuple[dict[str, float], list[str]]:
         return {"memory_free_bytes": 5.0}, []
 
-    keeper = LeaseKeeper(
-        db, "h3", "http://h3", "x" * 64, LeaseCallbacks(started, renewed, stopped, report),
-        ttl_s=3, every_s=0.1,
-    )  # fmt: skip
+    callbacks = LeaseCallbacks(started, renewed, stopped, report)
+    keeper = LeaseKeeper(db, HostCard("h3", "http://h3", "x" * 64), callbacks, ttl_s=3, every_s=0.1)
     await keeper.start()
     try:
         await asyncio.sleep(0.5)
         assert keeper.current() is not None and "renewed" in events
-        await acquire(db, "h3", "http://h3", "x" * 64)  # someone else took the row
+        await acquire(db, HostCard("h3", "http://h3", "x" * 64))  # someone else took the row
         await asyncio.sleep(0.5)
         assert "stopped" in events
         assert events[-1] in ("started 3", "renewed")  # and it acquired again, fence 3
@@ -124,8 +130,8 @@ async def test_the_keeper_renews_and_says_when_it_lost_the_lease(db: Database) -
 
 
 async def test_two_replicas_racing_take_each_vm_over_exactly_once(db: Database) -> None:
-    dead = await acquire(db, "dead", "http://dead", "x" * 64, ttl_s=1)
-    await acquire(db, "alive", "http://alive", "x" * 64, ttl_s=60)
+    dead = await acquire(db, HostCard("dead", "http://dead", "x" * 64), ttl_s=1)
+    await acquire(db, HostCard("alive", "http://alive", "x" * 64), ttl_s=60)
     vm_rows = []
     placements = []
     for i in range(30):
@@ -166,7 +172,7 @@ async def test_two_replicas_racing_take_each_vm_over_exactly_once(db: Database) 
     async with db.engine.begin() as conn:
         await conn.execute(update(Placement).values(host_id="alive", fence=1))
         await conn.execute(update(Vm).values(lost=False))
-    await acquire(db, "alive", "http://alive", "x" * 64, ttl_s=60)  # fence 2 now
+    await acquire(db, HostCard("alive", "http://alive", "x" * 64), ttl_s=60)  # fence 2 now
     moved_again, lost_again = [], []
     while True:  # BATCH rows a pass
         m, lo = await claim(db)

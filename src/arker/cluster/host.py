@@ -33,7 +33,14 @@ from ulid import ULID
 
 from arker.cluster.hostapi import HostExtras
 from arker.cluster.hostapp import host_routes
-from arker.cluster.leases import DEFAULT_TTL_S, Lease, LeaseCallbacks, LeaseKeeper, may_act
+from arker.cluster.leases import (
+    DEFAULT_TTL_S,
+    HostCard,
+    Lease,
+    LeaseCallbacks,
+    LeaseKeeper,
+    may_act,
+)
 from arker.cluster.remote import FENCE_HEADER
 from arker.engine.base import Engine, GoldenInfo, Limits, NetworkPolicy
 from arker.errors import ArkerError, ErrorCode
@@ -205,9 +212,7 @@ def build_host_app(
 
     keeper = LeaseKeeper(
         db,
-        host_id,
-        advertise,
-        token_hash(token),
+        HostCard(host_id, advertise, token_hash(token)),
         LeaseCallbacks(started, renewed, stopped, report),
         ttl_s=ttl_s,
     )

@@ -28,6 +28,7 @@ from arker.server.store import ClusterHost, Database
 
 __all__ = [
     "DEFAULT_TTL_S",
+    "HostCard",
     "Lease",
     "LeaseCallbacks",
     "LeaseKeeper",
@@ -76,13 +77,18 @@ def may_act(
     return placement == (lease.host_id, lease.fence)
 
 
+@dataclass(frozen=True)
+class HostCard:
+    """Who a host is: its id (kept in its data dir), where replicas call it,
+    and the sha256 of the host token it takes."""
+
+    id: str
+    url: str
+    token_hash: str
+
+
 async def acquire(
-    db: Database,
-    host_id: str,
-    url: str,
-    token_hash: str,
-    ttl_s: float = DEFAULT_TTL_S,
-    resume: bool = False,
+    db: Database, card: HostCard, ttl_s: float = DEFAULT_TTL_S, resume: bool = False
 ) -> Lease:
     """Take the host's row with a new fence (whatever the old lease's state:
     the VMs placed under the old fence are taken over, see takeover.py).
@@ -93,6 +99,7 @@ async def acquire(
     restarted within its TTL (an upgrade, a crash and a restart) keeps its
     VMs instead of having them taken over. An expired lease, or one held
     under another URL (another machine with the same id), takes a new fence."""
+    host_id, url, token_hash = card.id, card.url, card.token_hash
     started = time.monotonic()
     now = db_now()
     fence: Any = ClusterHost.fence + 1
@@ -192,14 +199,12 @@ class LeaseKeeper:
     def __init__(
         self,
         db: Database,
-        host_id: str,
-        url: str,
-        token_hash: str,
+        card: HostCard,
         callbacks: LeaseCallbacks,
         ttl_s: float = DEFAULT_TTL_S,
         every_s: float = RENEW_EVERY_S,
     ) -> None:
-        self.db, self.host_id, self.url, self.token_hash = db, host_id, url, token_hash
+        self.db, self.card, self.host_id = db, card, card.id
         self.callbacks = callbacks
         self.ttl_s, self.every_s = ttl_s, every_s
         self.lease: Lease | None = None
@@ -222,9 +227,7 @@ class LeaseKeeper:
                 await self._task
 
     async def _acquire(self, resume: bool = False) -> None:
-        self.lease = await acquire(
-            self.db, self.host_id, self.url, self.token_hash, self.ttl_s, resume=resume
-        )
+        self.lease = await acquire(self.db, self.card, self.ttl_s, resume=resume)
         log.info("host %s holds its lease with fence %d", self.host_id, self.lease.fence)
         await self.callbacks.started(self.lease)
 
