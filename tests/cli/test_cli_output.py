@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from arker.cli import app
 from arker.cli._output import cli_errors
-from arker.cli.client import _split_remote
+from arker.cli.files import _split_remote
 
 OFFLINE = {"ARKER_API_KEY": "ark_test", "ARKER_BASE_URL": "http://127.0.0.1:9"}
 

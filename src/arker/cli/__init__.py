@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import typer
 
-from arker.cli import client, cluster, demo, goldens, host, mcp, ports, server, shell, smoke
+from arker.cli import client, cluster, demo, files, goldens, host, mcp, ports, server, shell, smoke
 
 __all__ = ["app", "main"]
 
 app = typer.Typer(name="arker", no_args_is_help=True, help="Fork Linux VMs, run commands.")
 client.register(app)
+files.register(app)
 ports.register(app)
 shell.register(app)
 server.register(app)

@@ -1,4 +1,5 @@
-"""The client commands of `arker`: fork, run, status, cancel, ls, get, ttl, rm, cp, cat.
+"""The client commands of `arker` on VMs and runs: fork, run, logs, status, cancel, ls,
+get, restart, ttl, rm (files: cli/files.py).
 
 They are thin: each builds an `Arker` client configured like the SDK
 (--api-key/--region/--base-url, else ARKER_API_KEY, ARKER_REGION,
@@ -12,34 +13,27 @@ import enum
 import shlex
 import sys
 from datetime import UTC
-from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
+from arker.cli._connect import ApiKey, BaseUrl, Json, Region, RunId, VmId, connect
 from arker.cli._output import (
-    bytes_progress,
     cli_errors,
     err_console,
     fail,
     out_console,
     print_json,
-    spinner,
     write_stderr,
     write_stdout,
 )
 from arker.cli.follow import exit_with, follow, notes
 from arker.cli.lifecycle import labels_arg, seconds_arg
 
-if TYPE_CHECKING:
-    from arker import Arker
-
 __all__ = ["register"]
 
-# Below this, a transfer is over before a bar would be read.
-PROGRESS_MIN_BYTES = 8 * 1024 * 1024
-CHUNK_BYTES = 1024 * 1024
 # The contract caps a run's stdin at 8 MiB decoded.
 STDIN_MAX_BYTES = 8 * 1024 * 1024
 
@@ -60,39 +54,6 @@ _COLUMNS = (
     "expires (UTC)",
     "labels",
 )
-
-_OPTION_NAMES = (("api_key=", "--api-key"), ("region=", "--region"), ("base_url=", "--base-url"))
-
-ApiKey = Annotated[
-    str | None,
-    typer.Option("--api-key", help="API key (else ARKER_API_KEY, AUTH_KEY)", show_default=False),
-]
-Region = Annotated[
-    str | None,
-    typer.Option("--region", help="Region, e.g. aws-us-west-2 (else ARKER_REGION)"),
-]
-BaseUrl = Annotated[
-    str | None,
-    typer.Option("--base-url", help="API base URL, with any /api prefix (else ARKER_BASE_URL)"),
-]
-VmId = Annotated[str, typer.Argument(metavar="VM", help="The VM id.")]
-RunId = Annotated[str, typer.Argument(metavar="RUN", help="The run id.")]
-Json = Annotated[bool, typer.Option("--json", help="Print one JSON document, for scripts.")]
-
-
-def _client(
-    api_key: str | None, region: str | None, base_url: str | None, timeout_s: float = 60.0
-) -> Arker:
-    from arker import Arker, ArkerError
-
-    try:
-        return Arker(api_key, region=region, base_url=base_url, timeout_s=timeout_s)
-    except ArkerError as exc:
-        # The SDK names its arguments; a command line user has options.
-        message = exc.message
-        for arg, option in _OPTION_NAMES:
-            message = message.replace(arg, option)
-        raise ArkerError(exc.code, message, exc.status) from None
 
 
 def _vm_doc(vm: Any) -> dict[str, Any]:
@@ -164,7 +125,7 @@ def fork(
         network = {"egress": False}
     elif allow:
         network = {"egress": True, "allow": list(allow)}
-    with _client(api_key, region, base_url) as arker:
+    with connect(api_key, region, base_url) as arker:
         child = arker.vm(source).fork(
             name=name, durable=durable, resources=resources, network=network, **lifecycle
         )
@@ -229,7 +190,7 @@ def run(
     """
     data = _read_stdin(stdin_file, no_stdin)
     line = command[0] if len(command) == 1 else shlex.join(command)
-    with _client(api_key, region, base_url, 60.0) as arker:
+    with connect(api_key, region, base_url, 60.0) as arker:
         handle = arker.vm(vm).run(
             line,
             background=True,
@@ -258,7 +219,7 @@ def logs(
 ) -> None:
     """A run's output: what there is so far, or with --follow all of it as it
     comes, then the run's exit status as arker's (Ctrl-C stops following)."""
-    with _client(api_key, region, base_url, 60.0) as arker:
+    with connect(api_key, region, base_url, 60.0) as arker:
         handle = arker.vm(vm).run_handle(run_id)
         if follow_it:
             exit_with(follow(handle, cancel_on_interrupt=False))
@@ -298,7 +259,7 @@ def status(
     base_url: BaseUrl = None,
 ) -> None:
     """Show a run: its output so far on stdout/stderr, then its state."""
-    with _client(api_key, region, base_url) as arker:
+    with connect(api_key, region, base_url) as arker:
         _print_status(arker.vm(vm).run_status(run_id), as_json)
 
 
@@ -311,7 +272,7 @@ def cancel(
     base_url: BaseUrl = None,
 ) -> None:
     """Cancel a run (its whole process tree is killed) and show where it stopped."""
-    with _client(api_key, region, base_url) as arker:
+    with connect(api_key, region, base_url) as arker:
         _print_status(arker.vm(vm).cancel_run(run_id), as_json)
 
 
@@ -346,7 +307,7 @@ def ls(
     base_url: BaseUrl = None,
 ) -> None:
     """List your VMs, newest first (the filters narrow the list and its total)."""
-    with _client(api_key, region, base_url) as arker:
+    with connect(api_key, region, base_url) as arker:
         page = arker.list(
             limit=limit,
             offset=offset,
@@ -384,7 +345,7 @@ def get(
     base_url: BaseUrl = None,
 ) -> None:
     """Show one VM."""
-    with _client(api_key, region, base_url) as arker:
+    with connect(api_key, region, base_url) as arker:
         doc = _vm_doc(arker.get(vm))
     if as_json:
         print_json(doc)
@@ -403,7 +364,7 @@ def restart(
     base_url: BaseUrl = None,
 ) -> None:
     """Kill every process of a VM (a fork bomb too) and start it again; its files stay."""
-    with _client(api_key, region, base_url) as arker:
+    with connect(api_key, region, base_url) as arker:
         doc = _vm_doc(arker.vm(vm).restart())
     if as_json:
         print_json(doc)
@@ -422,7 +383,7 @@ def ttl(
     base_url: BaseUrl = None,
 ) -> None:
     """Set when a VM is deleted, counted from now (sooner or later than before)."""
-    with _client(api_key, region, base_url) as arker:
+    with connect(api_key, region, base_url) as arker:
         info = arker.vm(vm).update(ttl_s=seconds_arg(duration, "DURATION"))
     if as_json:
         print_json(_vm_doc(info))
@@ -441,7 +402,7 @@ def rm(
     from arker import ArkerError
 
     failed = 0
-    with _client(api_key, region, base_url) as arker:
+    with connect(api_key, region, base_url) as arker:
         for vm_id in vms:
             # Keep going: one missing VM should not leave the others alive.
             try:
@@ -455,145 +416,7 @@ def rm(
         raise typer.Exit(1)
 
 
-def _split_remote(spec: str) -> tuple[str, str] | None:
-    """`VM:/path` -> (VM, /path); anything else is a local path. The remote
-    path must be absolute, so `./a:b` or `a:b` stay local."""
-    vm, sep, path = spec.partition(":")
-    if sep and vm and "/" not in vm and path.startswith("/"):
-        return vm, path
-    return None
-
-
-def _read_local(path: Path) -> bytes:
-    size = path.stat().st_size
-    if size < PROGRESS_MIN_BYTES:
-        return path.read_bytes()
-    chunks = []
-    with bytes_progress(f"reading {path.name}", size) as advance, path.open("rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            chunks.append(chunk)
-            advance(len(chunk))
-    return b"".join(chunks)
-
-
-def _write_local(path: Path, data: bytes) -> None:
-    if len(data) < PROGRESS_MIN_BYTES:
-        path.write_bytes(data)
-        return
-    view = memoryview(data)
-    with bytes_progress(f"writing {path.name}", len(data)) as advance, path.open("wb") as f:
-        for start in range(0, len(data), CHUNK_BYTES):
-            advance(f.write(view[start : start + CHUNK_BYTES]))
-
-
-def cp(
-    src: Annotated[str, typer.Argument(help="LOCAL or VM:/home/user/PATH")],
-    dst: Annotated[str, typer.Argument(help="LOCAL or VM:/home/user/PATH")],
-    recursive: Annotated[
-        bool, typer.Option("-r", "--recursive", help="Copy a directory and all in it")
-    ] = False,
-    api_key: ApiKey = None,
-    region: Region = None,
-    base_url: BaseUrl = None,
-) -> None:
-    """Copy a file (or with -r a directory) into, out of, or between VMs;
-    `VM:` marks the VM side.
-
-    Large files show a bar while they are read or written locally; the SDK
-    sends a file in one request, so the network part shows a spinner with
-    the time taken, not a byte count it does not have. With -r, as cp -r: a
-    destination that is a directory already gets the source inside it.
-    """
-    remote_src, remote_dst = _split_remote(src), _split_remote(dst)
-    if remote_src is None and remote_dst is None:
-        fail("invalid_request", "one side must be VM:/home/user/PATH")
-    if recursive:
-        with _client(api_key, region, base_url) as arker:
-            _cp_dir(arker, src, dst, remote_src, remote_dst)
-        return
-    with _client(api_key, region, base_url) as arker:
-        if remote_src is None:
-            data = _read_local(Path(src))
-            name = Path(src).name
-        else:
-            with spinner(f"fetching {src}"):
-                data = arker.vm(remote_src[0]).sync.read_file(remote_src[1])
-            name = PurePosixPath(remote_src[1]).name
-        if remote_dst is not None:
-            vm_id, path = remote_dst
-            if path.endswith("/"):
-                path += name
-            with spinner(f"sending {len(data):,} bytes to {vm_id}:{path}"):
-                arker.vm(vm_id).sync.write_file(path, data)
-            return
-    local = Path(dst)
-    if local.is_dir():
-        local = local / name
-    _write_local(local, data)
-
-
-def _cp_dir(
-    arker: Arker,
-    src: str,
-    dst: str,
-    remote_src: tuple[str, str] | None,
-    remote_dst: tuple[str, str] | None,
-) -> None:
-    name = PurePosixPath(remote_src[1]).name if remote_src else Path(src).resolve().name
-    if remote_dst is None:
-        local = Path(dst)
-        if local.is_dir():
-            local = local / name
-        assert remote_src is not None
-        with spinner(f"fetching {src}"):
-            arker.vm(remote_src[0]).fs.download_dir(remote_src[1], local)
-        return
-    vm_id, path = remote_dst
-    target = arker.vm(vm_id)
-    if path.endswith("/") or _remote_is_dir(target.fs, path):
-        path = path.rstrip("/") + "/" + name
-    if remote_src is None:
-        with spinner(f"sending {src} to {vm_id}:{path}"):
-            done = target.fs.upload_dir(src, path)
-    else:
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="arker-cp-") as tmp:
-            with spinner(f"fetching {src}"):
-                arker.vm(remote_src[0]).fs.download_dir(remote_src[1], tmp)
-            with spinner(f"sending to {vm_id}:{path}"):
-                done = target.fs.upload_dir(tmp, path)
-    err_console.print(
-        f"{done.entries} entries, {done.bytes:,} bytes to {vm_id}:{done.path}", highlight=False
-    )
-
-
-def _remote_is_dir(fs: Any, path: str) -> bool:
-    from arker import ArkerError
-
-    try:
-        return bool(fs.stat(path).type == "dir")
-    except ArkerError as error:
-        if error.code == "not_found":
-            return False
-        raise
-
-
-def cat(
-    spec: Annotated[str, typer.Argument(metavar="VM:PATH", help="VM:/home/user/PATH")],
-    api_key: ApiKey = None,
-    region: Region = None,
-    base_url: BaseUrl = None,
-) -> None:
-    """Print a VM's file to stdout, byte for byte."""
-    remote = _split_remote(spec)
-    if remote is None:
-        fail("invalid_request", f"expected VM:/home/user/PATH, got {spec!r}")
-    with _client(api_key, region, base_url) as arker:
-        write_stdout(arker.vm(remote[0]).sync.read_file(remote[1]))
-
-
-_COMMANDS = (fork, run, logs, status, cancel, ls, get, restart, ttl, rm, cp, cat)
+_COMMANDS = (fork, run, logs, status, cancel, ls, get, restart, ttl, rm)
 
 
 def register(app: typer.Typer) -> None:

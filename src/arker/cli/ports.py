@@ -13,8 +13,8 @@ from typing import Annotated
 
 import typer
 
+from arker.cli._connect import ApiKey, BaseUrl, Region, VmId, connect
 from arker.cli._output import cli_errors, err_console, fail
-from arker.cli.client import ApiKey, BaseUrl, Region, VmId, _client
 
 __all__ = ["register"]
 
@@ -38,7 +38,7 @@ def open_port(
     base_url: BaseUrl = None,
 ) -> None:
     """Print a URL that opens a VM's port in a browser, no API key needed."""
-    with _client(api_key, region, base_url) as arker:
+    with connect(api_key, region, base_url) as arker:
         token = arker.vm(vm).port_token(port, ttl_s=ttl)
     print(token.url)
     err_console.print(f"arker: works until {token.expires_at.isoformat()}")
@@ -56,7 +56,7 @@ def forward(
     base_url: BaseUrl = None,
 ) -> None:
     """Relay each connection to ADDRESS:LOCAL into PORT of the VM, until Ctrl-C."""
-    with _client(api_key, region, base_url) as arker:
+    with connect(api_key, region, base_url) as arker:
         url, headers = arker.vm(vm)._tcp_target(port)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_forward(url, headers, address, local, f"{vm}:{port}"))

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from arker.cli._connect import ApiKey, BaseUrl, Region, VmId, connect
 from arker.cli._output import cli_errors, err_console
-from arker.cli.client import ApiKey, BaseUrl, Region, VmId, _client
 
 if TYPE_CHECKING:
     from arker import Pty
@@ -57,7 +57,7 @@ def shell(
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
     cols, rows = _size(stdout if os.isatty(stdout) else stdin)
     term = os.environ.get("TERM", "")
-    with _client(api_key, region, base_url) as arker:
+    with connect(api_key, region, base_url) as arker:
         pty = arker.vm(vm).pty(
             user="root" if root else "user",
             cols=cols,
