@@ -34,18 +34,28 @@ def _why_not_usable() -> str | None:
     return None
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     reason = _why_not_usable()
+    kept, dropped = [], []
     for item in items:
         if HERE in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.root)
             if reason:
                 item.add_marker(pytest.mark.skip(reason=reason))
+            # Against the cluster alone, a test with no server kind (it starts a
+            # single server of its own) would only run a second time.
+            if _CLUSTER == "only" and "db_choice" not in getattr(item, "fixturenames", ()):
+                dropped.append(item)
+                continue
+        kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 # ARKER_E2E_CLUSTER=1 adds a third server kind, a cluster (tests/cluster/:
 # PostgreSQL, two host agents, an API replica); =only runs the cluster alone
-# (scripts/test runs the quickstart so in CI).
+# (scripts/test runs the e2e suite so in CI, after the single-server kinds).
 _CLUSTER = os.environ.get("ARKER_E2E_CLUSTER", "")
 SERVER_KINDS = ["cluster"] if _CLUSTER == "only" else ["sqlite", "postgres"]
 if _CLUSTER == "1":
@@ -71,6 +81,17 @@ def db_choice(request: pytest.FixtureRequest) -> Iterator[str | None]:
         yield url
     finally:
         drop_database_sync(PG_URL, name)
+
+
+@pytest.fixture
+def single_db(db_choice: str | None) -> str | None:
+    """`db_choice` for a test that starts (and kills) a single server of its
+    own. Under the cluster kind such a test has nothing to run: a cluster's
+    own kills (hosts, replicas) are tests/cluster/test_takeover.py and
+    test_router.py."""
+    if db_choice == "cluster":
+        pytest.skip("starts a single server of its own; the cluster's kills are in tests/cluster/")
+    return db_choice
 
 
 @pytest.fixture(scope="session")

@@ -128,9 +128,9 @@ def _refused(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
-def test_metrics_on_their_own_listener_stop_with_the_server(db_choice: str | None) -> None:
+def test_metrics_on_their_own_listener_stop_with_the_server(single_db: str | None) -> None:
     mport = free_port()
-    own = make_live(db_choice, "--metrics-listen", f"127.0.0.1:{mport}")
+    own = make_live(single_db, "--metrics-listen", f"127.0.0.1:{mport}")
     try:
         r = httpx.get(f"http://127.0.0.1:{mport}/metrics", timeout=10)
         assert r.status_code == 200 and "arker_vms_running" in r.text

@@ -30,8 +30,8 @@ def _checkpoints(data_dir: Path, vm_id: str) -> list[str]:
     return [p.name for p in found]
 
 
-def test_sigkill_during_runs_then_restart(db_choice: str | None) -> None:
-    live = make_live(db_choice)
+def test_sigkill_during_runs_then_restart(single_db: str | None) -> None:
+    live = make_live(single_db)
     try:
         with Arker(api_key=live.keys["acme"], base_url=live.url) as arker:
             durable = arker.vm("busybox").fork(name="durable", durable=True)
@@ -70,8 +70,8 @@ def test_sigkill_during_runs_then_restart(db_choice: str | None) -> None:
         stop_live(live)
 
 
-def test_durable_checkpoints_stay_few(db_choice: str | None) -> None:
-    live = make_live(db_choice)
+def test_durable_checkpoints_stay_few(single_db: str | None) -> None:
+    live = make_live(single_db)
     try:
         with (
             Arker(api_key=live.keys["acme"], base_url=live.url) as arker,
@@ -89,11 +89,11 @@ def test_durable_checkpoints_stay_few(db_choice: str | None) -> None:
 
 
 def test_sigkill_during_a_foreground_durable_run_sdk_retry_gets_the_result(
-    db_choice: str | None,
+    single_db: str | None,
 ) -> None:
     """The SDK retries the same request under its one Idempotency-Key; after the
     restart that retry waits for the re-run and gets its result."""
-    live = make_live(db_choice)
+    live = make_live(single_db)
     patient = {"attempts": 40, "base_delay_s": 0.1, "max_delay_s": 0.5}
     try:
         with Arker(api_key=live.keys["acme"], base_url=live.url, retry=patient) as arker:

@@ -78,9 +78,9 @@ def _processes_using(data_dir: Path) -> list[str]:
     return found
 
 
-def test_sigterm_leaves_no_processes_or_mounts(db_choice: str | None) -> None:
+def test_sigterm_leaves_no_processes_or_mounts(single_db: str | None) -> None:
     live = make_live(
-        db_choice,
+        single_db,
         "--api-prefix",
         "/api",
         "--burst-suffix",
