@@ -234,3 +234,41 @@ async def test_replicas_racing_adopt_a_dead_replicas_runs_exactly_once(db: Datab
     await take_orphans(db, "r-fourth")
     async with db.session() as s:
         assert list(await s.scalars(select(ClusterReplica.id))) == []
+
+
+async def test_a_takeover_whose_replica_died_before_restoring_is_taken_again(db: Database) -> None:
+    """A replica claims a dead host's durable VMs and dies before restoring
+    them: once its lease lapses, another replica takes each restore, once."""
+    dead_host = await acquire(db, HostCard("gone", "http://gone", "x" * 64), ttl_s=0.5)
+    await acquire(db, HostCard("fine", "http://fine", "x" * 64), ttl_s=60)
+    claimer = Drivers(db, runs=None, ttl_s=3)  # type: ignore[arg-type]
+    await claimer.renew()
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            insert(Vm),
+            [{"id": f"d{i}", "org": "o", "base_image": "busybox", "durable": True,
+              "lost": False, "created_at": 0.0} for i in range(6)],
+        )  # fmt: skip
+        await conn.execute(
+            insert(Placement),
+            [{"vm_id": f"d{i}", "host_id": "gone", "fence": dead_host.fence, "spec": {},
+              "placed_at": 0.0} for i in range(6)],
+        )  # fmt: skip
+    await asyncio.sleep(0.6)
+    moved, _ = await claim(db, claimer.id)  # and then the claimer dies, restoring nothing
+    assert sorted(m.vm_id for m in moved) == [f"d{i}" for i in range(6)]
+    async with db.session() as s:
+        assert set(await s.scalars(select(Placement.taking_over))) == {claimer.id}
+    assert await claim(db, "r-other") == ([], [])  # its lease is live: it's its to finish
+    await asyncio.sleep(3.0)
+    other = Database(db.url)
+    try:
+        results = await asyncio.gather(
+            *(claim(d, me) for d, me in [(db, "r-a"), (other, "r-b")] * 3)
+        )
+    finally:
+        await other.close()
+    again = [m for r in results for m in r[0]]
+    assert sorted(m.vm_id for m in again) == [f"d{i}" for i in range(6)]  # each once
+    assert {m.host_id for m in again} == {"fine"}  # where the first claim placed them
+    assert all(not r[1] for r in results)

@@ -150,7 +150,9 @@ async def replica(service: Service) -> AsyncIterator[Takeover]:
     await router.refresh_hosts()
     drivers = Drivers(service.db, service.runs)
     await drivers.start()
-    takeover = Takeover(service.db, router, service.runs, service.threads, service._forget_vm)
+    takeover = Takeover(
+        service.db, router, service.runs, service.threads, service._forget_vm, me=drivers.id
+    )
     takeover.start()
     service.takeover = takeover  # type: ignore[attr-defined]
     service.drivers = drivers  # type: ignore[attr-defined]

@@ -29,7 +29,7 @@ from arker.cluster.leases import db_now
 from arker.cluster.router import ClusterEngine
 from arker.engine.base import Limits, NetworkPolicy
 from arker.server.runs import Runs
-from arker.server.store import ClusterHost, Database, Placement, Vm
+from arker.server.store import ClusterHost, ClusterReplica, Database, Placement, Vm
 from arker.server.threads import Threads
 
 __all__ = ["Moved", "Takeover", "claim"]
@@ -57,8 +57,10 @@ class Takeover:
         threads: Threads,
         forget: Any,
         poll_s: float = POLL_S,
+        me: str | None = None,
     ) -> None:
         self.db, self.router, self.runs, self.threads = db, router, runs, threads
+        self.me = me  # this replica's id (replica.Drivers): who is restoring what it claims
         self.forget = forget  # service._forget_vm-like: drop a lost VM's cached row
         self.poll_s = poll_s
         self._task: asyncio.Task[None] | None = None
@@ -85,7 +87,7 @@ class Takeover:
 
     async def sweep(self) -> int:
         """One pass; how many VMs it took over or marked lost."""
-        moved, lost = await claim(self.db)
+        moved, lost = await claim(self.db, self.me)
         for vm_id, org in lost:
             log.warning("vm %s is lost with its host", vm_id)
             self.forget(vm_id, org)
@@ -95,6 +97,18 @@ class Takeover:
         return len(moved) + len(lost)
 
     async def _resume(self, m: Moved) -> None:
+        try:
+            await self._restore(m)
+        finally:
+            if self.me is not None:  # restored, or its runs failed: nothing left to redo
+                await self.db.write(
+                    update(Placement)
+                    .where(Placement.vm_id == m.vm_id, Placement.taking_over == self.me)
+                    .values(taking_over=None),
+                    {},
+                )
+
+    async def _restore(self, m: Moved) -> None:
         self.router._placed.pop(m.vm_id, None)
         log.info("durable vm %s: taking it over on host %s", m.vm_id, m.host_id)
         try:
@@ -116,11 +130,13 @@ class Takeover:
         self.resumed.append((m.vm_id, time.monotonic() - m.found_at))
 
 
-async def claim(db: Database) -> tuple[list[Moved], list[tuple[str, str]]]:
+async def claim(db: Database, me: str | None = None) -> tuple[list[Moved], list[tuple[str, str]]]:
     """The transaction of a pass: lock (skipping rows another replica holds)
     the placements of VMs whose host lost its lease; place each durable one
-    on a healthy host and mark each other one lost. What it moved, and the
-    (vm_id, org) of what it marked lost."""
+    on a healthy host and mark each other one lost. With `me` (this
+    replica's id), each move is marked as this replica's to restore, and a
+    move whose restoring replica's lease lapsed before it had restored is
+    taken again. What it moved, and the (vm_id, org) of what it marked lost."""
     found_at = time.monotonic()
     moved: list[Moved] = []
     lost: list[tuple[str, str]] = []
@@ -141,7 +157,7 @@ async def claim(db: Database) -> tuple[list[Moved], list[tuple[str, str]]]:
             )
         ).all()
         if not rows:
-            return [], []
+            return (await _stalled(s, me, found_at) if me is not None else []), []
         healthy = list(
             await s.scalars(select(ClusterHost).where(ClusterHost.lease_expires_at > now))
         )
@@ -160,7 +176,7 @@ async def claim(db: Database) -> tuple[list[Moved], list[tuple[str, str]]]:
                         Placement.host_id == placement.host_id,
                         Placement.fence == placement.fence,
                     )
-                    .values(host_id=target.id, fence=target.fence)
+                    .values(host_id=target.id, fence=target.fence, taking_over=me)
                     .execution_options(synchronize_session=False)
                 )
                 if _rowcount(took) == 1:
@@ -174,7 +190,38 @@ async def claim(db: Database) -> tuple[list[Moved], list[tuple[str, str]]]:
                 )
                 if _rowcount(took) == 1:
                     lost.append((placement.vm_id, org))
+        if me is not None:
+            moved += await _stalled(s, me, found_at)
     return moved, lost
+
+
+async def _stalled(s: Any, me: str, found_at: float) -> list[Moved]:
+    """Moves whose restoring replica's lease lapsed before it had restored:
+    each taken, by a conditional UPDATE (so once), to restore again."""
+    lapsed = select(ClusterReplica.id).where(ClusterReplica.lease_expires_at < db_now())
+    rows = (
+        await s.execute(
+            select(Placement.vm_id, Placement.host_id, Placement.taking_over, Placement.spec)
+            .join(Vm, Vm.id == Placement.vm_id)
+            .where(
+                Vm.deleted_at.is_(None),
+                Placement.taking_over.in_(lapsed),
+                Placement.taking_over != me,  # not what this pass, or this replica, took
+            )
+            .limit(BATCH)
+        )
+    ).all()
+    moved = []
+    for vm_id, host_id, was, spec in rows:
+        took = await s.execute(
+            update(Placement)
+            .where(Placement.vm_id == vm_id, Placement.taking_over == was)
+            .values(taking_over=me)
+            .execution_options(synchronize_session=False)
+        )
+        if _rowcount(took) == 1:
+            moved.append(Moved(vm_id, host_id, dict(spec), found_at))
+    return moved
 
 
 def _rowcount(result: Any) -> int:

@@ -170,3 +170,6 @@ class Placement(Base):
     fence: Mapped[int] = mapped_column(BigInteger)
     spec: Mapped[dict[str, object]] = mapped_column(JSON)  # hostname, limits, network
     placed_at: Mapped[float] = mapped_column(Float)
+    # The replica restoring the VM on its new host after a takeover, until it
+    # has; if that replica's lease lapses first, another one does it again.
+    taking_over: Mapped[str | None] = mapped_column(String(64), default=None)

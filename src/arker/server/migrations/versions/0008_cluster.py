@@ -37,6 +37,7 @@ def upgrade() -> None:
         sa.Column("fence", sa.BigInteger, nullable=False),
         sa.Column("spec", sa.JSON, nullable=False),
         sa.Column("placed_at", sa.Float, nullable=False),
+        sa.Column("taking_over", sa.String(64), nullable=True),
     )
     op.create_index("ix_vm_placements_host", "vm_placements", ["host_id"])
     op.create_table(
