@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from sqlalchemy import insert, select, update
@@ -32,7 +33,25 @@ from arker.cluster.replica import Drivers, take_orphans
 from arker.cluster.takeover import claim
 from arker.server.store import ClusterHost, ClusterReplica, Database, Placement, Run, Vm
 
+T = TypeVar("T")
+
 pytestmark = pytest.mark.skipif(not PG_URL, reason="ARKER_TEST_POSTGRES_URL is not set")
+
+
+async def _race(
+    db: Database,
+    call: Callable[[Database, str], Awaitable[T]],
+    rounds: int,
+    ids: tuple[str, str] = ("r-one", "r-two"),
+) -> list[T]:
+    """`call` from two replicas at once (each its own connections, its own
+    id), `rounds` times each; all their results."""
+    other = Database(db.url)
+    try:
+        pairs = [(db, ids[0]), (other, ids[1])] * rounds
+        return list(await asyncio.gather(*(call(d, me) for d, me in pairs)))
+    finally:
+        await other.close()
 
 
 @pytest.fixture
@@ -149,11 +168,7 @@ async def test_two_replicas_racing_take_each_vm_over_exactly_once(db: Database) 
         await conn.execute(insert(Placement), placements)
     assert await claim(db) == ([], [])  # the lease is still live: nothing to take
     await asyncio.sleep(1.1)
-    other = Database(db.url)  # a second replica: its own connections
-    try:
-        results = await asyncio.gather(*(claim(d) for d in (db, other, db, other) * 5))
-    finally:
-        await other.close()
+    results = await _race(db, lambda d, _me: claim(d), 10)
     moved = [m.vm_id for r in results for m in r[0]]
     lost = [vm_id for r in results for vm_id, _ in r[1]]
     assert sorted(moved) == sorted(v["id"] for v in vm_rows if v["durable"])
@@ -208,13 +223,7 @@ async def test_replicas_racing_adopt_a_dead_replicas_runs_exactly_once(db: Datab
         await conn.execute(insert(Run), rows)
     assert await take_orphans(db, alive.id) == []  # its lease is still live: nothing to take
     await asyncio.sleep(1.1)
-    other = Database(db.url)
-    try:
-        results = await asyncio.gather(
-            *(take_orphans(d, me) for d, me in [(db, alive.id), (other, "r-third")] * 5)
-        )
-    finally:
-        await other.close()
+    results = await _race(db, take_orphans, 5, (alive.id, "r-third"))
     taken = [run_id for r in results for run_id in r]
     assert sorted(taken) == [f"run{i:02d}" for i in range(12)]  # each in-flight one, once
     async with db.session() as s:
@@ -261,13 +270,7 @@ async def test_a_takeover_whose_replica_died_before_restoring_is_taken_again(db:
         assert set(await s.scalars(select(Placement.taking_over))) == {claimer.id}
     assert await claim(db, "r-other") == ([], [])  # its lease is live: it's its to finish
     await asyncio.sleep(3.0)
-    other = Database(db.url)
-    try:
-        results = await asyncio.gather(
-            *(claim(d, me) for d, me in [(db, "r-a"), (other, "r-b")] * 3)
-        )
-    finally:
-        await other.close()
+    results = await _race(db, claim, 3, ("r-a", "r-b"))
     again = [m for r in results for m in r[0]]
     assert sorted(m.vm_id for m in again) == [f"d{i}" for i in range(6)]  # each once
     assert {m.host_id for m in again} == {"fine"}  # where the first claim placed them
