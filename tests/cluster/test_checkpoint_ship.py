@@ -126,6 +126,33 @@ def test_a_cut_upload_is_never_restored(
     assert sh(engine_b, vm_a, "cat /home/user/f; ls /home/user").stdout == b"kept\nf\n"
 
 
+def test_a_host_that_lost_its_lease_while_shipping_commits_nothing(
+    blob_store: BlobStore, engine_a: NamespaceEngine, engine_b: NamespaceEngine, vm_a: str
+) -> None:
+    """The stream went up, then the lease lapsed (the VM is another host's
+    now): no manifest is written and the stream is removed, so a restore
+    never takes the old host's late checkpoint for the VM's latest."""
+    ship = Shipper(blob_store, engine_a)
+    sh(engine_a, vm_a, "echo owned > /home/user/f")
+    engine_a.checkpoint(vm_a, "cp1")
+    ship.ship(vm_a, "cp1", lambda: True)
+    sh(engine_a, vm_a, "echo late > /home/user/f")
+    engine_a.checkpoint(vm_a, "cp2")
+    asked: list[bool] = []
+
+    def lapsed() -> bool:
+        asked.append(True)
+        return False
+
+    with pytest.raises(ArkerError) as err:
+        ship.ship(vm_a, "cp2", lapsed)
+    assert err.value.code == "conflict" and "not this host's any more" in err.value.message
+    assert asked == [True]  # asked once, after the stream and before the manifest
+    assert [k for k in blob_store.list(f"checkpoints/{vm_a}/") if "cp2" in k] == []
+    assert Shipper(blob_store, engine_b).restore_latest(vm_a, hostname="x") == "cp1"
+    assert sh(engine_b, vm_a, "cat /home/user/f").stdout == b"owned\n"
+
+
 def test_a_stream_that_does_not_match_its_manifest_is_refused(
     blob_store: BlobStore, engine_a: NamespaceEngine, engine_b: NamespaceEngine, vm_a: str
 ) -> None:

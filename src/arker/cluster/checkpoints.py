@@ -27,6 +27,7 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
 
@@ -77,18 +78,23 @@ class Shipper:
 
     # -- checkpoints ---------------------------------------------------------
 
-    def ship(self, vm_id: str, checkpoint_id: str) -> None:
+    def ship(
+        self, vm_id: str, checkpoint_id: str, may_commit: Callable[[], bool] | None = None
+    ) -> None:
         """Upload the engine's checkpoint, whole or as an increment; returns
         once its stream and manifest are both complete in S3. Shipping the same
-        checkpoint again right after is a no-op."""
+        checkpoint again right after is a no-op. `may_commit` is asked just
+        before the manifest (the commit point) is written: a host that lost
+        its lease while the stream went up must not add a checkpoint to a VM
+        another host owns now, so then the stream is removed and nothing kept."""
         check_name(vm_id, "vm id")
         check_name(checkpoint_id, "checkpoint id")
         with self._lock:
             lock = self._vm_locks.setdefault(vm_id, threading.Lock())
         with lock:  # one ship per VM at a time: each takes the next seq
-            self._ship(vm_id, checkpoint_id)
+            self._ship(vm_id, checkpoint_id, may_commit)
 
-    def _ship(self, vm_id: str, checkpoint_id: str) -> None:
+    def _ship(self, vm_id: str, checkpoint_id: str, may_commit: Callable[[], bool] | None) -> None:
         last = self._latest(vm_id)
         if last is not None and last.checkpoint_id == checkpoint_id:
             return
@@ -113,6 +119,13 @@ class Shipper:
             vm_id, checkpoint_id, seq, parent_id, 0 if parent is None else parent.depth + 1,
             stream_key, size, digest,
         )  # fmt: skip
+        if may_commit is not None and not may_commit():
+            self.blobs.delete(stream_key)
+            raise ArkerError(
+                ErrorCode.CONFLICT,
+                f"vm {vm_id!r} is not this host's any more (its lease lapsed while checkpoint "
+                f"{checkpoint_id!r} was shipped): the checkpoint is not kept",
+            )
         self.blobs.put_bytes(_manifest_key(vm_id, seq, checkpoint_id), shipped.as_json())
         with self._lock:
             self._last[vm_id] = shipped

@@ -18,7 +18,8 @@ import hashlib
 import hmac
 import logging
 import os
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,9 @@ from arker.server.store import Database, Placement
 __all__ = ["HostAgent", "build_host_app", "token_hash"]
 
 log = logging.getLogger("arker.host")
+# A checkpoint's manifest is written only while the lease stays live this much
+# longer (on top of the lease's own safety margin): time for its put.
+COMMIT_MARGIN_S = 0.5
 
 
 def token_hash(token: str) -> str:
@@ -80,6 +84,9 @@ class HostAgent(HostExtras):
         self.engine = engine
         self.shipper = shipper  # arker.cluster.checkpoints.Shipper; None: no blob store
         self.adopted: dict[str, str] = {}  # vm_id -> the checkpoint it was restored from
+        # May this host still commit a checkpoint of the VM (its lease, with a
+        # margin for the manifest's put)? Set by build_host_app.
+        self.may_commit: Callable[[str], bool] = lambda _vm_id: True
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.engine, name)
@@ -87,7 +94,7 @@ class HostAgent(HostExtras):
     def checkpoint(self, vm_id: str, checkpoint_id: str) -> None:
         self.engine.checkpoint(vm_id, checkpoint_id)
         if self.shipper is not None:
-            self.shipper.ship(vm_id, checkpoint_id)
+            self.shipper.ship(vm_id, checkpoint_id, lambda: self.may_commit(vm_id))
 
     def restore(self, vm_id: str, checkpoint_id: str) -> None:
         """As the engine's; a VM just adopted from that very checkpoint (which
@@ -217,6 +224,13 @@ def build_host_app(
         ttl_s=ttl_s,
     )
     ownership = Ownership(db, keeper)
+
+    def may_commit(vm_id: str) -> bool:
+        # Live for the manifest's put too: past the lease's own safety margin.
+        later = time.monotonic() + COMMIT_MARGIN_S
+        return may_act(keeper.current(), ownership.placed.get(vm_id), later)
+
+    agent.may_commit = may_commit
 
     async def _clean_up(lease: Lease) -> None:
         """Delete here what is not placed here under this fence (taken over)."""
