@@ -13,7 +13,7 @@ from arker import _types as t
 from arker.server.auth import Authenticator
 from arker.server.events import parse_offsets
 from arker.server.fs import accepts_zstd
-from arker.server.runs import Window
+from arker.server.run_control import Window
 from arker.server.service import Service
 
 __all__ = ["metrics_response", "router"]

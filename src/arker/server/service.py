@@ -32,7 +32,8 @@ from arker.server.lifecycle import Lifecycle, powers
 from arker.server.metrics import Metrics
 from arker.server.port_tokens import PortTokens
 from arker.server.retention import Retention
-from arker.server.runs import Runs, Window
+from arker.server.run_control import RunControl, Window
+from arker.server.runs import Runs
 from arker.server.runspec import request_hash
 from arker.server.store import Database, Upload, Vm
 from arker.server.store import Run as RunRow
@@ -123,6 +124,7 @@ class Service:
         self.metrics = metrics
         self.threads = Threads(settings.engine_threads)
         self.runs = Runs(settings, db, engine, self.threads, metrics)
+        self.run_control = RunControl(self.runs)
         self.retention = Retention(db, settings.run_retention_s)
         self.lifecycle = Lifecycle(
             db,
@@ -689,13 +691,13 @@ class Service:
         self, org: str, vm_id: str, run_id: str, window: Window | None = None
     ) -> t.RunStatus:
         await self._vm(org, vm_id)
-        return await self.runs.status(org, vm_id, run_id, window)
+        return await self.run_control.status(org, vm_id, run_id, window)
 
     async def run_events(
         self, org: str, vm_id: str, run_id: str, offsets: tuple[int, int]
     ) -> AsyncIterator[bytes]:
         await self._vm(org, vm_id)
-        events = await self.runs.events(org, vm_id, run_id, offsets)
+        events = await self.run_control.events(org, vm_id, run_id, offsets)
 
         async def held() -> AsyncIterator[bytes]:
             async with self.hold(vm_id):  # an open stream keeps the VM busy
@@ -708,15 +710,15 @@ class Service:
         self, org: str, vm_id: str, run_id: str, data: bytes, close: bool
     ) -> t.RunStdinWritten:
         await self._usable_vm(org, vm_id, "write to a run of")
-        return await self.runs.write_stdin(org, vm_id, run_id, data, close)
+        return await self.run_control.write_stdin(org, vm_id, run_id, data, close)
 
     async def signal_run(self, org: str, vm_id: str, run_id: str, name: str) -> t.RunStatus:
         await self._usable_vm(org, vm_id, "signal a run of")
-        return await self.runs.signal(org, vm_id, run_id, name)
+        return await self.run_control.signal(org, vm_id, run_id, name)
 
     async def cancel_run(self, org: str, vm_id: str, run_id: str) -> t.RunStatus:
         await self._vm(org, vm_id)
-        return await self.runs.cancel(org, vm_id, run_id)
+        return await self.run_control.cancel(org, vm_id, run_id)
 
     # -- files
     async def read_file(self, org: str, vm_id: str, path: str) -> bytes:
