@@ -211,9 +211,30 @@ class ClusterEngine(Engine):
         return self.hosts.client(self._roomiest()).build_golden(name)
 
     def import_golden(
-        self, name: str, tarball: str, progress: Progress | None = None
+        self,
+        name: str,
+        tarball: str,
+        progress: Progress | None = None,
+        *,
+        description: str | None = None,
+        require_shell: bool = False,
     ) -> GoldenInfo:
-        return self.hosts.client(self._roomiest()).import_golden(name, tarball)
+        # The tarball is a path on this machine; the remote engine sends its file.
+        return self.hosts.client(self._roomiest()).import_golden(
+            name, tarball, description=description, require_shell=require_shell
+        )
+
+    def publish_golden(self, vm_id: str, name: str, description: str | None = None) -> GoldenInfo:
+        # On the VM's host, whose agent ships it to the blob store (when it
+        # has one) for the other hosts to fetch on first fork.
+        client, _ = self.host_of(vm_id)
+        return client.publish_golden(vm_id, name, description)
+
+    def delete_golden(self, name: str) -> None:
+        hosts = self._fresh_hosts()
+        for host_id, row in hosts.rows.items():
+            if hosts.live(host_id):
+                hosts.client(row).delete_golden(name)
 
     def fork(
         self,
