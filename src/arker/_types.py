@@ -533,13 +533,17 @@ class OperationError(BaseModel):
     status: int
 
 
-class OperationEventFrame(RootModel[str]):
-    root: Annotated[
-        str,
-        Field(
-            description="Server-Sent Events: `progress` (data: the Operation JSON) each time it changes, and last `end` (data: the Operation JSON in its final state)."
-        ),
-    ]
+class OperationEventFrame(BaseModel):
+    """
+    One Server-Sent Event of an operation's stream, as a client's SSE parser gives it: `progress` (data: the Operation as JSON) each time it changes, and last `end` (data: the Operation as JSON, in its final state).
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    event: Literal["progress", "end"]
+    data: str
+    retry: int | None = None
 
 
 class Vm(BaseModel):
