@@ -314,3 +314,35 @@ def test_a_body_past_the_free_space_is_refused_and_leaves_nothing(
             assert [g for g in _listed(http) if g.startswith("huge")] == []
     finally:
         stop_live(live)
+
+
+async def test_the_sdk_publishes_imports_and_deletes(live: Live, tmp_path: Path) -> None:
+    tarball = tmp_path / "root.tar.gz"
+    tarball.write_bytes(gzip.compress(_rootfs()))
+    bad = tmp_path / "nosh.tar"
+    bad.write_bytes(_rootfs(shell=False))
+    published, imported = _name("sdk-pub"), _name("sdk-imp")
+    async with live.aclient() as acme:
+        async with await acme.vm("busybox").fork(name="sdk-src") as src:
+            await src.sync.write_file("/home/user/sdk.txt", b"sdk\n")
+            golden = await acme.publish_golden(published, src.vm_id, description="by the sdk")
+            assert golden.name == published and golden.scope == "org"
+        op = await acme.import_golden(imported, tarball)
+        assert op.state == "succeeded" and op.golden is not None and op.golden.name == imported
+        names = {g.name: g.scope for g in await acme.goldens()}
+        assert names[published] == names[imported] == "org" and names["busybox"] == "all"
+        with pytest.raises(ArkerError) as err:
+            await acme.import_golden(_name("sdk-bad"), bad)
+        assert err.value.code == "invalid_request" and err.value.status == 400
+        running = await acme.import_golden(_name("sdk-nowait"), bad, wait=False)
+        assert running.kind == "import_golden"
+        with pytest.raises(ArkerError):
+            await acme.wait_operation(running.operation_id, timeout_s=60)
+        async with await acme.vm(published).fork() as vm:
+            assert await vm.sync.read_file("/home/user/sdk.txt") == b"sdk\n"
+            await acme.delete_golden(published)
+            assert (await vm.run("cat /home/user/sdk.txt")).stdout == b"sdk\n"
+        await acme.delete_golden(imported)
+        with pytest.raises(ArkerError) as err:
+            await acme.delete_golden(imported)
+        assert err.value.code == "not_found"
