@@ -177,16 +177,98 @@ def _spool_dir(data_dir: Path) -> Path:
     return where
 
 
-@app.command("build")
+_STEP_OPTIONS = ("--run", "--copy", "--env", "--workdir", "--user")
+
+
+def _ordered_steps(args: list[str]) -> list[tuple[str, str]]:
+    """The step options as given, in order (typer would group them by name)."""
+    out: list[tuple[str, str]] = []
+    i = 0
+    while i < len(args):
+        option, eq, value = args[i].partition("=")
+        if option not in _STEP_OPTIONS:
+            raise typer.BadParameter(f"unexpected {args[i]!r} (NAME comes first)")
+        if not eq:
+            if i + 1 >= len(args):
+                raise typer.BadParameter(f"{option} needs a value")
+            i += 1
+            value = args[i]
+        out.append((option, value))
+        i += 1
+    return out
+
+
+@contextmanager
+def _server_for_build(
+    data_dir: Path, base_url: str | None, database_url: str | None
+) -> Iterator[str]:
+    """The running server's API; with none, one started for the build."""
+    url = _server_url(data_dir, base_url)
+    if url is not None:
+        yield url
+        return
+    from arker.cli.demo import embedded_server
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    serve_args = ["--database-url", database_url] if database_url else []
+    with embedded_server(data_dir, data_dir / "build-server.log", serve_args=serve_args) as url:
+        yield url
+
+
+@app.command("build", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @cli_errors
 def build(
-    name: Annotated[str, typer.Argument(help="`debian` (bookworm) or `busybox`.")],
+    ctx: typer.Context,
+    name: Annotated[
+        str, typer.Argument(help="`debian` (bookworm) or `busybox`; or the golden to build.")
+    ],
+    base: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="Build from steps on this golden, given after NAME in order: --run CMD, "
+            "--copy SRC:DEST (into /home/user), --env K=V, --workdir DIR, --user user|root.",
+        ),
+    ] = None,
+    dockerfile: Annotated[
+        Path | None,
+        typer.Option(
+            "--file",
+            "-f",
+            help="Build from a Dockerfile of FROM <golden>, RUN, ENV, WORKDIR, COPY, USER.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Run every step; keep no layers.")
+    ] = False,
+    step_timeout_s: Annotated[
+        float, typer.Option("--step-timeout-s", help="The longest one RUN may take.")
+    ] = 1800.0,
     data_dir: DataDir = DEFAULT_DATA_DIR,
     database_url: DbUrl = None,
     base_url: BaseUrl = None,
     api_key: AdminKey = None,
 ) -> None:
-    """Build a known golden; one that is already there is kept as it is."""
+    """Build a known golden (one already there is kept as it is), or a golden
+    from steps: a fork of --from (or the Dockerfile's FROM) runs them, with
+    egress, and is published; each step's result is cached."""
+    ordered = _ordered_steps(ctx.args)
+    if base is not None or dockerfile is not None or ordered:
+        _build_from_steps(
+            name,
+            base,
+            dockerfile,
+            ordered,
+            cache=not no_cache,
+            step_timeout_s=step_timeout_s,
+            data_dir=data_dir,
+            database_url=database_url,
+            base_url=base_url,
+            api_key=api_key,
+        )
+        return
     url = _server_url(data_dir, base_url)
     if url is None:
         with engine_at(data_dir) as engine:
@@ -210,6 +292,48 @@ def build(
             with contextlib.suppress(FileNotFoundError):
                 tarball.unlink()
     err_console.print(f"golden {name} ready ({created})")
+
+
+def _build_from_steps(
+    name: str,
+    base: str | None,
+    dockerfile: Path | None,
+    ordered: list[tuple[str, str]],
+    *,
+    cache: bool,
+    step_timeout_s: float,
+    data_dir: Path,
+    database_url: str | None,
+    base_url: str | None,
+    api_key: str | None,
+) -> None:
+    from arker.cli.golden_build import build_from_steps
+    from arker.cli.golden_steps import from_dockerfile, from_options
+
+    if dockerfile is not None:
+        if base is not None or ordered:
+            fail("invalid_request", "give --file or --from with steps, not both")
+        spec = from_dockerfile(dockerfile)
+    else:
+        if base is None:
+            fail("invalid_request", "steps need --from <golden> (or --file <Dockerfile>)")
+        spec = from_options(base, ordered)
+    with (
+        _server_for_build(data_dir, base_url, database_url) as url,
+        _api(url, data_dir, database_url, api_key) as arker,
+    ):
+        built = build_from_steps(
+            arker,
+            name,
+            spec,
+            for_all=True,
+            cache=cache,
+            step_timeout_s=step_timeout_s,
+            say=lambda line: err_console.print(line, markup=False, highlight=False),
+        )
+    err_console.print(
+        f"golden {built.golden.name} ready: {built.ran} steps run, {built.cached} from the cache"
+    )
 
 
 @app.command("import")

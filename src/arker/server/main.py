@@ -148,6 +148,16 @@ class _Server(uvicorn.Server):
         self._service.runs.wakeups.close_soon()
         super().handle_exit(sig, frame)
 
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn re-raises a SIGTERM it caught once this block is left, which
+        # ends the process before any `finally` outside: clean up in here.
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                clear_address(self._service.settings.data_dir)
+
 
 class _Follower(uvicorn.Server):
     """A listener that stops when its leader is told to."""
