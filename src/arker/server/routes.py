@@ -103,7 +103,9 @@ async def list_goldens(org: Org, svc: Svc) -> Response:
 
 
 @router.post("/v1/goldens")
-async def publish_golden(body: t.PublishGoldenRequest, caller: Caller, svc: Svc) -> Response:
+async def publish_golden(
+    body: t.PublishGoldenRequest, caller: Caller, svc: Svc, idempotency_key: IdemKey = None
+) -> Response:
     org, admin = caller
     return _json(await svc.golden_api.publish(org, admin, body), 201)
 
@@ -116,6 +118,7 @@ async def import_golden(
     svc: Svc,
     description: Annotated[str | None, Query(max_length=1000)] = None,
     for_all: bool = False,
+    idempotency_key: IdemKey = None,
 ) -> Response:
     # Streamed to a spool file, bounded by the free space (not by
     # --max-file-bytes: a root filesystem is larger than a file).
@@ -125,7 +128,9 @@ async def import_golden(
 
 
 @router.delete("/v1/goldens/{name}")
-async def delete_golden(name: GoldenName, caller: Caller, svc: Svc) -> Response:
+async def delete_golden(
+    name: GoldenName, caller: Caller, svc: Svc, idempotency_key: IdemKey = None
+) -> Response:
     org, admin = caller
     await svc.golden_api.delete(org, admin, name)
     return Response(status_code=204)
