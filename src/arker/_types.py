@@ -482,9 +482,10 @@ class PublishGoldenRequest(BaseModel):
             description="A VM of the caller's org; its files as they are now become the golden (a read-only snapshot, in constant time). The VM keeps running.",
             max_length=128,
             min_length=1,
+            pattern="^[\\x21-\\x7e]+$",
         ),
     ]
-    description: Annotated[str | None, Field(max_length=1000)] = None
+    description: Annotated[str | None, Field(max_length=1000, pattern="^[^\\x00]*$")] = None
     for_all: Annotated[
         bool | None,
         Field(

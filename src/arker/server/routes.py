@@ -57,7 +57,7 @@ Svc = Annotated[Service, Depends(_service)]
 Org = Annotated[str, Depends(_org)]
 Caller = Annotated[tuple[str, bool], Depends(_caller)]
 GoldenName = Annotated[str, Path(min_length=1, max_length=63)]
-OperationId = Annotated[str, Path(min_length=1, max_length=128)]
+OperationId = Annotated[str, Path(min_length=1, max_length=128, pattern=KEY_PATTERN)]
 
 
 def _json(model: BaseModel, status: int = 200) -> Response:
@@ -116,7 +116,7 @@ async def import_golden(
     request: Request,
     caller: Caller,
     svc: Svc,
-    description: Annotated[str | None, Query(max_length=1000)] = None,
+    description: Annotated[str | None, Query(max_length=1000, pattern=r"^[^\x00]*$")] = None,
     for_all: bool = False,
     idempotency_key: IdemKey = None,
 ) -> Response:
