@@ -59,6 +59,12 @@ class Golden(BaseModel):
     name: Annotated[str, Field(description="The name `fork` accepts as a source.")]
     description: str | None
     created_at: AwareDatetime
+    scope: Annotated[
+        Literal["all", "org"] | None,
+        Field(
+            description="`all`: built in, or published for every org by an admin key. `org`: published by the caller's org, seen and forked only with its keys. Left out by servers older than publishing."
+        ),
+    ] = None
 
 
 class GoldenList(BaseModel):
@@ -455,6 +461,90 @@ class FsMkdirRequest(BaseModel):
             description="Make missing parents too, and accept a directory already there (as `mkdir -p`)."
         ),
     ] = False
+
+
+class PublishGoldenRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    name: Annotated[
+        str,
+        Field(
+            description="Lowercase letters, digits and `_.-`, starting with a letter or digit.",
+            max_length=63,
+            min_length=1,
+            pattern="^[a-z0-9][a-z0-9_.-]{0,62}$",
+        ),
+    ]
+    from_vm: Annotated[
+        str,
+        Field(
+            description="A VM of the caller's org; its files as they are now become the golden (a read-only snapshot, in constant time). The VM keeps running.",
+            max_length=128,
+            min_length=1,
+            pattern="^[\\x21-\\x7e]+$",
+        ),
+    ]
+    description: Annotated[str | None, Field(max_length=1000, pattern="^[^\\x00]*$")] = None
+    for_all: Annotated[
+        bool | None,
+        Field(
+            description="Publish for every org (an admin key only). Default false: for the caller's org."
+        ),
+    ] = None
+
+
+class OperationProgress(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    done: Annotated[int, Field(description="Bytes or steps done.", ge=0)]
+    total: Annotated[
+        int | None,
+        Field(description="Bytes or steps in all; null while not known.", ge=0),
+    ]
+    message: str
+
+
+class OperationError(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    code: Annotated[
+        Literal[
+            "unauthorized",
+            "not_found",
+            "invalid_request",
+            "invalid_path",
+            "conflict",
+            "payload_too_large",
+            "unsupported_operation",
+            "vm_lost",
+            "rate_limited",
+            "unavailable",
+            "internal",
+            "insufficient_storage",
+            "quota_exceeded",
+        ],
+        Field(
+            description="What callers branch on. Clients must keep codes they do not know as plain strings.\n\n- `unauthorized` (401): No API key, or a key that is unknown or revoked.\n- `not_found` (404): No such golden, VM, run, file or path; also a VM, run or file of another org.\n- `invalid_request` (400, 405, 422): Malformed JSON (400), a method the path does not accept (405), or a body, query or header that breaks the schema (422).\n- `invalid_path` (400): A file path that is not absolute, not under /home/user, or has a `..` component.\n- `conflict` (409): An Idempotency-Key or Upload-Id reused for a different request, or an operation the resource's state forbids.\n- `payload_too_large` (413): A request body over the server's limit.\n- `unsupported_operation` (400): A feature this deployment's engine does not have (for example `durable: true` without checkpoints).\n- `vm_lost` (410): The VM's host is gone and the VM was not durable.\n- `quota_exceeded` (429): The fork would pass the host's memory commitment or the org's quota (VMs or memory); `details` holds the numbers. Not retried by the SDK.\n- `insufficient_storage` (507): The storage pool's free space is below its reserve; forks and runs are refused until space is freed.\n- `rate_limited` (429): Too many requests; retry after `Retry-After` seconds.\n- `unavailable` (503, 502): The server or its engine cannot serve now; retry. 502 on a VM's port: nothing listens on it in the VM (\"nothing listens on port N in vm X\"), or it did not accept the connection.\n- `internal` (500): A bug or an unexpected failure of the server."
+        ),
+    ]
+    message: str
+    status: int
+
+
+class OperationEventFrame(BaseModel):
+    """
+    One Server-Sent Event of an operation's stream, as a client's SSE parser gives it: `progress` (data: the Operation as JSON) each time it changes, and last `end` (data: the Operation as JSON, in its final state).
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    event: Literal["progress", "end"]
+    data: str
+    retry: int | None = None
 
 
 class Vm(BaseModel):
@@ -868,3 +958,25 @@ class FsList(BaseModel):
             description="The walk stopped at the server's bound on names read in one request (100 000): entries past it are not listed, on any page."
         ),
     ]
+
+
+class Operation(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    operation_id: str
+    kind: Annotated[
+        str,
+        Field(description="`import_golden` (clients keep kinds they do not know as strings)."),
+    ]
+    state: Literal["running", "succeeded", "failed"]
+    progress: OperationProgress
+    golden: Annotated[Golden | None, Field(description="The golden made, once `succeeded`.")]
+    error: Annotated[
+        OperationError | None,
+        Field(
+            description="Why it `failed`, with the HTTP status the same error would have had (a tarball that is not a root filesystem: `invalid_request`, 400). Nothing of a failed operation is kept."
+        ),
+    ]
+    created_at: AwareDatetime
+    updated_at: AwareDatetime

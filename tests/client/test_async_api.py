@@ -3,6 +3,8 @@ async ones by scripts/unasync, so both clients pass the same tests."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
 from client_fakes import (
@@ -142,6 +144,78 @@ async def test_goldens_list_and_get(arker: AsyncArker, server: FakeServer) -> No
     assert server.last.url.params["limit"] == "2" and server.last.url.params["offset"] == "4"
     assert page.total == 7 and [v.vm_id for v in page.items][1].endswith("PK")
     assert (await arker.get(VM_ID)).state == "stopped"
+
+
+def _operation(state: str, **fields: object) -> dict[str, object]:
+    at = "2026-12-04T19:00:00Z"
+    return {
+        "operation_id": "op_1",
+        "kind": "import_golden",
+        "state": state,
+        "progress": {"done": 1, "total": 2, "message": "reading"},
+        "golden": None,
+        "error": None,
+        "created_at": at,
+        "updated_at": at,
+        **fields,
+    }
+
+
+async def test_publish_and_delete_golden(arker: AsyncArker, server: FakeServer) -> None:
+    golden = {"name": "tools", "description": None, "created_at": "2026-12-04T19:00:00Z"}
+    server.reply(ok({**golden, "scope": "org"}, 201), ok(golden, 201), ok(None, 204))
+    made = await arker.publish_golden("tools", VM_ID)
+    assert made.name == "tools" and made.scope == "org"
+    assert str(server.last.url) == f"{NORMAL}/v1/goldens"
+    assert body(server.last) == {"name": "tools", "from_vm": VM_ID}  # for_all only when set
+    await arker.publish_golden("tools", VM_ID, description="d", for_all=True)
+    assert body(server.last) == {
+        "name": "tools",
+        "from_vm": VM_ID,
+        "description": "d",
+        "for_all": True,
+    }
+    await arker.delete_golden("tools")
+    assert server.last.method == "DELETE" and str(server.last.url) == f"{NORMAL}/v1/goldens/tools"
+
+
+async def test_import_golden_streams_the_file_and_waits(
+    arker: AsyncArker, server: FakeServer, sleeps: list[float], tmp_path: Path
+) -> None:
+    tarball = tmp_path / "root.tar"
+    data = bytes(range(256)) * 5000  # over one piece
+    tarball.write_bytes(data)
+    golden = {"name": "img", "description": None, "created_at": "2026-12-04T19:00:00Z"}
+    server.reply(
+        ok(_operation("running"), 202),
+        ok(_operation("running")),
+        ok(_operation("succeeded", golden=golden)),
+    )
+    op = await arker.import_golden("img", tarball, description="mine")
+    put = server.requests[0]
+    assert put.method == "PUT" and put.url.path == "/v1/goldens/img"
+    assert put.url.params["description"] == "mine" and "for_all" not in put.url.params
+    assert put.content == data and put.headers["Content-Length"] == str(len(data))
+    assert op.state == "succeeded" and op.golden is not None and op.golden.name == "img"
+    assert str(server.last.url) == f"{NORMAL}/v1/operations/op_1"
+    assert sleeps  # it polled
+
+
+async def test_a_failed_operation_raises_its_error(arker: AsyncArker, server: FakeServer) -> None:
+    failed = _operation(
+        "failed",
+        error={"code": "invalid_request", "message": "no /bin/sh", "status": 400},
+    )
+    server.reply(ok(failed))
+    with pytest.raises(ArkerError) as err:
+        await arker.wait_operation("op_1")
+    assert err.value.code == ErrorCode.INVALID_REQUEST and err.value.status == 400
+    assert "/bin/sh" in err.value.message
+    server.replies.clear()
+    server.reply(ok(_operation("running", kind="build_golden_later")))  # a kind not known yet
+    with pytest.raises(ArkerError) as err:
+        await arker.wait_operation("op_1", timeout_s=0)
+    assert err.value.code == ErrorCode.TIMEOUT
 
 
 async def test_run_sends_every_option_and_decodes_bytes(

@@ -221,6 +221,16 @@ def test_every_method_crosses(cluster: tuple[Cluster, HostProc]) -> None:
         f.write(_tar_of({"etc/motd": b"imported\n"}))
         f.flush()
         assert e.import_golden("ccore-tiny", f.name).name == "ccore-tiny"
+        with pytest.raises(ArkerError) as err:  # no /bin/sh: not a root filesystem
+            e.import_golden("ccore-nosh", f.name, description="x", require_shell=True)
+        assert err.value.code == "invalid_request"
+        assert "ccore-nosh" not in [g.name for g in e.goldens()]
+    # a VM published as a golden, forked, and the golden deleted under the fork
+    assert e.publish_golden(child, "ccore-pub", "from a vm").name == "ccore-pub"
+    assert "ccore-pub" in [g.name for g in e.goldens()]
+    e.delete_golden("ccore-pub")
+    assert "ccore-pub" not in [g.name for g in e.goldens()]
+    assert e.read_file(child, "/home/user/unpacked/one.txt", 10) == b"1"
     with pytest.raises(ArkerError) as err:
         e.adopt(vm, hostname="x")  # this host has no blob store
     assert err.value.code == "unsupported_operation"

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import httpx2
 import pytest
+from contract_check import check
 from live import ARKER, Live
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
@@ -73,9 +74,11 @@ async def _session(client: Client) -> None:
         assert "2 times" in _error(twice)
 
         # branch: the fork has the file as it is now; its edits stay its own
-        child = _data(await client.call_tool("vm_fork", {"source": vm_id, "name": "mcp-branch"}))
+        branch = {"source": vm_id, "name": "mcp-branch", "ttl_s": 3600}
+        child = _data(await client.call_tool("vm_fork", branch))
         child_id = child["vm_id"]
         assert child["parent_id"] == vm_id
+        assert child["expires_at"] and "expires_at" not in vm  # a TTL only when asked
         await client.call_tool("fs_write", {"vm_id": child_id, "path": path, "content": "child"})
         parent_read = _data(await client.call_tool("fs_read", {"vm_id": vm_id, "path": path}))
         assert parent_read["content"] == "x x"
@@ -202,5 +205,6 @@ def test_the_http_endpoint_refuses_a_wrong_key(live: Live) -> None:
     accept = {"Accept": "application/json, text/event-stream"}
     for auth in ({}, {"Authorization": "Bearer ark_live_wrong"}):
         r = httpx.post(f"{live.url}/mcp", json=body, headers={**accept, **auth}, timeout=30)
+        check(r)  # /mcp is in the contract
         assert r.status_code == 401, r.text
         assert r.json()["error"]["code"] == "unauthorized"

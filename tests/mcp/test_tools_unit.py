@@ -38,6 +38,6 @@ async def test_every_tool_has_a_description_and_an_arker_error_is_a_tool_error()
         tools = (await client.list_tools()).tools
         assert all(t.description and len(t.description) > 40 for t in tools), tools
         fork = next(t for t in tools if t.name == "vm_fork")
-        assert "ttl_s" not in fork.input_schema["properties"]  # not in the contract yet
+        assert "ttl_s" in fork.input_schema["properties"]
         result = await client.call_tool("vm_list", {})
         assert result.is_error and "unauthorized: no key" in result.content[0].text

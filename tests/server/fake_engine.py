@@ -122,7 +122,13 @@ class FakeEngine(Engine):
         return info
 
     def import_golden(
-        self, name: str, tarball: str, progress: Progress | None = None
+        self,
+        name: str,
+        tarball: str,
+        progress: Progress | None = None,
+        *,
+        description: str | None = None,
+        require_shell: bool = False,
     ) -> GoldenInfo:
         return self.build_golden(name)
 

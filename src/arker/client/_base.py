@@ -16,7 +16,8 @@ import base64
 import re
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import quote, urlencode
 
@@ -59,6 +60,8 @@ class Request:
     params: Mapping[str, str | int | Sequence[str]] | None = None
     json: dict[str, Any] | None = None
     content: bytes | None = None
+    # A local file sent as the body, read afresh in pieces by every attempt.
+    upload: Path | None = None
 
 
 def _segment(value: str, what: str) -> str:
@@ -208,6 +211,49 @@ class ArkerBase:
 
     def _goldens_request(self) -> Request:
         return self._request("GET", self.endpoints.normal, "/v1/goldens")
+
+    def _publish_golden_request(
+        self, name: str, from_vm: str, description: str | None, for_all: bool
+    ) -> Request:
+        body = _body(
+            wire.PublishGoldenRequest,
+            name=name,
+            from_vm=from_vm,
+            description=description,
+            for_all=True if for_all else None,  # sent only when set
+        )
+        endpoint = self.endpoints.for_source(from_vm)
+        return self._request("POST", endpoint, "/v1/goldens", json=body)
+
+    def _import_golden_request(
+        self, name: str, tarball: Path, description: str | None, for_all: bool
+    ) -> Request:
+        try:
+            size = tarball.stat().st_size
+        except OSError as exc:
+            raise ArkerError(ErrorCode.INVALID_REQUEST, f"cannot read {tarball}: {exc}") from exc
+        params: dict[str, str | int] = {}
+        if description is not None:
+            params["description"] = description
+        if for_all:
+            params["for_all"] = "true"
+        request = self._request(
+            "PUT",
+            self.endpoints.normal,
+            f"/v1/goldens/{_segment(name, 'name')}",
+            params=params or None,
+        )
+        request.headers["Content-Type"] = "application/octet-stream"
+        request.headers["Content-Length"] = str(size)
+        return replace(request, upload=tarball, timeout_s=max(request.timeout_s, 600.0))
+
+    def _delete_golden_request(self, name: str) -> Request:
+        path = f"/v1/goldens/{_segment(name, 'name')}"
+        return self._request("DELETE", self.endpoints.normal, path)
+
+    def _operation_request(self, operation_id: str) -> Request:
+        path = f"/v1/operations/{_segment(operation_id, 'operation_id')}"
+        return self._request("GET", self.endpoints.normal, path)
 
     def _list_request(
         self,

@@ -21,6 +21,7 @@ import os
 from collections.abc import Iterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from time import monotonic
 from types import TracebackType
 from typing import Any, Literal, overload
 
@@ -48,6 +49,7 @@ from arker.client._models import (
     FsEntry,
     FsList,
     Golden,
+    Operation,
     PortToken,
     RunEvent,
     RunResult,
@@ -63,7 +65,9 @@ from arker.client._wire import (
     decode_file_written,
     decode_fs_entry,
     decode_fs_list,
+    decode_golden,
     decode_goldens,
+    decode_operation,
     decode_port_token,
     decode_pty_frame,
     decode_run,
@@ -84,12 +88,21 @@ DEFAULT_RETRY = RetryPolicy()
 EVENTS_READ_TIMEOUT_S = 60.0
 
 
-def _body(content: bytes | None) -> bytes | Iterator[bytes] | None:
+def _body(request: Request) -> bytes | Iterator[bytes] | None:
     """A large body goes as pieces (see UPLOAD_PIECE_BYTES); made afresh for
     every attempt, as a retry must send it all again."""
+    if request.upload is not None:
+        return _file_pieces(request.upload)
+    content = request.content
     if content is None or len(content) <= UPLOAD_PIECE_BYTES:
         return content
     return _pieces(content)
+
+
+def _file_pieces(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        while piece := f.read(UPLOAD_PIECE_BYTES):
+            yield piece
 
 
 def _pieces(content: bytes) -> Iterator[bytes]:
@@ -133,7 +146,7 @@ class Arker(ArkerBase):
                     params=request.params,
                     headers=request.headers,
                     json=request.json,
-                    content=_body(request.content),
+                    content=_body(request),
                     timeout=request.timeout_s,
                 )
             except httpx.RequestError as exc:
@@ -193,6 +206,69 @@ class Arker(ArkerBase):
     def goldens(self) -> builtins.list[Golden]:
         """The goldens `fork` accepts as a source (from the normal endpoint)."""
         return decode_goldens(self._send(self._goldens_request()))
+
+    def publish_golden(
+        self,
+        name: str,
+        from_vm: str,
+        *,
+        description: str | None = None,
+        for_all: bool = False,
+    ) -> Golden:
+        """Publish the VM `from_vm`'s files, as they are now, as the golden
+        `name` (a read-only snapshot, in constant time): this key's org sees
+        and forks it; with `for_all` (an admin key), every org does."""
+        request = self._publish_golden_request(name, from_vm, description, for_all)
+        return decode_golden(self._send(request))
+
+    def import_golden(
+        self,
+        name: str,
+        tarball: str | os.PathLike[str],
+        *,
+        description: str | None = None,
+        for_all: bool = False,
+        wait: bool = True,
+        timeout_s: float | None = None,
+    ) -> Operation:
+        """Import a root filesystem tarball (plain, gzip or zstd; streamed
+        from disk) as the golden `name`. With `wait`, returns the operation
+        once it succeeded and raises its error if it failed (a tarball with
+        no /bin/sh: invalid_request); else returns it running."""
+        request = self._import_golden_request(name, Path(tarball), description, for_all)
+        op = decode_operation(self._send(request))
+        return self.wait_operation(op.operation_id, timeout_s=timeout_s) if wait else op
+
+    def delete_golden(self, name: str) -> None:
+        """Delete one of this org's goldens (an admin key: also one for all);
+        VMs already forked from it keep working."""
+        self._send(self._delete_golden_request(name))
+
+    def operation(self, operation_id: str) -> Operation:
+        """An operation (an import) of this key's org, as it is now."""
+        return decode_operation(self._send(self._operation_request(operation_id)))
+
+    def wait_operation(
+        self, operation_id: str, *, timeout_s: float | None = None, poll_s: float = 0.5
+    ) -> Operation:
+        """Poll the operation until it ends: the operation if it succeeded,
+        else its error raised as ArkerError (with the status it carries);
+        `timeout_s` passed first: ArkerError(timeout)."""
+        deadline = None if timeout_s is None else monotonic() + timeout_s
+        while True:
+            op = self.operation(operation_id)
+            if op.state == "succeeded":
+                return op
+            if op.state == "failed":
+                err = op.error
+                if err is None:
+                    raise ArkerError(ErrorCode.INTERNAL, f"operation {operation_id} failed")
+                raise ArkerError(err.code, err.message, err.status)
+            if deadline is not None and monotonic() >= deadline:
+                raise ArkerError(
+                    ErrorCode.TIMEOUT, f"operation {operation_id} still running after {timeout_s} s"
+                )
+            self._sleep(poll_s)
 
     def list(
         self,

@@ -33,6 +33,7 @@ from arker.client._models import (
     FsEntry,
     FsList,
     Golden,
+    Operation,
     PortToken,
     RunResult,
     RunStatus,
@@ -46,6 +47,8 @@ from arker.errors import ArkerError, ErrorCode
 __all__ = [
     "decode_archive_unpacked",
     "decode_file_written",
+    "decode_golden",
+    "decode_operation",
     "decode_fs_entry",
     "decode_fs_list",
     "decode_goldens",
@@ -199,6 +202,14 @@ def decode_goldens(response: httpx.Response) -> list[Golden]:
     if isinstance(data, dict) and isinstance(data.get("items"), list):
         data = {**data, "items": [_known(Golden, item) for item in data["items"]]}
     return _validate(wire.GoldenList, data, response).items
+
+
+def decode_golden(response: httpx.Response) -> Golden:
+    return _validate(Golden, _json(response), response)
+
+
+def decode_operation(response: httpx.Response) -> Operation:
+    return _validate(Operation, _json(response), response)
 
 
 def decode_run(response: httpx.Response) -> RunResult:

@@ -126,8 +126,16 @@ class HostAgent(HostExtras):
             self.shipper.publish_golden(name)
         return info
 
-    def import_golden(self, name: str, tarball: str, progress: Any = None) -> GoldenInfo:
-        info = self.engine.import_golden(name, tarball, progress)
+    def import_golden(
+        self, name: str, tarball: str, progress: Any = None, **kwargs: Any
+    ) -> GoldenInfo:
+        info = self.engine.import_golden(name, tarball, progress, **kwargs)
+        if self.shipper is not None:
+            self.shipper.publish_golden(name)
+        return info
+
+    def publish_golden(self, vm_id: str, name: str, description: str | None = None) -> GoldenInfo:
+        info = self.engine.publish_golden(vm_id, name, description)
         if self.shipper is not None:
             self.shipper.publish_golden(name)
         return info

@@ -211,9 +211,44 @@ class ClusterEngine(Engine):
         return self.hosts.client(self._roomiest()).build_golden(name)
 
     def import_golden(
-        self, name: str, tarball: str, progress: Progress | None = None
+        self,
+        name: str,
+        tarball: str,
+        progress: Progress | None = None,
+        *,
+        description: str | None = None,
+        require_shell: bool = False,
     ) -> GoldenInfo:
-        return self.hosts.client(self._roomiest()).import_golden(name, tarball)
+        # The tarball is a path on this machine; the remote engine sends its file.
+        return self.hosts.client(self._roomiest()).import_golden(
+            name, tarball, description=description, require_shell=require_shell
+        )
+
+    def publish_golden(self, vm_id: str, name: str, description: str | None = None) -> GoldenInfo:
+        # On the VM's host, whose agent ships it to the blob store (when it
+        # has one) for the other hosts to fetch on first fork.
+        client, row = self.host_of(vm_id)
+        info = client.publish_golden(vm_id, name, description)
+        # Forks look for a host holding the golden in the hosts' rows, which
+        # each host rewrites at its next renewal (about a second): note it now,
+        # so a fork just after the publish finds it.
+        self._db(self._note_golden, row.host_id, name)
+        return info
+
+    async def _note_golden(self, host_id: str, name: str) -> None:
+        assert self.db is not None
+        async with self.db.session() as s:
+            host = await s.get(ClusterHost, host_id)
+            if host is not None and name not in (host.goldens or []):
+                host.goldens = sorted([*(host.goldens or []), name])
+                await s.commit()
+        self.hosts.read_at = -1e9  # the next look reads the rows again
+
+    def delete_golden(self, name: str) -> None:
+        hosts = self._fresh_hosts()
+        for host_id, row in hosts.rows.items():
+            if hosts.live(host_id):
+                hosts.client(row).delete_golden(name)
 
     def fork(
         self,

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from arker.engine._openat2 import (
     RESOLVE_BENEATH,
+    RESOLVE_IN_ROOT,
     RESOLVE_NO_MAGICLINKS,
     RESOLVE_NO_SYMLINKS,
     RESOLVE_NO_XDEV,
@@ -81,10 +82,13 @@ def import_tarball(
     tarball: Path,
     progress: Progress | None = None,
     description: str | None = None,
+    *,
+    require_shell: bool = False,
 ) -> GoldenInfo:
     """Import a rootfs tarball (.tar, .tar.gz/.tgz, .tar.zst; also .xz, .bz2,
     detected by content) as the golden `name`. Progress counts bytes read of
-    the (compressed) file."""
+    the (compressed) file. With `require_shell`, a tree without /bin/sh (as
+    the VM resolves it) is not a root filesystem: invalid_request, nothing kept."""
     check_name(name, "golden name")
     tarball = Path(tarball)
     try:
@@ -106,10 +110,35 @@ def import_tarball(
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise ArkerError(ErrorCode.UNAVAILABLE, "the storage pool is full") from exc
             raise
+        if require_shell:
+            _check_shell(staging)
         return pool.seal_golden(staging, name, description or f"imported from {tarball.name}")
     except BaseException:
         pool.abandon_golden(staging)
         raise
+
+
+def _check_shell(root: Path) -> None:
+    """/bin/sh resolved with `root` as "/" (an absolute link stays inside),
+    to something that can be executed."""
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = openat2(root_fd, "bin/sh", os.O_PATH | os.O_CLOEXEC, RESOLVE_IN_ROOT)
+    except OSError:
+        fd = None
+    finally:
+        os.close(root_fd)
+    if fd is not None:
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_mode & 0o111:
+            return
+    raise ArkerError(
+        ErrorCode.INVALID_REQUEST,
+        "the tarball is not a root filesystem: it has no executable /bin/sh",
+    )
 
 
 @contextlib.contextmanager

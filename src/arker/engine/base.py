@@ -289,9 +289,28 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def import_golden(
-        self, name: str, tarball: HostPath, progress: Progress | None = None
+        self,
+        name: str,
+        tarball: HostPath,
+        progress: Progress | None = None,
+        *,
+        description: str | None = None,
+        require_shell: bool = False,
     ) -> GoldenInfo:
-        """Import a rootfs tarball (.tar, .tar.gz, .tar.zst) under `name`."""
+        """Import a rootfs tarball (.tar, .tar.gz, .tar.zst) under `name`.
+        With `require_shell`, a tree with no executable /bin/sh is
+        invalid_request, and nothing is kept."""
+
+    def publish_golden(self, vm_id: str, name: str, description: str | None = None) -> GoldenInfo:
+        """Publish the VM's files as they are now as the golden `name`, in
+        constant time (a read-only snapshot); conflict if the name is taken.
+        The VM keeps running, and its later writes stay its own."""
+        raise _unsupported("publishing of goldens")
+
+    def delete_golden(self, name: str) -> None:
+        """Delete the golden; VMs forked from it keep their files. A golden
+        that is not there is not an error."""
+        raise _unsupported("deleting of goldens")
 
     # -- VMs
     @abc.abstractmethod

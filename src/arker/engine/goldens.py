@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from arker.engine.base import GoldenInfo, Progress
 from arker.engine.pool import Pool
 from arker.errors import ArkerError, ErrorCode
 
-__all__ = ["KNOWN_GOLDENS", "build_busybox", "build_debian", "import_tarball"]
+__all__ = ["KNOWN_GOLDENS", "build_busybox", "build_debian", "build_tarball", "import_tarball"]
 
 USER_UID = USER_GID = 1000
 
@@ -49,8 +50,15 @@ def _build(pool: Pool, name: str, description: str, fill: Callable[[Path], None]
         raise
 
 
+Fill = Callable[[Path], None]
+
+
 def build_busybox(pool: Pool, progress: Progress | None = None) -> GoldenInfo:
     """The `busybox` golden from the host's /bin/busybox (Debian's busybox-static)."""
+    return _build(pool, "busybox", *_busybox(progress))
+
+
+def _busybox(progress: Progress | None) -> tuple[str, Fill]:
     busybox = Path("/bin/busybox")
     if not busybox.is_file():
         raise ArkerError(ErrorCode.UNAVAILABLE, "busybox-static is not installed on this host")
@@ -87,7 +95,7 @@ def build_busybox(pool: Pool, progress: Progress | None = None) -> GoldenInfo:
         os.chmod(home, 0o755)
         _note(progress, 3, 3, "sealing")
 
-    return _build(pool, "busybox", "BusyBox (static) with a `user` account", fill)
+    return "BusyBox (static) with a `user` account", fill
 
 
 # mmdebstrap's phases, in order, as its "I: " lines begin.
@@ -121,6 +129,10 @@ def build_debian(
     mmdebstrap uses deb.debian.org with the suite's -updates and -security:
     the Debian sources this host's apt uses too. Progress: (phase, of N, line).
     """
+    return _build(pool, "debian", *_debian(progress, suite, mirror))
+
+
+def _debian(progress: Progress | None, suite: str, mirror: str | None) -> tuple[str, Fill]:
     if shutil.which("mmdebstrap") is None:
         raise ArkerError(ErrorCode.UNAVAILABLE, "mmdebstrap is not installed on this host")
 
@@ -142,7 +154,31 @@ def build_debian(
         ]
         _run_with_progress(argv, progress)
 
-    return _build(pool, "debian", f"Debian {suite} (minbase, python3) with a `user` account", fill)
+    return f"Debian {suite} (minbase, python3) with a `user` account", fill
+
+
+def build_tarball(name: str, out: Path, progress: Progress | None = None) -> str:
+    """The known golden `name` as a rootfs tarball at `out`, built in a temp
+    directory beside it (removed after), for a running server to import;
+    returns its description."""
+    recipes: dict[str, Callable[[Progress | None], tuple[str, Fill]]] = {
+        "busybox": _busybox,
+        "debian": lambda p: _debian(p, "bookworm", None),
+    }
+    recipe = recipes.get(name)
+    if recipe is None:
+        raise ArkerError(ErrorCode.NOT_FOUND, f"no known golden {name!r}")
+    description, fill = recipe(progress)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".build-") as tmp:
+        root = Path(tmp) / "root"
+        root.mkdir()
+        os.chmod(root, 0o755)
+        fill(root)
+        names = sorted(os.listdir(root))
+        subprocess.run(
+            ["tar", "--numeric-owner", "-C", str(root), "-cf", str(out), "--", *names], check=True
+        )
+    return description
 
 
 def _run_with_progress(argv: list[str], progress: Progress | None) -> None:

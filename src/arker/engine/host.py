@@ -221,11 +221,25 @@ class NamespaceEngine(Engine):
         return build(self.pool, progress)
 
     def import_golden(
-        self, name: str, tarball: str, progress: Progress | None = None
+        self,
+        name: str,
+        tarball: str,
+        progress: Progress | None = None,
+        *,
+        description: str | None = None,
+        require_shell: bool = False,
     ) -> GoldenInfo:
         from arker.engine import goldens
 
-        return goldens.import_tarball(self.pool, name, Path(tarball), progress)
+        return goldens.import_tarball(
+            self.pool, name, Path(tarball), progress, description, require_shell=require_shell
+        )
+
+    def publish_golden(self, vm_id: str, name: str, description: str | None = None) -> GoldenInfo:
+        return self.pool.publish_golden(vm_id, name, description)
+
+    def delete_golden(self, name: str) -> None:
+        self.pool.delete_golden(name)
 
     # -- VMs
     def fork(

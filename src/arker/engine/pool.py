@@ -341,6 +341,18 @@ class Pool:
         os.replace(tmp, meta)
         return info
 
+    def publish_golden(self, vm_id: str, name: str, description: str | None) -> GoldenInfo:
+        """A read-only snapshot of the VM as it is now, published as the golden
+        `name` in constant time (conflict if taken). The VM keeps running."""
+        dest = self.golden_path(name)
+        vm_fd = _open_or_404(self.vm_path(vm_id), f"vm {vm_id!r}")
+        try:
+            with _dir_fd(dest.parent) as parent:
+                _snapshot(vm_fd, parent, name, readonly=True, what=f"golden {name!r}")
+        finally:
+            os.close(vm_fd)
+        return self._write_golden_meta(name, description)
+
     def abandon_golden(self, staging: Path) -> None:
         """Throw away a staging subvolume (missing is fine)."""
         staging = self._staging(staging)

@@ -132,6 +132,14 @@ def build_server(clients: Clients) -> MCPServer:
                 "and IPv4 CIDRs."
             ),
         ] = None,
+        ttl_s: Annotated[
+            int | None,
+            Field(
+                ge=1,
+                description="Delete the VM this many seconds from now (so a forgotten "
+                "branch does not linger). Omitted: the server's default.",
+            ),
+        ] = None,
     ) -> dict[str, Any]:
         """Fork a new VM, in constant time, from a golden image or from another VM.
         A fork of a VM has all its files as they are now (not its running processes):
@@ -141,7 +149,11 @@ def build_server(clients: Clients) -> MCPServer:
         if egress is not None or allow is not None:
             network = {"egress": True if egress is None else egress, "allow": allow}
         async with clients(ctx) as arker:
-            vm = await arker.vm(source).fork(name=name, network=network)
+            handle = arker.vm(source)
+            if ttl_s is None:  # sent only when set: the server's default applies
+                vm = await handle.fork(name=name, network=network)
+            else:
+                vm = await handle.fork(name=name, network=network, ttl_s=ttl_s)
             assert vm.info is not None
             return _vm_dict(vm.info)
 

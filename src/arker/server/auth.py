@@ -94,6 +94,10 @@ class Authenticator:
         org, _ = await self._key(authorization)
         return org
 
+    async def caller(self, authorization: str | None) -> tuple[str, bool]:
+        """(org, whether the key is an admin's)."""
+        return await self._key(authorization)
+
     async def admin_for(self, authorization: str | None) -> str:
         """The org of an admin key; any other key (or none) is unauthorized."""
         org, admin = await self._key(authorization)

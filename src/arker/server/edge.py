@@ -21,6 +21,8 @@ from arker.server.port_access import PREVIEW_PATH, preview_target
 __all__ = ["Edge", "error_body"]
 
 _PORT_PATH = re.compile(r"/v1/vms/[^/]+/ports/[^/]+/")
+_GOLDEN_PATH = re.compile(r"/v1/goldens/[^/]+")
+NO_LIMIT = 2**62
 
 access_log = logging.getLogger("arker.access")
 log = logging.getLogger("arker.server")
@@ -64,7 +66,10 @@ class Edge:
                 message["headers"] = [*message.get("headers", []), rid_header]
             await send(message)
 
-        limit = self.max_file if _large_body(scope) else self.max_json
+        if _golden_import(scope):
+            limit = NO_LIMIT  # bounded by the free space, as it is spooled (goldens.py)
+        else:
+            limit = self.max_file if _large_body(scope) else self.max_json
         try:
             declared = _content_length(scope)
             if declared is not None and declared > limit:
@@ -119,6 +124,10 @@ class Edge:
             scope["path"] = path[len(self.prefix) :] or "/"
             scope.setdefault("state", {})["api_prefix"] = self.prefix
         return scope
+
+
+def _golden_import(scope: Scope) -> bool:
+    return scope["method"] == "PUT" and _GOLDEN_PATH.fullmatch(scope["path"]) is not None
 
 
 def _large_body(scope: Scope) -> bool:

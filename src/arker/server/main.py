@@ -14,6 +14,7 @@ from types import FrameType
 import uvicorn
 
 from arker.engine.base import Engine
+from arker.server.address import clear_address, write_address
 from arker.server.app import build_app, build_metrics_app
 from arker.server.config import Settings
 from arker.server.logs import setup_logging
@@ -93,12 +94,27 @@ def serve(
         server_header=False,
     )
     server = _Server(config, app.state.service)  # type: ignore[attr-defined]
+    if not settings.cluster:  # a replica holds no pool: `arker goldens` acts on none
+        write_address(settings.data_dir, host, port, settings.api_prefix)
+    try:
+        _run(server, config, app.state.service, metrics_sock, metrics_listen)  # type: ignore[attr-defined]
+    finally:
+        clear_address(settings.data_dir)
+
+
+def _run(
+    server: uvicorn.Server,
+    config: uvicorn.Config,
+    service: Service,
+    metrics_sock: socket.socket | None,
+    metrics_listen: str | None,
+) -> None:
     if metrics_sock is None:
         server.run()
         return
     side = _Follower(
         uvicorn.Config(
-            build_metrics_app(app.state.service),  # type: ignore[attr-defined]
+            build_metrics_app(service),
             log_config=None,
             access_log=False,
             lifespan="off",
@@ -131,6 +147,16 @@ class _Server(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._service.runs.wakeups.close_soon()
         super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn re-raises a SIGTERM it caught once this block is left, which
+        # ends the process before any `finally` outside: clean up in here.
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                clear_address(self._service.settings.data_dir)
 
 
 class _Follower(uvicorn.Server):

@@ -46,8 +46,18 @@ async def _org(request: Request) -> str:
     return org
 
 
+async def _caller(request: Request) -> tuple[str, bool]:
+    auth: Authenticator = request.app.state.auth
+    org, admin = await auth.caller(request.headers.get("authorization"))
+    request.state.org = org  # for the access log
+    return org, admin
+
+
 Svc = Annotated[Service, Depends(_service)]
 Org = Annotated[str, Depends(_org)]
+Caller = Annotated[tuple[str, bool], Depends(_caller)]
+GoldenName = Annotated[str, Path(min_length=1, max_length=63)]
+OperationId = Annotated[str, Path(min_length=1, max_length=128, pattern=KEY_PATTERN)]
 
 
 def _json(model: BaseModel, status: int = 200) -> Response:
@@ -89,7 +99,53 @@ async def metrics_response(svc: Service) -> Response:
 
 @router.get("/v1/goldens")
 async def list_goldens(org: Org, svc: Svc) -> Response:
-    return _json(await svc.list_goldens())
+    return _json(await svc.list_goldens(org))
+
+
+@router.post("/v1/goldens")
+async def publish_golden(
+    body: t.PublishGoldenRequest, caller: Caller, svc: Svc, idempotency_key: IdemKey = None
+) -> Response:
+    org, admin = caller
+    return _json(await svc.golden_api.publish(org, admin, body), 201)
+
+
+@router.put("/v1/goldens/{name}")
+async def import_golden(
+    name: GoldenName,
+    request: Request,
+    caller: Caller,
+    svc: Svc,
+    description: Annotated[str | None, Query(max_length=1000, pattern=r"^[^\x00]*$")] = None,
+    for_all: bool = False,
+    idempotency_key: IdemKey = None,
+) -> Response:
+    # Streamed to a spool file, bounded by the free space (not by
+    # --max-file-bytes: a root filesystem is larger than a file).
+    org, admin = caller
+    op = await svc.golden_api.import_(org, admin, name, request.stream(), description, for_all)
+    return _json(op, 202)
+
+
+@router.delete("/v1/goldens/{name}")
+async def delete_golden(
+    name: GoldenName, caller: Caller, svc: Svc, idempotency_key: IdemKey = None
+) -> Response:
+    org, admin = caller
+    await svc.golden_api.delete(org, admin, name)
+    return Response(status_code=204)
+
+
+@router.get("/v1/operations/{operation_id}")
+async def get_operation(operation_id: OperationId, org: Org, svc: Svc) -> Response:
+    return _json(await svc.operations.get(org, operation_id))
+
+
+@router.get("/v1/operations/{operation_id}/events")
+async def operation_events(operation_id: OperationId, org: Org, svc: Svc) -> Response:
+    events = await svc.operations.events(org, operation_id)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
 
 @router.get("/v1/vms")

@@ -28,8 +28,10 @@ from arker.server import uploads, wire
 from arker.server.batches import Batcher
 from arker.server.config import Settings
 from arker.server.fs import Fs
+from arker.server.goldens import Goldens, is_internal
 from arker.server.lifecycle import Lifecycle, powers
 from arker.server.metrics import Metrics
+from arker.server.operations import Operations
 from arker.server.port_tokens import PortTokens
 from arker.server.retention import Retention
 from arker.server.run_control import RunControl, Window
@@ -152,6 +154,10 @@ class Service:
         self._host_memory = settings.host_memory_bytes or host_memory_bytes()
         self._deletes: Batcher[str] = Batcher(self._record_deletes)
         self.fs = Fs(settings, engine, self.threads, self._usable_vm)
+        self.operations = Operations(db)
+        self.golden_api = Goldens(
+            settings, db, engine, self.threads, self.operations, self.goldens, self._usable_vm
+        )
 
     # -- lifecycle
     async def start(self) -> None:
@@ -167,6 +173,8 @@ class Service:
                 # takeover (cluster/takeover.py), never at a replica's start.
                 await self._mark_lost()
                 await self.runs.recover()
+                await self.operations.recover()
+                await self.golden_api.recover()
             self.retention.start()
             await self.lifecycle.watch_running()
             self.lifecycle.start()
@@ -177,6 +185,7 @@ class Service:
 
     async def stop(self) -> None:
         await self.lifecycle.stop()
+        await self.operations.stop()
         await self.retention.stop()
         await self._deletes.drain()
         await self.runs.stop()
@@ -231,18 +240,16 @@ class Service:
 
     # -- goldens
     async def goldens(self, refresh: bool = False) -> dict[str, GoldenInfo]:
+        """The goldens every org sees (the engine's, less the orgs' own)."""
         fetched_at, cached = self._goldens
         if refresh or time.monotonic() - fetched_at > GOLDENS_TTL_S:
             infos = await self.threads.call(self.engine.goldens)
-            cached = {g.name: g for g in infos}
+            cached = {g.name: g for g in infos if not is_internal(g.name)}
             self._goldens = (time.monotonic(), cached)
         return cached
 
-    async def list_goldens(self) -> t.GoldenList:
-        infos = await self.goldens(refresh=True)
-        return t.GoldenList(
-            items=[wire.golden(g) for g in sorted(infos.values(), key=lambda g: g.name)]
-        )
+    async def list_goldens(self, org: str) -> t.GoldenList:
+        return await self.golden_api.list(org)
 
     # -- VMs
     async def _vm(self, org: str, vm_id: str) -> Vm:
@@ -406,8 +413,10 @@ class Service:
                 ErrorCode.UNSUPPORTED_OPERATION,
                 f"cannot fork a durable vm: the {self.engine.kind} engine has no checkpoints",
             )
-        # A golden wins over a VM of the same name, as in the engine's pool.
+        # A golden wins over a VM of the same name, as in the engine's pool;
+        # a built-in one over the org's own (publishing refuses the clash).
         parent: Vm | None = None
+        engine_source = source
         if source in await self.goldens():
             base_image = source
         else:
@@ -416,6 +425,8 @@ class Service:
                 if parent.lost:
                     raise ArkerError(ErrorCode.VM_LOST, f"cannot fork vm {source!r} in state lost")
                 base_image = parent.base_image
+            elif (own := await self.golden_api.engine_name(org, source)) is not None:
+                base_image, engine_source = source, own
             elif source in await self.goldens(refresh=True):
                 base_image = source
             else:
@@ -441,7 +452,16 @@ class Service:
         await self.threads.call(self.engine.check_storage)
         async with self._admitted(org):
             return await self._fork(
-                org, source, req, idem_key, digest, durable, base_image, parent, limits, network
+                org,
+                engine_source,
+                req,
+                idem_key,
+                digest,
+                durable,
+                base_image,
+                parent,
+                limits,
+                network,
             )
 
     async def _fork(

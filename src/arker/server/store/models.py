@@ -17,7 +17,18 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["ApiKey", "Base", "ClusterHost", "Placement", "Run", "Upload", "Vm"]
+__all__ = [
+    "ApiKey",
+    "Base",
+    "ClusterHost",
+    "ClusterReplica",
+    "Golden",
+    "Operation",
+    "Placement",
+    "Run",
+    "Upload",
+    "Vm",
+]
 
 
 class Base(DeclarativeBase):
@@ -173,3 +184,41 @@ class Placement(Base):
     # The replica restoring the VM on its new host after a takeover, until it
     # has; if that replica's lease lapses first, another one does it again.
     taking_over: Mapped[str | None] = mapped_column(String(64), default=None)
+
+
+class Golden(Base):
+    """A golden one org published (or is importing): its name as the org's
+    keys say it, and the engine's name for it, unique across orgs. Built-in
+    goldens (and an admin's, published for all) have no row: the engine's
+    name is theirs."""
+
+    __tablename__ = "goldens"
+
+    org: Mapped[str] = mapped_column(String(255), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    engine_name: Mapped[str] = mapped_column(String(128), unique=True)
+    description: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[float] = mapped_column(Float)
+    # False while an import runs: the name is taken, but nothing is forkable yet.
+    ready: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Operation(Base):
+    """A long job of an org (an import of a golden), polled or streamed."""
+
+    __tablename__ = "operations"
+    __table_args__ = (Index("ix_operations_state", "state"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    org: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16))  # running, succeeded, failed
+    done: Mapped[int] = mapped_column(BigInteger, default=0)
+    total: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    message: Mapped[str] = mapped_column(Text, default="")
+    golden: Mapped[dict[str, object] | None] = mapped_column(JSON, default=None)  # wire Golden
+    error: Mapped[dict[str, object] | None] = mapped_column(
+        JSON, default=None
+    )  # code, message, status
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
