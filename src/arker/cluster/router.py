@@ -67,9 +67,12 @@ class ClusterEngine(Engine):
     kind = "cluster"
     supports_checkpoints = True
 
-    def __init__(self, host_token: str) -> None:
+    def __init__(self, host_token: str, blob_store: bool = False) -> None:
         self.db: Database | None = None
         self.hosts = _Hosts(host_token)
+        # With a blob store, any host fetches a published golden on first use;
+        # without one, only the hosts holding a golden can fork it.
+        self.blob_store = blob_store
         self._placed: dict[str, tuple[Placement, float]] = {}
 
     # -- bound to the replica's database at its start (app.py)
@@ -196,8 +199,14 @@ class ClusterEngine(Engine):
     def _roomiest(self, golden: str | None = None) -> ClusterHost:
         hosts = self._fresh_hosts()
         live = [r for r in hosts.rows.values() if hosts.live(r.id)]
-        if golden is not None and not any(golden in (r.goldens or []) for r in live):
-            raise ArkerError(ErrorCode.NOT_FOUND, f"no host holds or can fetch golden {golden!r}")
+        if golden is not None:
+            holding = [r for r in live if golden in (r.goldens or [])]
+            if not holding:
+                raise ArkerError(
+                    ErrorCode.NOT_FOUND, f"no host holds or can fetch golden {golden!r}"
+                )
+            if not self.blob_store:
+                live = holding
         if not live:
             raise ArkerError(ErrorCode.UNAVAILABLE, "no host of the cluster is live", 503)
 
@@ -208,7 +217,10 @@ class ClusterEngine(Engine):
         return max(live, key=room)
 
     def build_golden(self, name: str, progress: Progress | None = None) -> GoldenInfo:
-        return self.hosts.client(self._roomiest()).build_golden(name)
+        row = self._roomiest()
+        info = self.hosts.client(row).build_golden(name)
+        self._db(self._note_golden, row.id, name)  # see publish_golden
+        return info
 
     def import_golden(
         self,
@@ -220,9 +232,12 @@ class ClusterEngine(Engine):
         require_shell: bool = False,
     ) -> GoldenInfo:
         # The tarball is a path on this machine; the remote engine sends its file.
-        return self.hosts.client(self._roomiest()).import_golden(
+        row = self._roomiest()
+        info = self.hosts.client(row).import_golden(
             name, tarball, description=description, require_shell=require_shell
         )
+        self._db(self._note_golden, row.id, name)  # see publish_golden
+        return info
 
     def publish_golden(self, vm_id: str, name: str, description: str | None = None) -> GoldenInfo:
         # On the VM's host, whose agent ships it to the blob store (when it

@@ -73,7 +73,9 @@ def serve(
     if engine is None and settings.cluster:
         from arker.cluster.router import ClusterEngine
 
-        engine = ClusterEngine(settings.host_token or "")  # type: ignore[abstract]
+        engine = ClusterEngine(  # type: ignore[abstract]
+            settings.host_token or "", blob_store=settings.blob_url is not None
+        )
     app = build_app(
         settings,
         engine
