@@ -132,6 +132,18 @@ def build_server(clients: Clients) -> MCPServer:
                 "and IPv4 CIDRs."
             ),
         ] = None,
+        cpu: Annotated[
+            float | None,
+            Field(description="CPUs (0.25 and up). Omitted: the source's.", ge=0.25),
+        ] = None,
+        memory_mib: Annotated[
+            int | None,
+            Field(description="Memory limit in MiB (128 and up). Omitted: the source's.", ge=128),
+        ] = None,
+        pids: Annotated[
+            int | None,
+            Field(description="Most processes at once. Omitted: the source's.", ge=16),
+        ] = None,
     ) -> dict[str, Any]:
         """Fork a new VM, in constant time, from a golden image or from another VM.
         A fork of a VM has all its files as they are now (not its running processes):
@@ -140,8 +152,10 @@ def build_server(clients: Clients) -> MCPServer:
         network: dict[str, Any] | None = None
         if egress is not None or allow is not None:
             network = {"egress": True if egress is None else egress, "allow": allow}
+        asked = {"cpu": cpu, "memory_mib": memory_mib, "pids": pids}
+        resources = {k: v for k, v in asked.items() if v is not None} or None
         async with clients(ctx) as arker:
-            vm = await arker.vm(source).fork(name=name, network=network)
+            vm = await arker.vm(source).fork(name=name, network=network, resources=resources)
             assert vm.info is not None
             return _vm_dict(vm.info)
 
