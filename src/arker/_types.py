@@ -272,8 +272,8 @@ class RunWarning(BaseModel):
     code: Annotated[
         str,
         Field(
-            description="`pids_exhausted`: processes left behind keep the VM at its process limit; `restart` the VM to recover.",
-            examples=["pids_exhausted"],
+            description="`pids_exhausted`: processes left behind keep the VM at its process limit; `restart` the VM to recover. `oom_killed`: the kernel killed the command at the VM's memory limit, which the message names; fork with a larger `resources.memory_mib`.",
+            examples=["pids_exhausted", "oom_killed"],
         ),
     ]
     message: str

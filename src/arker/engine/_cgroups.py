@@ -209,6 +209,12 @@ class Cgroups:
         name = "memory.current" if self.v2 else "memory.usage_in_bytes"
         return int((self.limit_roots["memory"] / vm_id / name).read_text())
 
+    def memory_limit(self, vm_id: str) -> int | None:
+        """The VM's memory limit in bytes, or None (no limit, or stopped)."""
+        name = "memory.max" if self.v2 else "memory.limit_in_bytes"
+        value = _read(self.limit_roots["memory"] / vm_id / name)
+        return int(value) if value.isdigit() else None
+
     def pids_hits(self, vm_id: str) -> int:
         """How many forks the VM's pids limit has refused (one read: it is on
         every run's start)."""

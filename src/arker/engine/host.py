@@ -54,6 +54,7 @@ from arker.engine.base import (
 )
 from arker.engine.egress.policy import Policy, parse_allow
 from arker.engine.egress.services import EgressServices
+from arker.engine.lxcfs import Lxcfs
 from arker.engine.net import Network
 from arker.engine.pool import Pool, check_name
 from arker.engine.pty import Pty
@@ -94,6 +95,7 @@ class NamespaceEngine(Engine):
         pool_reserve_bytes: int = 0,
         networking: bool = True,  # False: every VM has loopback only
         user_namespaces: bool = True,  # False: root in a VM is host root, as before
+        lxcfs: bool = True,  # False: VMs see the host's cpus and memory in /proc
     ) -> None:
         self.data_dir = Path(data_dir)
         self.default_limits = default_limits
@@ -116,6 +118,8 @@ class NamespaceEngine(Engine):
         self._want_userns = user_namespaces
         self.userns = False  # set by open(): wanted, and this kernel can idmap the pool
         self._ids = userns.IdRanges()
+        # What shows each VM its own size in /proc (lxcfs.py); None: off.
+        self.lxcfs: Lxcfs | None = Lxcfs(self.data_dir) if lxcfs else None
 
     # -- lifecycle
     def open(self) -> None:
@@ -128,10 +132,14 @@ class NamespaceEngine(Engine):
             self._runner = Runner(self.cgroups)
             self._open_userns()
             self._reconcile()
+            if self.lxcfs is not None:
+                self.lxcfs.open()
             if self._networking:
                 self._open_network()
         except BaseException:
             self._close_network()
+            if self.lxcfs is not None:
+                self.lxcfs.close()
             self.pool.close()
             raise
 
@@ -173,6 +181,8 @@ class NamespaceEngine(Engine):
                 self.stop(vm_id)
             self.cgroups.remove_all()
             self._runner = None
+        if self.lxcfs is not None:
+            self.lxcfs.close()  # after the VMs: they read its files to the end
         self._close_network()
         self.pool.close()
 
@@ -361,6 +371,7 @@ class NamespaceEngine(Engine):
             tmp_size_bytes=self.tmp_size_bytes,
             disk=self._disk(vm_id, state),  # the state just loaded, not read again
             id_base=id_base,
+            lxcfs=self.lxcfs.root() if self.lxcfs is not None else None,
         )
         self._save(vm_id, {**state, "init": [init.pid, init.start_time]})
         self._live[vm_id] = init

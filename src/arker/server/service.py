@@ -552,7 +552,7 @@ class Service:
         """The engine's LXCFS daemon (engine/lxcfs.py), for /healthz; None where
         the engine runs none (a cluster's router, an engine without lxcfs)."""
         lxcfs = getattr(self.engine, "lxcfs", None)
-        if lxcfs is None:
+        if lxcfs is None or not lxcfs.available:
             return None
         return "running" if lxcfs.alive() else "down"
 

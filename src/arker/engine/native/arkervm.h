@@ -15,6 +15,7 @@
 #include <sys/types.h>
 
 #define MAX_CGROUPS 8
+#define MAX_LXCFS_FILES 16
 
 /* util.c */
 extern int g_argc;

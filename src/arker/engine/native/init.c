@@ -9,6 +9,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <net/if.h>
 #include <sched.h>
 #include <signal.h>
@@ -37,6 +38,10 @@ struct init_opts {
     const char *disk_usage; /* the host file with the bytes it charged */
     long long id_base;      /* host uid/gid of the VM's 0, -1 = no user namespace */
     int tree_fd;            /* the idmapped clone of the VM's root (userns.c) */
+    const char *lxcfs;      /* the engine's lxcfs mount (engine/lxcfs.py), or NULL */
+    const char *lxcfs_files[MAX_LXCFS_FILES]; /* what of it to bind, same path here */
+    int lxcfs_fds[MAX_LXCFS_FILES]; /* their read-only clones; -1: not answering */
+    int nlxcfs;
 };
 
 /* The child reports failures through this pipe; the launcher relays them. */
@@ -167,6 +172,43 @@ static void make_proc(void)
     closedir(dir);
 }
 
+/* Read-only clones of lxcfs's files, made by the launcher as host root:
+ * the VM's root, in its user namespace, may not search the path to the
+ * engine's data dir. Best effort: a file that does not answer (lxcfs just
+ * died) keeps the kernel's own, and the VM starts all the same. */
+static void clone_lxcfs(struct init_opts *o)
+{
+    char src[PATH_MAX];
+    struct mount_attr attr = {
+        .attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+    };
+    for (int i = 0; i < o->nlxcfs; i++) {
+        snprintf(src, sizeof src, "%s/%s", o->lxcfs, o->lxcfs_files[i]);
+        int fd = open_tree(AT_FDCWD, src, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+        if (fd >= 0 && mount_setattr(fd, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0) {
+            close(fd);
+            fd = -1;
+        }
+        o->lxcfs_fds[i] = fd;
+    }
+}
+
+/* ... each over the same path of the VM's root, where that is a file
+ * (/sys/... only once sysfs is there). */
+static void bind_lxcfs(const struct init_opts *o)
+{
+    struct stat st;
+    for (int i = 0; i < o->nlxcfs; i++) {
+        int fd = o->lxcfs_fds[i];
+        if (fd < 0)
+            continue;
+        const char *rel = o->lxcfs_files[i];
+        if (stat(rel, &st) == 0 && S_ISREG(st.st_mode))
+            move_mount(fd, "", AT_FDCWD, rel, MOVE_MOUNT_F_EMPTY_PATH);
+        close(fd);
+    }
+}
+
 static void loopback_up(void)
 {
     int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
@@ -204,6 +246,8 @@ static void __attribute__((noreturn)) vm_init(const struct init_opts *o)
             fail("chdir root");
     } /* else the launcher left us in the idmapped root, a mount already */
     make_proc();
+    if (o->lxcfs)
+        bind_lxcfs(o);
     make_dev(o->id_base >= 0);
     ensure_dir("tmp", 01777);
     snprintf(opts, sizeof opts, "mode=1777,size=%lld", o->tmp_size);
@@ -290,6 +334,10 @@ static void parse(int argc, char **argv, struct init_opts *o)
             o->id_base = parse_ll(a, v);
         else if (!strcmp(a, "--cgroup-procs") && o->ncgroups < MAX_CGROUPS)
             o->cgroups[o->ncgroups++] = v;
+        else if (!strcmp(a, "--lxcfs"))
+            o->lxcfs = v;
+        else if (!strcmp(a, "--lxcfs-file") && o->nlxcfs < MAX_LXCFS_FILES)
+            o->lxcfs_files[o->nlxcfs++] = v;
         else {
             fprintf(stderr, "arkervm init: unknown option %s\n", a);
             exit(2);
@@ -326,6 +374,8 @@ int init_main(int argc, char **argv)
 {
     struct init_opts o;
     parse(argc, argv, &o);
+    if (o.lxcfs)
+        clone_lxcfs(&o);
     /* Join first: the VM's PID 1 and all it forks inherit these cgroups, and
      * the new cgroup namespace is rooted at them. */
     for (int i = 0; i < o.ncgroups; i++)
