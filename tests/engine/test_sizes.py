@@ -72,6 +72,40 @@ def test_a_vm_of_1_cpu_and_512_mib_sees_that_size(
     assert vm_up < host_up
 
 
+def test_sys_is_read_only_and_its_cgroups_are_the_vms_own(
+    engine: NamespaceEngine,  # noqa: F811
+    make_vm: Callable[..., str],  # noqa: F811
+) -> None:
+    vm = make_vm(limits=Limits(cpu_cores=1, memory_bytes=512 * MiB, pids_max=200))
+    out(engine, vm, "true")  # started: its cpuset is picked
+    cg = engine.cgroups
+    if cg.v2:
+        limits = {"memory.max": str(512 * MiB), "cpu.max": "100000 100000", "pids.max": "200"}
+    else:
+        limits = {
+            "memory/memory.limit_in_bytes": str(512 * MiB),
+            "cpu/cpu.cfs_quota_us": "100000",
+            "pids/pids.max": "200",
+            "cpuset/cpuset.cpus": ",".join(map(str, cg.cpus(vm) or ["?"])),
+        }
+    for user in ("root", "user"):
+        for name, want in limits.items():
+            assert out(engine, vm, f"cat /sys/fs/cgroup/{name}", user).strip() == want, name
+    # The VM's own cgroup, not the engine's root with every VM in it.
+    listing = out(engine, vm, "ls /sys/fs/cgroup/memory" if not cg.v2 else "ls /sys/fs/cgroup")
+    assert not any(name.startswith("vm-") for name in listing.split())
+    # glibc's get_nprocs (os.cpu_count) reads this: lxcfs's, 1 CPU.
+    assert out(engine, vm, "cat /sys/devices/system/cpu/online").strip() in ("0", "1")
+    # Read-only, all of it, for root too; the net entries are the VM's own.
+    cgroup_file = next(iter(limits))
+    for path in (f"/sys/fs/cgroup/{cgroup_file}", "/sys/fs/cgroup/new", "/sys/kernel/new"):
+        info = run(engine, vm, f"echo 1 > {path}", user="root")
+        assert info.exit_code != 0 and b"Read-only file system" in info.stderr, path
+    assert out(engine, vm, "ls /sys/class/net").split() == ["lo"]
+    assert out(engine, vm, "ls -A /sys/firmware") == ""  # masked
+    assert cg.memory_limit(vm) == 512 * MiB  # still as the host set it
+
+
 def test_whole_cpus_are_spread_over_the_host(
     engine: NamespaceEngine,  # noqa: F811
     make_vm: Callable[..., str],  # noqa: F811

@@ -162,6 +162,15 @@ class Cgroups:
         """The CPUs of the VM's cpuset, or None when it has none (stopped)."""
         return self._cpus.get(vm_id)
 
+    def views(self, vm_id: str) -> list[tuple[str, str]]:
+        """(name under the VM's /sys/fs/cgroup, host directory) of the VM's
+        own cgroups, which it sees read-only: its memory.limit_in_bytes,
+        cpu.cfs_quota_us, cpuset.cpus, pids.max (memory.max, cpu.max on v2)."""
+        if self.v2:
+            return [(".", str(self.unified / vm_id))]
+        views = [(h, str(root / vm_id)) for h, root in self.limit_roots.items()]
+        return [*views, ("unified", str(self.unified / vm_id))]
+
     def create_run(self, vm_id: str, run_id: str) -> RunCgroup:
         # Strings, not Paths: this is on every run's path.
         leaf = f"{self.unified}/{vm_id}/r-{run_id}"

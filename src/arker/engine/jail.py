@@ -91,6 +91,8 @@ def start_vm(
     cmd += ["--agent-fd", str(theirs.fileno())]
     for p in procs:
         cmd += ["--cgroup-procs", p]
+    for name, path in cgroups.views(vm_id):
+        cmd += ["--cgroup-view", f"{name}={path}"]
     if disk is not None:
         cmd += ["--disk-limit", str(disk[0]), "--disk-usage", disk[1]]
     if id_base is not None:
