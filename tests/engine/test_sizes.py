@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -211,3 +213,38 @@ def test_closing_the_engine_ends_its_lxcfs_and_its_mount(tmp_path: Path) -> None
         or b"lxcfs" not in Path(f"/proc/{pid}/cmdline").read_bytes()
     )
     assert mount not in Path("/proc/self/mountinfo").read_text()
+
+
+def test_a_killed_engines_lxcfs_ends_with_it(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_ENGINE, str(data)],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        assert child.stdout is not None
+        pid = int(child.stdout.readline())
+        mount = str(data / "lxcfs" / "mnt")
+        assert mount in Path("/proc/self/mountinfo").read_text()
+        child.kill()  # SIGKILL: no close(), no cleanup of its own
+        child.wait()
+        assert _until(lambda: not Path(f"/proc/{pid}").exists(), 10), "lxcfs outlived its engine"
+        assert _until(lambda: mount not in Path("/proc/self/mountinfo").read_text(), 10)
+    finally:
+        child.kill()
+        child.wait()
+        # What the killed engine left (its pool, cgroups) goes as a restart's would.
+        eng = NamespaceEngine(data, image_size_bytes=2 << 30, networking=False)
+        eng.open()
+        eng.close()
+
+
+KILLED_ENGINE = """
+import sys, time
+from arker.engine.host import NamespaceEngine
+eng = NamespaceEngine(sys.argv[1], image_size_bytes=2 << 30, networking=False)
+eng.open()
+print(eng.lxcfs.pid, flush=True)
+time.sleep(120)
+"""

@@ -8,7 +8,9 @@ themselves (the JVM, Node, `make -j`) see the VM's size, not the host's.
     <data_dir>/lxcfs/pid         its pid, for a restarted engine to end the
                                  daemon an earlier life left running
 
-The daemon is supervised: if it dies, the VMs keep running (their bound
+The daemon ends with the engine, even with one that was killed (its
+parent-death signal): a restarted engine kills every VM anyway. It is
+supervised: if it dies, the VMs keep running (their bound
 files answer ENOTCONN, as a dead FUSE mount does; VMs started after the
 restart see their size again), `state()` says "down" until it is back, and
 it is started again after a pause that doubles, up to a minute, while it keeps
@@ -61,6 +63,7 @@ class Lxcfs:
         self._proc: subprocess.Popen[bytes] | None = None
         self._up = False  # mounted and answering
         self._closing = threading.Event()
+        self._ready = threading.Event()  # the first start is done (up or not)
         self._watcher: threading.Thread | None = None
         self._lock = threading.RLock()
         self.restarts = 0
@@ -97,9 +100,10 @@ class Lxcfs:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._end_leftover()
         self._closing.clear()
-        self._start()
+        self._ready.clear()
         self._watcher = threading.Thread(target=self._watch, name="lxcfs-watch", daemon=True)
         self._watcher.start()
+        self._ready.wait(READY_TIMEOUT_S + 1)
 
     def close(self) -> None:
         self._closing.set()
@@ -118,8 +122,14 @@ class Lxcfs:
         _detach(self.mount)  # what a dead daemon left: ENOTCONN to all
         self.mount.mkdir(exist_ok=True)
         argv = [self._program, "-f", "-l", "--enable-cfs", "-p", str(self._pidfile)]
-        # Its own session: a ^C to the server's terminal must not end it
-        # while the server's VMs still use it.
+        # It ends with the engine, even one killed: a restarted engine kills
+        # every VM anyway, and a daemon left behind would hold a mount in the
+        # data dir. The parent-death signal follows the thread that started
+        # it, the watcher, which lives as long as the engine is open.
+        setpriv = shutil.which("setpriv")
+        if setpriv is not None:
+            argv = [setpriv, "--pdeathsig", "TERM", *argv]
+        # Its own session: a ^C to the server's terminal is not for it.
         proc = subprocess.Popen(
             [*argv, str(self.mount)],
             stdin=subprocess.DEVNULL,
@@ -140,8 +150,14 @@ class Lxcfs:
         self._up = True
 
     def _watch(self) -> None:
+        """Start the daemon, wait for it to die, start it again; until close."""
         pause = FIRST_RESTART_S
         while not self._closing.is_set():
+            with self._lock:
+                if self._closing.is_set():
+                    return
+                self._start()
+            self._ready.set()
             proc = self._proc
             if proc is None:
                 return
@@ -159,11 +175,7 @@ class Lxcfs:
             if self._closing.wait(pause):
                 return
             pause = min(pause * 2, MAX_RESTART_S)
-            with self._lock:
-                if self._closing.is_set():
-                    return
-                self._start()
-                self.restarts += 1
+            self.restarts += 1
 
     def _end_leftover(self) -> None:
         """The daemon of an engine that crashed on this data dir, found by its
