@@ -150,5 +150,10 @@ def test_vms_keep_running_when_lxcfs_dies_and_health_says_so(
             assert time.monotonic() < deadline, "lxcfs was not started again"
             time.sleep(0.05)
         assert int(pidfile.read_text()) != pid
+        # The VM that ran through it is given the new daemon's files: its size again.
+        deadline = time.monotonic() + 10
+        while vm.run("grep ^MemTotal: /proc/meminfo").stdout.split()[1:2] != [b"524288"]:
+            assert time.monotonic() < deadline, "the running vm was not re-attached"
+            time.sleep(0.05)
     with arker.vm("debian").fork(memory_mib=640) as fresh:
         assert sh(fresh, "grep ^MemTotal: /proc/meminfo").split()[1] == str(640 * 1024)

@@ -27,6 +27,7 @@ import re
 import secrets
 import shutil
 import socket
+import subprocess
 import threading
 from dataclasses import asdict
 from pathlib import Path
@@ -54,7 +55,7 @@ from arker.engine.base import (
 )
 from arker.engine.egress.policy import Policy, parse_allow
 from arker.engine.egress.services import EgressServices
-from arker.engine.lxcfs import Lxcfs
+from arker.engine.lxcfs import BOUND, Lxcfs
 from arker.engine.net import Network
 from arker.engine.pool import Pool, check_name
 from arker.engine.pty import Pty
@@ -120,6 +121,8 @@ class NamespaceEngine(Engine):
         self._ids = userns.IdRanges()
         # What shows each VM its own size in /proc (lxcfs.py); None: off.
         self.lxcfs: Lxcfs | None = Lxcfs(self.data_dir) if lxcfs else None
+        if self.lxcfs is not None:
+            self.lxcfs.on_restart = self._reattach_lxcfs
 
     # -- lifecycle
     def open(self) -> None:
@@ -383,6 +386,20 @@ class NamespaceEngine(Engine):
                 self._kill(vm_id, "the vm could not get its network")
                 raise
         return init
+
+    def _reattach_lxcfs(self, mount: Path) -> None:
+        """lxcfs came back after dying: each running VM's files of the dead
+        daemon (ENOTCONN) are replaced by the new one's."""
+        for vm_id, init in list(self._live.items()):
+            if not init.alive():
+                continue
+            argv = [str(self._helper), "lxcfs-attach", str(init.pid), str(mount), *BOUND]
+            done = subprocess.run(argv, capture_output=True, timeout=30, check=False, env={})
+            if done.returncode != 0:
+                log.warning(
+                    "vm %s keeps the dead lxcfs's files: %s",
+                    vm_id, done.stderr.decode(errors="replace").strip(),
+                )  # fmt: skip
 
     def _id_base(self, vm_id: str, state: dict[str, Any]) -> int:
         """The VM's host id range, claimed again (after a reboot emptied /run,

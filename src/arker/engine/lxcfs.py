@@ -12,10 +12,11 @@ The daemon ends with the engine, even with one that was killed (its
 parent-death signal): a restarted engine kills every VM anyway. It is
 supervised: if it dies, the VMs keep running (their bound
 files answer ENOTCONN, as a dead FUSE mount does; VMs started after the
-restart see their size again), `state()` says "down" until it is back, and
+restart see their size again), `alive()` is False until it is back, and
 it is started again after a pause that doubles, up to a minute, while it keeps
-dying. Without the `lxcfs` program, VMs see the host's figures and the server
-says so once at start.
+dying. Once it is back, `on_restart` gives the running VMs its new files
+(`arkervm lxcfs-attach`, native/lxcfs.c). Without the `lxcfs` program, VMs
+see the host's figures and the server says so once at start.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["BOUND", "Lxcfs"]
@@ -67,6 +69,9 @@ class Lxcfs:
         self._watcher: threading.Thread | None = None
         self._lock = threading.RLock()
         self.restarts = 0
+        # Called (in the watcher thread) each time the daemon is back after
+        # dying: the engine gives its running VMs the new files.
+        self.on_restart: Callable[[Path], None] | None = None
 
     @property
     def available(self) -> bool:
@@ -158,6 +163,11 @@ class Lxcfs:
                     return
                 self._start()
             self._ready.set()
+            if self.restarts and self._up and self.on_restart is not None:
+                try:
+                    self.on_restart(self.mount)
+                except Exception:  # the daemon is fine; the VMs keep what they have
+                    log.exception("re-attaching lxcfs in running vms failed")
             proc = self._proc
             if proc is None:
                 return

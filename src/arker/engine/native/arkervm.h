@@ -33,6 +33,7 @@ int init_main(int argc, char **argv);
 /* userns.c */
 int enter_userns(const char *root, long long id_base);
 int probe_idmap_main(int argc, char **argv);
+int lxcfs_attach_main(int argc, char **argv);
 
 /* agent.c */
 extern int agent_oom_shielded; /* PID 1 runs with oom_score_adj -1000 */
