@@ -240,15 +240,18 @@ static void make_sys(const struct init_opts *o)
                      "size=0,mode=555");
     if (stat("sys/fs/cgroup", &st) < 0)
         return;
+    /* A pure v2 host: the VM's one cgroup is /sys/fs/cgroup itself. */
+    if (o->ncgviews == 1 && !strcmp(o->cg_names[0], ".")) {
+        if (move_mount(o->cg_fds[0], "", AT_FDCWD, "sys/fs/cgroup", MOVE_MOUNT_F_EMPTY_PATH) < 0)
+            fail("sys/fs/cgroup");
+        close(o->cg_fds[0]);
+        return;
+    }
     do_mount("tmpfs", "sys/fs/cgroup", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=64k,mode=755");
     char dst[PATH_MAX];
     for (int i = 0; i < o->ncgviews; i++) {
-        if (!strcmp(o->cg_names[i], "."))
-            snprintf(dst, sizeof dst, "sys/fs/cgroup");
-        else {
-            snprintf(dst, sizeof dst, "sys/fs/cgroup/%s", o->cg_names[i]);
-            ensure_dir(dst, 0555);
-        }
+        snprintf(dst, sizeof dst, "sys/fs/cgroup/%s", o->cg_names[i]);
+        ensure_dir(dst, 0555);
         if (move_mount(o->cg_fds[i], "", AT_FDCWD, dst, MOVE_MOUNT_F_EMPTY_PATH) < 0)
             fail(dst);
         close(o->cg_fds[i]);
