@@ -25,6 +25,9 @@ Measured, each next to its floor from the same run:
               event-on-client; floor: the stdin POST alone
   userns      fork and create on this server and on a third one started with
               --userns off, in turns: the cost of user namespaces
+  sizes       fork and create of VMs sized on request (SIZED: their own CPU
+              quota and cpuset, memory and pids limits) and of unsized ones
+              on this server, in turns: the cost of asking for a size
   deletes     N networked VMs deleted at once while another VM runs `true`
               again and again: that call's latency, over the same with
               nothing going on (deleting VMs must not block other calls)
@@ -82,6 +85,7 @@ NO_USERNS = ("--userns", "off")
 # 1000 idle VMs of 1 GiB limits each are 42 times this machine's memory (they
 # use ~2.5 MiB each): admission must let the delete crowd start.
 CROWD = ("--overcommit", "64")
+SIZED = {"cpu": 0.5, "memory_mib": 512, "pids": 256}
 
 
 def _say(message: str) -> None:
@@ -101,6 +105,7 @@ def measure(server: LocalServer, bare: LocalServer, plain: LocalServer, plan: Pl
     plain_fleet = scenarios.Fleet(
         Arker(plain.api_key, base_url=plain.base_url, retry=False, http_client=http)
     )
+    sized_fleet = scenarios.Fleet(arker, resources=SIZED)
     try:
         with floors.SnapshotFloor(server.data_dir) as snap:
             _say("floors: subprocess and HTTP")
@@ -132,12 +137,15 @@ def measure(server: LocalServer, bare: LocalServer, plain: LocalServer, plan: Pl
         side = scenarios.side_by_side(fleet, bare_fleet, plan.quota_rounds)
         _say(f"user namespace cost: {plan.quota_rounds} rounds, with and without")
         userns = scenarios.side_by_side(fleet, plain_fleet, plan.quota_rounds)
+        _say(f"sized VM cost: {plan.quota_rounds} rounds, sized {SIZED} and unsized")
+        sizes = scenarios.side_by_side(sized_fleet, fleet, plan.quota_rounds)
         _say(f"{plan.deleted_vms} networked VMs deleted while another VM runs `true`")
         deletes = crowd.delete_crowd(server.base_url, server.api_key, plan.deleted_vms)
     finally:
         fleet.delete_all_quietly()
         bare_fleet.delete_all_quietly()
         plain_fleet.delete_all_quietly()
+        sized_fleet.delete_all_quietly()
         http.close()
     return Results(
         fork_golden=fork_golden,
@@ -153,6 +161,7 @@ def measure(server: LocalServer, bare: LocalServer, plain: LocalServer, plan: Pl
         http_floor=http_floor,
         side=side,
         userns=userns,
+        sizes=sizes,
         deletes=deletes,
         stream=stream,
     )

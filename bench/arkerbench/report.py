@@ -64,6 +64,12 @@ def table(results: Results, goals: list[Goal]) -> str:
         f"{f['userns_cost_fork_ratio']:.2f}x, create {f['userns_cost_create_ratio']:.2f}x"
     )
     lines.append(
+        f"cost of a size asked on fork (sized / unsized, same server): fork "
+        f"{f['sized_cost_fork_ratio']:.2f}x ({_num(f['sized_fork_median_ms'], 'ms')}), "
+        f"create to first command {f['sized_cost_create_ratio']:.2f}x "
+        f"({_num(f['sized_create_median_ms'], 'ms')})"
+    )
+    lines.append(
         f"{d['deleted_vms']} networked VMs deleted, 64 at a time: wall "
         f"{_num(f['delete_crowd_wall_ms'], 'ms')}; another VM's `true` meanwhile "
         f"{f['delete_crowd_probe_ratio']:.2f}x its quiet median, slowest "

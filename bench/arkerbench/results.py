@@ -31,6 +31,7 @@ class Results:
     http_floor: Series
     side: SideBySide
     userns: SideBySide  # this server against one with --userns off
+    sizes: SideBySide  # sized VMs (SIZED) against unsized ones, same server
     deletes: DeleteCrowd
     stream: StreamLatency
 
@@ -73,6 +74,14 @@ class Results:
         # The cost of user namespaces: the same work with them over without.
         f["userns_cost_fork_ratio"] = u.fork_on.median_ms / u.fork_off.median_ms
         f["userns_cost_create_ratio"] = u.create_on.median_ms / u.create_off.median_ms
+        z = self.sizes
+        put("sized_fork", z.fork_on)
+        put("unsized_fork", z.fork_off)
+        put("sized_create", z.create_on)
+        put("unsized_create", z.create_off)
+        # The cost of asking for a size: a sized VM's fork and create over an unsized one's.
+        f["sized_cost_fork_ratio"] = z.fork_on.median_ms / z.fork_off.median_ms
+        f["sized_cost_create_ratio"] = z.create_on.median_ms / z.create_off.median_ms
         d = self.deletes
         put("probe_quiet", d.quiet)
         put("probe_during_deletes", d.busy)
@@ -121,6 +130,8 @@ class Results:
             "net_off_create": self.side.create_no_egress,
             "userns_off_fork": self.userns.fork_off,
             "userns_off_create": self.userns.create_off,
+            "sized_fork": self.sizes.fork_on,
+            "sized_create": self.sizes.create_on,
             "stream_echo": self.stream.echo,
             "floor_stdin_post": self.stream.post,
             "probe_quiet": self.deletes.quiet,

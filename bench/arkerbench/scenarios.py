@@ -39,15 +39,16 @@ class Fleet:
     """Every VM the bench made, so that all are deleted through the API,
     whatever fails."""
 
-    def __init__(self, arker: Arker) -> None:
+    def __init__(self, arker: Arker, resources: dict[str, object] | None = None) -> None:
         self.arker = arker
+        self.resources = resources  # what each fork asks for; None: the defaults
         self.live: dict[str, Computer] = {}
 
     def fork(
         self, source: str | Computer = GOLDEN, network: dict[str, object] | None = None
     ) -> Computer:
         handle = self.arker.vm(source) if isinstance(source, str) else source
-        vm = handle.fork(network=network)
+        vm = handle.fork(network=network, resources=self.resources)
         self.live[vm.vm_id] = vm
         return vm
 

@@ -186,11 +186,17 @@ class Health(BaseModel):
     )
     status: Literal["ok"]
     version: str
+    lxcfs: Annotated[
+        Literal["running", "down"] | None,
+        Field(
+            description="The engine's LXCFS daemon, which shows each VM its own size in /proc: `down` while it is dead (VMs keep running, and see the host's figures until it is back). Null or absent where the engine runs none."
+        ),
+    ] = None
 
 
 class Resources(BaseModel):
     """
-    What a VM may use. Omitted fields take the server's defaults.
+    What a VM may use. Omitted fields take the parent's (a fork of a VM) or the server's defaults (a fork of a golden).
     """
 
     model_config = ConfigDict(
@@ -201,6 +207,27 @@ class Resources(BaseModel):
         Field(
             description="The VM's disk quota in MiB: what it writes beyond its source's blocks. Up to the server's maximum (`--vm-disk-max-mib`).",
             ge=1,
+        ),
+    ] = None
+    cpu: Annotated[
+        float | None,
+        Field(
+            description="CPUs the VM may use: a CFS quota, and for a whole number a cpuset of that many of the host's CPUs, so `nproc` and `os.cpu_count()` inside agree. Up to the server's maximum (`--vm-max-cpu`).",
+            ge=0.25,
+        ),
+    ] = None
+    memory_mib: Annotated[
+        int | None,
+        Field(
+            description="The VM's memory limit in MiB (no swap); `free` and /proc/meminfo inside show it. Up to the server's maximum (`--vm-max-memory-mib`).",
+            ge=128,
+        ),
+    ] = None
+    pids: Annotated[
+        int | None,
+        Field(
+            description="How many processes and threads the VM may hold at once. Up to the server's maximum (`--vm-max-pids`).",
+            ge=16,
         ),
     ] = None
 
@@ -220,6 +247,24 @@ class VmResources(BaseModel):
             ge=1,
         ),
     ] = None
+    cpu: Annotated[
+        float | None,
+        Field(description="CPUs the VM may use (absent from older servers).", ge=0.25),
+    ] = None
+    memory_mib: Annotated[
+        int | None,
+        Field(
+            description="The VM's memory limit in MiB (absent from older servers).",
+            ge=1,
+        ),
+    ] = None
+    pids: Annotated[
+        int | None,
+        Field(
+            description="The most processes and threads the VM may hold (absent from older servers).",
+            ge=1,
+        ),
+    ] = None
 
 
 class RunWarning(BaseModel):
@@ -233,8 +278,8 @@ class RunWarning(BaseModel):
     code: Annotated[
         str,
         Field(
-            description="`pids_exhausted`: processes left behind keep the VM at its process limit; `restart` the VM to recover.",
-            examples=["pids_exhausted"],
+            description="`pids_exhausted`: processes left behind keep the VM at its process limit; `restart` the VM to recover. `oom_killed`: the kernel killed the command at the VM's memory limit, which the message names; fork with a larger `resources.memory_mib`.",
+            examples=["pids_exhausted", "oom_killed"],
         ),
     ]
     message: str

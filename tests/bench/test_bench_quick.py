@@ -57,6 +57,8 @@ def test_quick_bench_reports_every_figure(tmp_path: Path) -> None:
         "delete_crowd_probe_ratio",
         "userns_cost_fork_ratio",
         "userns_cost_create_ratio",
+        "sized_cost_fork_ratio",
+        "sized_cost_create_ratio",
     }
     assert expected <= figures.keys()
     for name, value in figures.items():

@@ -252,3 +252,24 @@ def test_restart_kills_what_runs_and_keeps_files(server: LocalServer, vm: str) -
     assert arker("run", vm, "--", "cat /home/user/f", env=server.env()).stdout == b"kept\n"
     doc = json.loads(invoke(server, "restart", vm, "--json").stdout)
     assert doc["vm_id"] == vm and doc["state"] == "running"
+
+
+def test_fork_takes_a_size(server: LocalServer) -> None:
+    proc = arker(
+        "fork", "busybox", "--cpu", "2", "--memory", "256", "--pids", "99", env=server.env()
+    )
+    assert proc.returncode == 0, proc.stderr
+    vm_id = proc.stdout.decode().strip()
+    try:
+        doc = json.loads(invoke(server, "get", vm_id, "--json").stdout)
+        assert {k: doc["resources"][k] for k in ("cpu", "memory_mib", "pids")} == {
+            "cpu": 2,
+            "memory_mib": 256,
+            "pids": 99,
+        }
+        ran = invoke(server, "run", vm_id, "--", "nproc; grep MemTotal /proc/meminfo")
+        assert ran.stdout.split()[:3] == ["2", "MemTotal:", str(256 * 1024)]
+        bad = arker("fork", "busybox", "--memory", "64", env=server.env())
+        assert bad.returncode == 1 and bad.stderr.startswith(b"error: invalid_request: ")
+    finally:
+        arker("rm", vm_id, env=server.env())

@@ -63,6 +63,16 @@ async def test_fork_sends_resources_only_when_set(arker: AsyncArker, server: Fak
     assert "resources" not in body(server.last)
 
 
+async def test_fork_sizes_are_resources_and_win_over_them(
+    arker: AsyncArker, server: FakeServer
+) -> None:
+    server.reply(ok(vm(), 201), ok(vm(), 201))
+    await arker.vm("debian").fork(cpu=2, memory_mib=2048)
+    assert body(server.last)["resources"] == {"cpu": 2, "memory_mib": 2048}
+    await arker.vm("debian").fork(resources={"disk_mib": 64, "cpu": 1}, cpu=0.5, pids=100)
+    assert body(server.last)["resources"] == {"disk_mib": 64, "cpu": 0.5, "pids": 100}
+
+
 async def test_normal_golden_forks_on_the_region_host(
     arker: AsyncArker, server: FakeServer
 ) -> None:

@@ -66,6 +66,14 @@ def test_fork_sends_resources_only_when_set(arker: Arker, server: FakeServer) ->
     assert "resources" not in body(server.last)
 
 
+def test_fork_sizes_are_resources_and_win_over_them(arker: Arker, server: FakeServer) -> None:
+    server.reply(ok(vm(), 201), ok(vm(), 201))
+    arker.vm("debian").fork(cpu=2, memory_mib=2048)
+    assert body(server.last)["resources"] == {"cpu": 2, "memory_mib": 2048}
+    arker.vm("debian").fork(resources={"disk_mib": 64, "cpu": 1}, cpu=0.5, pids=100)
+    assert body(server.last)["resources"] == {"disk_mib": 64, "cpu": 0.5, "pids": 100}
+
+
 def test_normal_golden_forks_on_the_region_host(arker: Arker, server: FakeServer) -> None:
     server.reply(ok(vm(name="hello"), 201), ok(completed(b"hi\n")))
     child = arker.vm("debian").fork(name="hello")

@@ -41,3 +41,41 @@ async def test_every_tool_has_a_description_and_an_arker_error_is_a_tool_error()
         assert "ttl_s" in fork.input_schema["properties"]
         result = await client.call_tool("vm_list", {})
         assert result.is_error and "unauthorized: no key" in result.content[0].text
+
+
+async def test_vm_fork_asks_for_a_size() -> None:
+    import json
+
+    import httpx
+
+    sent: list[dict[str, object]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        vm = {
+            "vm_id": "01KQH2ADR3DCAJF06N4R453WPJ", "name": None, "base_image": "debian",
+            "region": "local", "created_at": "2026-12-04T00:00:00Z", "parent_id": None,
+            "durable": False, "state": "stopped",
+            "resources": {"cpu": 2, "memory_mib": 2048, "pids": 512, "disk_mib": None},
+        }  # fmt: skip
+        return httpx.Response(201, json=vm)
+
+    @asynccontextmanager
+    async def clients(_: Context) -> AsyncIterator[AsyncArker]:
+        http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        async with AsyncArker(
+            api_key="ark_live_x", base_url="http://a.test", http_client=http
+        ) as a:
+            yield a
+
+    async with Client(build_server(clients)) as client:
+        tools = (await client.list_tools()).tools
+        props = next(t for t in tools if t.name == "vm_fork").input_schema["properties"]
+        assert {"cpu", "memory_mib", "pids"} <= props.keys()
+        result = await client.call_tool(
+            "vm_fork", {"source": "debian", "cpu": 2, "memory_mib": 2048}
+        )
+        assert not result.is_error, result.content
+        assert sent[-1]["resources"] == {"cpu": 2, "memory_mib": 2048}
+        await client.call_tool("vm_fork", {"source": "debian"})
+        assert "resources" not in sent[-1]

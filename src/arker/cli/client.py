@@ -69,6 +69,20 @@ def fork(
         int | None,
         typer.Option("--disk-mib", help="Disk quota in MiB; default: the parent's or server's."),
     ] = None,
+    cpu: Annotated[
+        float | None,
+        typer.Option("--cpu", help="CPUs (0.25 and up); default: the parent's or server's."),
+    ] = None,
+    memory: Annotated[
+        int | None,
+        typer.Option(
+            "--memory", metavar="MIB", help="Memory in MiB; default: the parent's or server's."
+        ),
+    ] = None,
+    pids: Annotated[
+        int | None,
+        typer.Option("--pids", help="Most processes at once; default: the parent's or server's."),
+    ] = None,
     no_egress: Annotated[
         bool,
         typer.Option("--no-egress", help="No network out (default: the parent's or server's)."),
@@ -117,7 +131,8 @@ def fork(
         "idle_stop_s": KEEP if idle_stop is None else seconds_arg(idle_stop, "--idle-stop"),
         "labels": labels_arg(label, "--label"),
     }
-    resources = {"disk_mib": disk_mib} if disk_mib is not None else None
+    sizes = {"disk_mib": disk_mib, "cpu": cpu, "memory_mib": memory, "pids": pids}
+    resources = {k: v for k, v in sizes.items() if v is not None} or None
     if no_egress and allow:
         fail("invalid_request", "--no-egress and --allow contradict each other")
     network: dict[str, Any] | None = None

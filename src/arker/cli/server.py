@@ -79,6 +79,20 @@ def serve(
     vm_disk_max_mib: Annotated[
         int, typer.Option(help="The largest disk quota a fork may ask for, in MiB.")
     ] = 102400,
+    vm_max_cpu: Annotated[
+        float | None,
+        typer.Option(help="The most CPUs a fork may ask for (default: the host's).", min=0.25),
+    ] = None,
+    vm_max_memory_mib: Annotated[
+        int | None,
+        typer.Option(
+            help="The largest memory limit a fork may ask for, in MiB (default: the host's).",
+            min=128,
+        ),
+    ] = None,
+    vm_max_pids: Annotated[
+        int, typer.Option(help="The most processes a fork may ask for.", min=16)
+    ] = 32768,
     pool_reserve_mib: Annotated[
         int, typer.Option(help="Refuse forks and runs below this much free pool space (MiB).")
     ] = 2048,
@@ -187,6 +201,9 @@ def serve(
         org_max_memory_mib=org_max_memory_mib,
         vm_disk_mib=vm_disk_mib or None,
         vm_disk_max_mib=vm_disk_max_mib,
+        vm_max_cpu=vm_max_cpu,
+        vm_max_memory_mib=vm_max_memory_mib,
+        vm_max_pids=vm_max_pids,
         pool_reserve_mib=pool_reserve_mib,
         stored_output_bytes=max(0, int(run_output_keep_mib * 1024 * 1024)),
         run_retention_s=_duration(run_retention),

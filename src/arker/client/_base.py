@@ -312,9 +312,14 @@ class ComputerBase(Generic[ArkerT]):
         ttl_s: Any = KEEP,
         idle_stop_s: Any = KEEP,
         labels: Mapping[str, str] | None = None,
+        sizes: Mapping[str, Any] | None = None,
     ) -> Request:
         if isinstance(resources, BaseModel):
             resources = resources.model_dump(exclude_none=True)
+        if sizes and any(v is not None for v in sizes.values()):  # the shorthands win
+            resources = {
+                **(resources or {}), **{k: v for k, v in sizes.items() if v is not None}
+            }  # fmt: skip
         if isinstance(network, BaseModel):
             network = network.model_dump()
         # Sent only when set; None is sent too (null: none, whatever the

@@ -331,18 +331,24 @@ class Computer(ComputerBase[Arker]):
         idle_stop_s: int | None = KEEP,
         labels: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
+        cpu: float | None = None,
+        memory_mib: int | None = None,
+        pids: int | None = None,
     ) -> Computer:
         """A copy-on-write copy of this golden or VM, pinned to the same endpoint.
-        `resources`, e.g. {"disk_mib": 2048} (or arker.Resources), and `network`,
-        e.g. {"egress": True, "allow": ["example.com"]} or {"egress": False}, override
-        what the fork would inherit; omitted, the parent's or the server's default.
+        `resources`, e.g. {"disk_mib": 2048, "cpu": 2} (or arker.Resources), and
+        `network`, e.g. {"egress": True, "allow": ["example.com"]} or {"egress": False},
+        override what the fork would inherit; omitted, the parent's or the server's
+        default. `cpu`, `memory_mib` and `pids` are shorthands for those resources:
+        the VM sees that size from inside (`nproc`, `free`, /proc, /sys/fs/cgroup).
         `ttl_s`: deleted that many seconds from now; `idle_stop_s`: stopped after
         that long with nothing to do (files kept); None for neither, left out for
         the server's default (never the parent's). `labels`: {key: value} to find
         it by with `list(label=...)`; a fork does not inherit them."""
         request = self._fork_request(
-            name, durable, idempotency_key, resources, network, ttl_s, idle_stop_s, labels
-        )
+            name, durable, idempotency_key, resources, network, ttl_s, idle_stop_s, labels,
+            sizes={"cpu": cpu, "memory_mib": memory_mib, "pids": pids},
+        )  # fmt: skip
         response = self._send(request)
         vm = decode_vm(response)
         return Computer(self._arker, vm.vm_id, self.endpoint, vm)

@@ -1,13 +1,18 @@
 """This engine's cgroups, on a v1 hybrid host or a pure v2 one.
 
     hybrid v1 (memory, pids, cpu limits; freeze and kill in the unified tree)
-      /sys/fs/cgroup/{memory,pids,cpu}/<root>/<vm>       limits, all of the VM
+      /sys/fs/cgroup/{memory,pids,cpu,cpuset}/<root>/<vm>  limits, all of the VM
       /sys/fs/cgroup/unified/<root>/<vm>/init            the VM's PID 1
       /sys/fs/cgroup/unified/<root>/<vm>/r-<run_id>      one run's process tree
       /sys/fs/cgroup/unified/<root>/<vm>/p-<pty_id>      one terminal's
     pure v2
       /sys/fs/cgroup/<root>/<vm>                         limits
       /sys/fs/cgroup/<root>/<vm>/{init,r-<run_id>,p-<pty_id>}  leaves
+
+A VM of N CPUs (N = its cpu rounded up) gets a cpuset of N of the host's
+CPUs, the least used by this engine's VMs first, beside its CFS quota: its
+affinity mask (`nproc`) then agrees with what LXCFS shows from the quota, and
+LXCFS reads both only when the cpuset cgroup has the cpu cgroup's path.
 
 `<root>` is named after the data directory, so engines on different data
 directories (parallel tests, several engineers) never touch each other's
@@ -54,6 +59,7 @@ class Cgroups:
         self.fs = fs
         # The host uid of root in each running VM's user namespace.
         self._owners: dict[str, int] = {}
+        self._cpus: dict[str, list[int]] = {}  # the cpuset of each running VM
         self.v2 = (fs / "cgroup.controllers").exists() and not (fs / "memory").is_dir()
         if self.v2:
             self.unified = fs / self.name
@@ -61,6 +67,8 @@ class Cgroups:
         else:
             self.unified = fs / "unified" / self.name
             self.limit_roots = {h: fs / h / self.name for h in ("memory", "pids", "cpu")}
+            if (fs / "cpuset" / "cpuset.cpus").exists():
+                self.limit_roots["cpuset"] = fs / "cpuset" / self.name
             if (
                 not (fs / "unified" / "cgroup.kill").exists()
                 and not (fs / "unified" / "cgroup.procs").exists()
@@ -95,6 +103,8 @@ class Cgroups:
             self.unified.mkdir(exist_ok=True)
             _enable_controllers(self.fs)
             _enable_controllers(self.unified)
+        elif "cpuset" in self.limit_roots:
+            _inherit_cpuset(self.limit_roots["cpuset"])
         for d in self._limit_dirs(vm_id):
             d.parent.mkdir(exist_ok=True)
             d.mkdir(exist_ok=True)
@@ -115,6 +125,8 @@ class Cgroups:
             _write(d / "memory.swap.max", "0", optional=True)
             _write(d / "pids.max", pids)
             _write(d / "cpu.max", f"{quota} {_CPU_PERIOD_US}")
+            if (d / "cpuset.cpus").exists():
+                _write(d / "cpuset.cpus", self._pick_cpus(vm_id, limits, d.parent))
             return
         m = self.limit_roots["memory"] / vm_id
         _write(m / "memory.limit_in_bytes", mem)
@@ -124,6 +136,40 @@ class Cgroups:
         c = self.limit_roots["cpu"] / vm_id
         _write(c / "cpu.cfs_period_us", str(_CPU_PERIOD_US))
         _write(c / "cpu.cfs_quota_us", str(quota))
+        if "cpuset" in self.limit_roots:
+            d = self.limit_roots["cpuset"] / vm_id
+            _write(d / "cpuset.mems", (d.parent / "cpuset.mems").read_text().strip())
+            _write(d / "cpuset.cpus", self._pick_cpus(vm_id, limits, d.parent))
+
+    def _pick_cpus(self, vm_id: str, limits: Limits, parent: Path) -> str:
+        """N CPUs of those `parent` has, the ones fewest of this engine's
+        running VMs hold first (a VM of 1 CPU next to another lands on the
+        other CPU), as a cpuset list."""
+        names = ("cpuset.effective_cpus", "cpuset.cpus.effective", "cpuset.cpus")  # v1, v2
+        have = _cpu_list(next(filter(None, (_read(parent / n) for n in names)), ""))
+        have = have or list(range(os.cpu_count() or 1))
+        want = max(1, min(len(have), math.ceil(limits.cpu_cores)))
+        use = dict.fromkeys(have, 0)
+        for held in self._cpus.values():
+            for cpu in held:
+                if cpu in use:
+                    use[cpu] += 1
+        picked = sorted(sorted(have, key=lambda c: (use[c], c))[:want])
+        self._cpus[vm_id] = picked
+        return ",".join(map(str, picked))
+
+    def cpus(self, vm_id: str) -> list[int] | None:
+        """The CPUs of the VM's cpuset, or None when it has none (stopped)."""
+        return self._cpus.get(vm_id)
+
+    def views(self, vm_id: str) -> list[tuple[str, str]]:
+        """(name under the VM's /sys/fs/cgroup, host directory) of the VM's
+        own cgroups, which it sees read-only: its memory.limit_in_bytes,
+        cpu.cfs_quota_us, cpuset.cpus, pids.max (memory.max, cpu.max on v2)."""
+        if self.v2:
+            return [(".", str(self.unified / vm_id))]
+        views = [(h, str(root / vm_id)) for h, root in self.limit_roots.items()]
+        return [*views, ("unified", str(self.unified / vm_id))]
 
     def create_run(self, vm_id: str, run_id: str) -> RunCgroup:
         # Strings, not Paths: this is on every run's path.
@@ -172,6 +218,12 @@ class Cgroups:
         name = "memory.current" if self.v2 else "memory.usage_in_bytes"
         return int((self.limit_roots["memory"] / vm_id / name).read_text())
 
+    def memory_limit(self, vm_id: str) -> int | None:
+        """The VM's memory limit in bytes, or None (no limit, or stopped)."""
+        name = "memory.max" if self.v2 else "memory.limit_in_bytes"
+        value = _read(self.limit_roots["memory"] / vm_id / name)
+        return int(value) if value.isdigit() else None
+
     def pids_hits(self, vm_id: str) -> int:
         """How many forks the VM's pids limit has refused (one read: it is on
         every run's start)."""
@@ -213,6 +265,7 @@ class Cgroups:
         cgroups (leaves first). Missing cgroups are fine."""
         top = self.unified / vm_id
         self._owners.pop(vm_id, None)
+        self._cpus.pop(vm_id, None)
         _kill(top)
         if not self.v2:
             for d in self._limit_dirs(vm_id):
@@ -249,9 +302,35 @@ def _write(path: Path, value: str, optional: bool = False) -> None:
         raise ArkerError(ErrorCode.INTERNAL, f"cannot write {value!r} to {path}: {exc}") from exc
 
 
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def _cpu_list(text: str) -> list[int]:
+    """`0-3,8` as [0, 1, 2, 3, 8]."""
+    cpus: list[int] = []
+    for part in filter(None, text.split(",")):
+        first, _, last = part.partition("-")
+        cpus.extend(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def _inherit_cpuset(root: Path) -> None:
+    """A v1 cpuset cgroup starts with no CPUs and no memory nodes, and takes
+    no process until given some: the engine's root gets all its parent's."""
+    root.mkdir(exist_ok=True)
+    for name in ("cpuset.cpus", "cpuset.mems"):
+        if not _read(root / name):
+            _write(root / name, _read(root.parent / name))
+
+
 def _enable_controllers(d: Path) -> None:
     have = (d / "cgroup.subtree_control").read_text().split()
-    want = [c for c in ("memory", "pids", "cpu") if c not in have]
+    optional = [] if "cpuset" in _read(d / "cgroup.controllers").split() else ["cpuset"]
+    want = [c for c in ("memory", "pids", "cpu", "cpuset") if c not in have + optional]
     if want:
         _write(d / "cgroup.subtree_control", " ".join(f"+{c}" for c in want))
 

@@ -121,9 +121,10 @@ def build_debian(
     suite: str = "bookworm",
     mirror: str | None = None,
 ) -> GoldenInfo:
-    """The `debian` golden: `suite` minbase plus bash, coreutils, python3 (with
-    pip and venv, so an agent can install packages into a venv),
-    ca-certificates and a `user` account (uid 1000, /home/user, bash).
+    """The `debian` golden: `suite` minbase plus bash, coreutils, procps (`free`,
+    `ps`, which read the VM's own size from its /proc), python3 (with pip and
+    venv, so an agent can install packages into a venv), ca-certificates and a
+    `user` account (uid 1000, /home/user, bash).
 
     Takes tens of seconds to minutes (downloads ~50 MB). With no `mirror`,
     mmdebstrap uses deb.debian.org with the suite's -updates and -security:
@@ -143,7 +144,8 @@ def _debian(progress: Progress | None, suite: str, mirror: str | None) -> tuple[
             "--mode=root",
             "--format=directory",
             "--variant=minbase",
-            "--include=bash,coreutils,python3,python3-pip,python3-venv,ca-certificates,passwd",
+            "--include=bash,coreutils,procps,python3,python3-pip,python3-venv,"
+            "ca-certificates,passwd",
             '--customize-hook=chroot "$1" groupadd -g 1000 user',
             '--customize-hook=chroot "$1" useradd -m -u 1000 -g 1000 -d /home/user '
             "-s /bin/bash user",

@@ -27,6 +27,7 @@ import re
 import secrets
 import shutil
 import socket
+import subprocess
 import threading
 from dataclasses import asdict
 from pathlib import Path
@@ -54,6 +55,7 @@ from arker.engine.base import (
 )
 from arker.engine.egress.policy import Policy, parse_allow
 from arker.engine.egress.services import EgressServices
+from arker.engine.lxcfs import BOUND, Lxcfs
 from arker.engine.net import Network
 from arker.engine.pool import Pool, check_name
 from arker.engine.pty import Pty
@@ -94,6 +96,7 @@ class NamespaceEngine(Engine):
         pool_reserve_bytes: int = 0,
         networking: bool = True,  # False: every VM has loopback only
         user_namespaces: bool = True,  # False: root in a VM is host root, as before
+        lxcfs: bool = True,  # False: VMs see the host's cpus and memory in /proc
     ) -> None:
         self.data_dir = Path(data_dir)
         self.default_limits = default_limits
@@ -116,6 +119,10 @@ class NamespaceEngine(Engine):
         self._want_userns = user_namespaces
         self.userns = False  # set by open(): wanted, and this kernel can idmap the pool
         self._ids = userns.IdRanges()
+        # What shows each VM its own size in /proc (lxcfs.py); None: off.
+        self.lxcfs: Lxcfs | None = Lxcfs(self.data_dir) if lxcfs else None
+        if self.lxcfs is not None:
+            self.lxcfs.on_restart = self._reattach_lxcfs
 
     # -- lifecycle
     def open(self) -> None:
@@ -128,10 +135,14 @@ class NamespaceEngine(Engine):
             self._runner = Runner(self.cgroups)
             self._open_userns()
             self._reconcile()
+            if self.lxcfs is not None:
+                self.lxcfs.open()
             if self._networking:
                 self._open_network()
         except BaseException:
             self._close_network()
+            if self.lxcfs is not None:
+                self.lxcfs.close()
             self.pool.close()
             raise
 
@@ -173,6 +184,8 @@ class NamespaceEngine(Engine):
                 self.stop(vm_id)
             self.cgroups.remove_all()
             self._runner = None
+        if self.lxcfs is not None:
+            self.lxcfs.close()  # after the VMs: they read its files to the end
         self._close_network()
         self.pool.close()
 
@@ -375,6 +388,7 @@ class NamespaceEngine(Engine):
             tmp_size_bytes=self.tmp_size_bytes,
             disk=self._disk(vm_id, state),  # the state just loaded, not read again
             id_base=id_base,
+            lxcfs=self.lxcfs.root() if self.lxcfs is not None else None,
         )
         self._save(vm_id, {**state, "init": [init.pid, init.start_time]})
         self._live[vm_id] = init
@@ -386,6 +400,20 @@ class NamespaceEngine(Engine):
                 self._kill(vm_id, "the vm could not get its network")
                 raise
         return init
+
+    def _reattach_lxcfs(self, mount: Path) -> None:
+        """lxcfs came back after dying: each running VM's files of the dead
+        daemon (ENOTCONN) are replaced by the new one's."""
+        for vm_id, init in list(self._live.items()):
+            if not init.alive():
+                continue
+            argv = [str(self._helper), "lxcfs-attach", str(init.pid), str(mount), *BOUND]
+            done = subprocess.run(argv, capture_output=True, timeout=30, check=False, env={})
+            if done.returncode != 0:
+                log.warning(
+                    "vm %s keeps the dead lxcfs's files: %s",
+                    vm_id, done.stderr.decode(errors="replace").strip(),
+                )  # fmt: skip
 
     def _id_base(self, vm_id: str, state: dict[str, Any]) -> int:
         """The VM's host id range, claimed again (after a reboot emptied /run,

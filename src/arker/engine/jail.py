@@ -20,6 +20,7 @@ from pathlib import Path
 
 from arker.engine._cgroups import Cgroups
 from arker.engine.base import Limits
+from arker.engine.lxcfs import BOUND
 from arker.errors import ArkerError, ErrorCode
 
 __all__ = ["InitProcess", "proc_start_time", "start_vm", "stop_vm", "tmp_bytes_for"]
@@ -74,12 +75,14 @@ def start_vm(
     tmp_size_bytes: int | None = None,
     disk: tuple[int, str] | None = None,
     id_base: int | None = None,
+    lxcfs: Path | None = None,
 ) -> InitProcess:
     """Start the VM's PID 1 rooted at `root`; return once its mounts are up.
     With `disk` (its quota in bytes, the host file holding the bytes charged
     to it), statfs in the VM answers with the VM's own size. With `id_base`
     the VM runs in a user namespace whose ids 0-65535 are host ids
-    id_base.. (native/userns.c), its root an idmapped mount."""
+    id_base.. (native/userns.c), its root an idmapped mount. With `lxcfs`
+    (the mount of lxcfs.py) its /proc shows its own cgroups' limits."""
     cgroups.remove_vm(vm_id)  # whatever an earlier life of this VM left
     procs = cgroups.create_vm(vm_id, limits, owner=id_base)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -88,10 +91,16 @@ def start_vm(
     cmd += ["--agent-fd", str(theirs.fileno())]
     for p in procs:
         cmd += ["--cgroup-procs", p]
+    for name, path in cgroups.views(vm_id):
+        cmd += ["--cgroup-view", f"{name}={path}"]
     if disk is not None:
         cmd += ["--disk-limit", str(disk[0]), "--disk-usage", disk[1]]
     if id_base is not None:
         cmd += ["--id-base", str(id_base)]
+    if lxcfs is not None:
+        cmd += ["--lxcfs", str(lxcfs)]
+        for name in BOUND:
+            cmd += ["--lxcfs-file", name]
     try:
         # The launcher prints PID 1's host pid and exits; PID 1 itself is
         # reparented away from us, so it outlives this server.

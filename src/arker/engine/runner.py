@@ -301,8 +301,21 @@ class Runner:
         else:
             phase = RunPhase.COMPLETED
         if run.warnings is None:
-            run.warnings = self._pids_warnings(vm_id, run)
+            run.warnings = self._pids_warnings(vm_id, run) + self._oom_warnings(vm_id, result)
         return _info(run, phase, result["finished_at"], result)
+
+    def _oom_warnings(self, vm_id: str, result: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+        """`oom_killed`, naming the limit: the exit code alone (137) reads as
+        any SIGKILL, and a program sized for the host never says why."""
+        if not result.get("oom_killed"):
+            return ()
+        limit = self.cgroups.memory_limit(vm_id)
+        size = f" of {limit // 2**20} MiB" if limit is not None else ""
+        msg = (
+            f"the kernel killed the command: it went past the vm's memory limit{size}; "
+            "fork with a larger resources.memory_mib for more"
+        )
+        return (("oom_killed", msg),)
 
     def _pids_warnings(self, vm_id: str, run: _Run) -> tuple[tuple[str, str], ...]:
         """`pids_exhausted` when the run ends with the VM's process table

@@ -140,6 +140,18 @@ def build_server(clients: Clients) -> MCPServer:
                 "branch does not linger). Omitted: the server's default.",
             ),
         ] = None,
+        cpu: Annotated[
+            float | None,
+            Field(description="CPUs (0.25 and up). Omitted: the source's.", ge=0.25),
+        ] = None,
+        memory_mib: Annotated[
+            int | None,
+            Field(description="Memory limit in MiB (128 and up). Omitted: the source's.", ge=128),
+        ] = None,
+        pids: Annotated[
+            int | None,
+            Field(description="Most processes at once. Omitted: the source's.", ge=16),
+        ] = None,
     ) -> dict[str, Any]:
         """Fork a new VM, in constant time, from a golden image or from another VM.
         A fork of a VM has all its files as they are now (not its running processes):
@@ -148,12 +160,15 @@ def build_server(clients: Clients) -> MCPServer:
         network: dict[str, Any] | None = None
         if egress is not None or allow is not None:
             network = {"egress": True if egress is None else egress, "allow": allow}
+        asked = {"cpu": cpu, "memory_mib": memory_mib, "pids": pids}
+        resources = {k: v for k, v in asked.items() if v is not None} or None
         async with clients(ctx) as arker:
-            handle = arker.vm(source)
-            if ttl_s is None:  # sent only when set: the server's default applies
-                vm = await handle.fork(name=name, network=network)
-            else:
-                vm = await handle.fork(name=name, network=network, ttl_s=ttl_s)
+            extra: dict[str, Any] = {}
+            if ttl_s is not None:  # sent only when set: the server's default applies
+                extra["ttl_s"] = ttl_s
+            vm = await arker.vm(source).fork(
+                name=name, network=network, resources=resources, **extra
+            )
             assert vm.info is not None
             return _vm_dict(vm.info)
 

@@ -32,6 +32,11 @@ class Settings:
     org_max_memory_mib: int | None = None
     vm_disk_mib: int | None = 10240  # a new VM's disk quota; None: no quota
     vm_disk_max_mib: int = 102400  # the largest quota a fork may ask for
+    # The largest size a fork may ask for (resources.cpu, memory_mib, pids);
+    # None: the host's CPUs, the host's memory.
+    vm_max_cpu: float | None = None
+    vm_max_memory_mib: int | None = None
+    vm_max_pids: int = 32768
     # Forks and runs get insufficient_storage below this much free pool space:
     # a fixed amount rather than a percentage, since what btrfs needs to keep
     # working (metadata for a commit, deletes) does not grow with the disk.

@@ -65,8 +65,8 @@ def _json(model: BaseModel, status: int = 200) -> Response:
 
 
 @router.get("/healthz")
-async def health() -> Response:
-    return _json(t.Health(status="ok", version=__version__))
+async def health(svc: Svc) -> Response:
+    return _json(t.Health(status="ok", version=__version__, lxcfs=svc.lxcfs_state()))
 
 
 async def _admin(request: Request) -> str:

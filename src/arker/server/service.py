@@ -11,7 +11,6 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from dataclasses import replace
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import ValidationError
@@ -24,7 +23,7 @@ from arker._paths import check_path
 from arker.engine.base import Engine, GoldenInfo, Limits, NetworkPolicy, VmPower
 from arker.engine.egress.policy import AllowEntryError, parse_allow
 from arker.errors import ArkerError, ErrorCode
-from arker.server import uploads, wire
+from arker.server import sizes, uploads, wire
 from arker.server.batches import Batcher
 from arker.server.config import Settings
 from arker.server.fs import Fs
@@ -37,6 +36,7 @@ from arker.server.retention import Retention
 from arker.server.run_control import RunControl, Window
 from arker.server.runs import Runs
 from arker.server.runspec import request_hash
+from arker.server.sizes import host_memory_bytes
 from arker.server.store import Database, Upload, Vm
 from arker.server.store import Run as RunRow
 from arker.server.threads import Threads
@@ -54,12 +54,6 @@ VM_CACHE_S = 2.0
 MIB = 1024 * 1024
 MAX_LABEL_FILTERS = 64
 VM_STATES = ("running", "stopped", "lost")
-
-
-def vm_memory_bytes(row: Vm | None = None) -> int:
-    """The memory limit a VM holds (or a new one will): what admission counts.
-    Every VM has the engine's default limit for now."""
-    return Limits().memory_bytes
 
 
 def checked_network(egress: bool, allow: list[str] | None) -> NetworkPolicy:
@@ -100,14 +94,6 @@ def label_filter(text: str) -> tuple[str, str]:
     return key, value
 
 
-def host_memory_bytes() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    raise ArkerError(ErrorCode.INTERNAL, "no MemTotal in /proc/meminfo")
-
-
 _INSERT_VM = insert(Vm)  # built once, as the run path's statements are
 _MARK_DELETED = (
     update(Vm)
@@ -146,11 +132,12 @@ class Service:
         # lock makes each check-and-reserve one step, so concurrent forks
         # cannot all pass on the same count.
         self._admit_lock = asyncio.Lock()
-        self._pending: dict[str, int] = {}
-        # vm_id -> org of every live VM (neither deleted nor lost), for
-        # admission: read once at start, then kept by fork and delete, the
-        # only writers of a VM's liveness (a query per fork cost 2 ms).
-        self._live: dict[str, str] = {}
+        self._pending: dict[str, list[int]] = {}  # the memory limits they asked for
+        # vm_id -> (org, memory limit in bytes) of every live VM (neither
+        # deleted nor lost), for admission: read once at start, then kept by
+        # fork and delete, the only writers of a VM's liveness (a query per
+        # fork cost 2 ms).
+        self._live: dict[str, tuple[str, int]] = {}
         self._host_memory = settings.host_memory_bytes or host_memory_bytes()
         self._deletes: Batcher[str] = Batcher(self._record_deletes)
         self.fs = Fs(settings, engine, self.threads, self._usable_vm)
@@ -219,7 +206,7 @@ class Service:
             log.warning("vm %s was deleted but its storage is here: freeing it", vm_id)
             await self.threads.call(self.engine.delete, vm_id)
         self._vms.clear()
-        self._live = {row.id: row.org for row in rows if not row.lost}
+        self._live = {row.id: (row.org, sizes.memory_bytes(row)) for row in rows if not row.lost}
 
     # -- activity (see lifecycle.py)
     def touch(self, vm_id: str) -> None:
@@ -386,10 +373,10 @@ class Service:
 
     async def fork(self, org: str, source: str, req: t.ForkRequest, idem_key: str | None) -> t.Vm:
         durable = bool(req.durable)
-        asked_mib = req.resources.disk_mib if req.resources is not None else None
+        asked_sizes = sizes.asked(req.resources)
         fields: dict[str, object] = {"source": source, "name": req.name, "durable": durable}
-        if asked_mib is not None:  # only when set: keys made before resources stay valid
-            fields["resources"] = {"disk_mib": asked_mib}
+        if asked_sizes:  # only when set: keys made before resources stay valid
+            fields["resources"] = asked_sizes
         asked_network = None
         if req.network is not None:  # likewise
             asked_network = checked_network(req.network.egress, req.network.allow)
@@ -398,12 +385,7 @@ class Service:
             if name in req.model_fields_set:
                 fields[name] = getattr(req, name)
         digest = request_hash(fields)
-        if asked_mib is not None and asked_mib > self.settings.vm_disk_max_mib:
-            raise ArkerError(
-                ErrorCode.INVALID_REQUEST,
-                f"resources.disk_mib {asked_mib} is above this server's maximum of "
-                f"{self.settings.vm_disk_max_mib}",
-            )
+        sizes.check(asked_sizes, self.settings, self._host_memory)
         if idem_key is not None:
             found = await self._fork_replay(org, idem_key, digest)
             if found is not None:
@@ -432,16 +414,8 @@ class Service:
             else:
                 raise ArkerError(ErrorCode.NOT_FOUND, f"no golden or vm named {source!r}")
 
-        # A fork of a VM inherits its parent's quota unless the request says otherwise.
-        if asked_mib is not None:
-            disk_mib: int | None = asked_mib
-        elif parent is not None:
-            disk_mib = parent.disk_mib
-        else:
-            disk_mib = self.settings.vm_disk_mib
-        limits = replace(
-            self.engine_default_limits(), disk_bytes=None if disk_mib is None else disk_mib * 2**20
-        )
+        # A fork of a VM inherits its parent's size unless the request says otherwise.
+        limits = sizes.limits(asked_sizes, parent, self.settings, self.engine_default_limits())
         # And its network policy, likewise; from a golden, the server's default.
         if asked_network is not None:
             network = asked_network
@@ -450,7 +424,7 @@ class Service:
         else:
             network = NetworkPolicy(egress=self.settings.egress)
         await self.threads.call(self.engine.check_storage)
-        async with self._admitted(org):
+        async with self._admitted(org, limits.memory_bytes):
             return await self._fork(
                 org,
                 engine_source,
@@ -477,7 +451,6 @@ class Service:
         limits: Limits,
         network: NetworkPolicy,
     ) -> t.Vm:
-        disk_mib = None if limits.disk_bytes is None else limits.disk_bytes // 2**20
         vm_id = str(ULID())
         if self.settings.burst_suffix:
             vm_id = f"{vm_id}_{self.settings.burst_suffix}"
@@ -500,7 +473,7 @@ class Service:
             "created_at": now,
             "idem_key": idem_key,
             "idem_hash": digest if idem_key else None,
-            "disk_mib": disk_mib,
+            **sizes.row_values(limits),
             "network": wire.network_json(network),
             "expires_at": None if ttl_s is None else now + ttl_s,
             "idle_stop_s": idle_stop_s,
@@ -523,7 +496,7 @@ class Service:
                 raise
             # Here, not after the await: a fork whose caller went away is
             # recorded all the same, and admission must count it.
-            self._live[vm_id] = org
+            self._live[vm_id] = (org, limits.memory_bytes)
             self.metrics.forks.inc()
 
         try:
@@ -538,16 +511,17 @@ class Service:
         return wire.vm(row, self.settings.region, VmPower.STOPPED, self._host(row.id))
 
     @contextlib.asynccontextmanager
-    async def _admitted(self, org: str) -> AsyncIterator[None]:
-        """Reserve room for one more VM of `org`, or raise quota_exceeded; the
-        reservation lasts until the fork is recorded (or failed)."""
+    async def _admitted(self, org: str, requested: int) -> AsyncIterator[None]:
+        """Reserve room for one more VM of `org` with a memory limit of
+        `requested` bytes, or raise quota_exceeded; the reservation lasts
+        until the fork is recorded (or failed)."""
         async with self._admit_lock:
-            self._check_admission(org, vm_memory_bytes())
-            self._pending[org] = self._pending.get(org, 0) + 1
+            self._check_admission(org, requested)
+            self._pending.setdefault(org, []).append(requested)
         try:
             yield
         finally:
-            self._pending[org] -= 1
+            self._pending[org].remove(requested)
             if not self._pending[org]:
                 del self._pending[org]
 
@@ -555,12 +529,12 @@ class Service:
         """The host never promises more memory than `overcommit` times its own,
         and an org stays within its quotas. Live VMs are all the VMs neither
         deleted nor lost: a stopped one starts again on its next run."""
-        host_vms = len(self._live) + sum(self._pending.values())
-        org_vms = self._pending.get(org, 0)
+        pending = self._pending.get(org, [])
+        org_vms, org_bytes = len(pending), sum(pending)
         if self.settings.org_max_vms is not None or self.settings.org_max_memory_mib is not None:
-            org_vms += sum(1 for o in self._live.values() if o == org)
-        # Every VM holds the same limit for now (vm_memory_bytes): a count is the sum.
-        per_vm = vm_memory_bytes()
+            for o, held in self._live.values():
+                if o == org:
+                    org_vms, org_bytes = org_vms + 1, org_bytes + held
         limits = self.settings
         if limits.org_max_vms is not None and org_vms + 1 > limits.org_max_vms:
             raise _quota(
@@ -571,7 +545,7 @@ class Service:
                 requested=1,
             )
         if limits.org_max_memory_mib is not None:
-            current_mib = org_vms * per_vm // MIB
+            current_mib = org_bytes // MIB
             if current_mib + requested // MIB > limits.org_max_memory_mib:
                 raise _quota(
                     f"org {org!r} holds {current_mib} MiB of vm memory, "
@@ -582,7 +556,10 @@ class Service:
                     requested=requested // MIB,
                 )
         host_max_mib = int(limits.overcommit * self._host_memory) // MIB
-        host_mib = host_vms * per_vm // MIB
+        host_mib = (
+            sum(held for _, held in self._live.values())
+            + sum(sum(p) for p in self._pending.values())
+        ) // MIB
         if host_mib + requested // MIB > host_max_mib:
             raise _quota(
                 f"this host has promised {host_mib} MiB of vm memory, "
@@ -592,6 +569,14 @@ class Service:
                 current=host_mib,
                 requested=requested // MIB,
             )
+
+    def lxcfs_state(self) -> Literal["running", "down"] | None:
+        """The engine's LXCFS daemon (engine/lxcfs.py), for /healthz; None where
+        the engine runs none (a cluster's router, an engine without lxcfs)."""
+        lxcfs = getattr(self.engine, "lxcfs", None)
+        if lxcfs is None or not lxcfs.available:
+            return None
+        return "running" if lxcfs.alive() else "down"
 
     def engine_default_limits(self) -> Limits:
         return getattr(self.engine, "default_limits", None) or Limits()

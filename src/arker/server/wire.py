@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from arker import _types as t
 from arker.engine.base import GoldenInfo, NetworkPolicy, OutputChunk, RunInfo, VmPower
+from arker.server import sizes
 from arker.server.store import Run, Vm
 
 __all__ = [
@@ -74,7 +75,7 @@ def vm(row: Vm, region: str, power: VmPower | None, host: str | None = None) -> 
         parent_id=row.parent_id,
         durable=row.durable,
         state=state,
-        resources=t.VmResources(disk_mib=row.disk_mib),
+        resources=sizes.reported(row),
         network=network(stored_network(row)),
         expires_at=_opt_ts(row.expires_at),
         idle_stop_s=row.idle_stop_s,

@@ -15,6 +15,7 @@
 #include <sys/types.h>
 
 #define MAX_CGROUPS 8
+#define MAX_LXCFS_FILES 16
 
 /* util.c */
 extern int g_argc;
@@ -32,6 +33,7 @@ int init_main(int argc, char **argv);
 /* userns.c */
 int enter_userns(const char *root, long long id_base);
 int probe_idmap_main(int argc, char **argv);
+int lxcfs_attach_main(int argc, char **argv);
 
 /* agent.c */
 extern int agent_oom_shielded; /* PID 1 runs with oom_score_adj -1000 */

@@ -9,6 +9,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <net/if.h>
 #include <sched.h>
 #include <signal.h>
@@ -37,6 +38,16 @@ struct init_opts {
     const char *disk_usage; /* the host file with the bytes it charged */
     long long id_base;      /* host uid/gid of the VM's 0, -1 = no user namespace */
     int tree_fd;            /* the idmapped clone of the VM's root (userns.c) */
+    const char *lxcfs;      /* the engine's lxcfs mount (engine/lxcfs.py), or NULL */
+    const char *lxcfs_files[MAX_LXCFS_FILES]; /* what of it to bind, same path here */
+    int lxcfs_fds[MAX_LXCFS_FILES]; /* their read-only clones; -1: not answering */
+    int nlxcfs;
+    /* The VM's own cgroup directories, shown read-only under /sys/fs/cgroup
+     * as NAME ("." for /sys/fs/cgroup itself, on a pure v2 host). */
+    const char *cg_names[MAX_CGROUPS];
+    const char *cg_paths[MAX_CGROUPS];
+    int cg_fds[MAX_CGROUPS];
+    int ncgviews;
 };
 
 /* The child reports failures through this pipe; the launcher relays them. */
@@ -167,6 +178,105 @@ static void make_proc(void)
     closedir(dir);
 }
 
+/* Read-only clones of lxcfs's files, made by the launcher as host root:
+ * the VM's root, in its user namespace, may not search the path to the
+ * engine's data dir. Best effort: a file that does not answer (lxcfs just
+ * died) keeps the kernel's own, and the VM starts all the same. */
+static void clone_lxcfs(struct init_opts *o)
+{
+    char src[PATH_MAX];
+    struct mount_attr attr = {
+        .attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+    };
+    for (int i = 0; i < o->nlxcfs; i++) {
+        snprintf(src, sizeof src, "%s/%s", o->lxcfs, o->lxcfs_files[i]);
+        int fd = open_tree(AT_FDCWD, src, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+        if (fd >= 0 && mount_setattr(fd, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0) {
+            close(fd);
+            fd = -1;
+        }
+        o->lxcfs_fds[i] = fd;
+    }
+}
+
+/* Read-only clones of the VM's cgroup directories, made as host root (the
+ * VM's root may not walk there). A clone of a cgroup directory shows that
+ * cgroup alone: its limits, its counters, none of its siblings. */
+static void clone_cgroup_views(struct init_opts *o)
+{
+    struct mount_attr attr = {
+        .attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+    };
+    for (int i = 0; i < o->ncgviews; i++) {
+        int fd = open_tree(AT_FDCWD, o->cg_paths[i], OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+        if (fd < 0)
+            die("open_tree %s", o->cg_paths[i]);
+        if (mount_setattr(fd, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0)
+            die("mount_setattr %s", o->cg_paths[i]);
+        o->cg_fds[i] = fd;
+    }
+}
+
+/* What of sysfs a VM must not read at all (runc masks the same): firmware
+ * tables, the kernel's debug and tracing interfaces, and powercap, whose
+ * energy counters are a side channel on other tenants. */
+static const char *sys_masked[] = {
+    "sys/firmware", "sys/kernel/debug", "sys/kernel/tracing", "sys/kernel/security",
+    "sys/devices/virtual/powercap",
+};
+
+/* A read-only sysfs (mounted before pivot_root: the kernel refuses a new
+ * sysfs where none is visible, and its net entries are the VM's own
+ * namespace's), the masked parts hidden, and /sys/fs/cgroup a read-only
+ * tmpfs holding only the VM's own cgroup directories. */
+static void make_sys(const struct init_opts *o)
+{
+    struct stat st;
+    ensure_dir("sys", 0555);
+    do_mount("sysfs", "sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    for (size_t i = 0; i < sizeof sys_masked / sizeof sys_masked[0]; i++)
+        if (stat(sys_masked[i], &st) == 0 && S_ISDIR(st.st_mode))
+            do_mount("tmpfs", sys_masked[i], "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                     "size=0,mode=555");
+    if (stat("sys/fs/cgroup", &st) < 0)
+        return;
+    /* A pure v2 host: the VM's one cgroup is /sys/fs/cgroup itself. */
+    if (o->ncgviews == 1 && !strcmp(o->cg_names[0], ".")) {
+        if (move_mount(o->cg_fds[0], "", AT_FDCWD, "sys/fs/cgroup", MOVE_MOUNT_F_EMPTY_PATH) < 0)
+            fail("sys/fs/cgroup");
+        close(o->cg_fds[0]);
+        return;
+    }
+    do_mount("tmpfs", "sys/fs/cgroup", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=64k,mode=755");
+    char dst[PATH_MAX];
+    for (int i = 0; i < o->ncgviews; i++) {
+        snprintf(dst, sizeof dst, "sys/fs/cgroup/%s", o->cg_names[i]);
+        ensure_dir(dst, 0555);
+        if (move_mount(o->cg_fds[i], "", AT_FDCWD, dst, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+            fail(dst);
+        close(o->cg_fds[i]);
+    }
+    /* The tmpfs itself read-only too (its mounts stay as they are). */
+    do_mount(NULL, "sys/fs/cgroup", NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+             "size=64k,mode=755");
+}
+
+/* ... each over the same path of the VM's root, where that is a file
+ * (/sys/... only once sysfs is there). */
+static void bind_lxcfs(const struct init_opts *o)
+{
+    struct stat st;
+    for (int i = 0; i < o->nlxcfs; i++) {
+        int fd = o->lxcfs_fds[i];
+        if (fd < 0)
+            continue;
+        const char *rel = o->lxcfs_files[i];
+        if (stat(rel, &st) == 0 && S_ISREG(st.st_mode))
+            move_mount(fd, "", AT_FDCWD, rel, MOVE_MOUNT_F_EMPTY_PATH);
+        close(fd);
+    }
+}
+
 static void loopback_up(void)
 {
     int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
@@ -204,6 +314,9 @@ static void __attribute__((noreturn)) vm_init(const struct init_opts *o)
             fail("chdir root");
     } /* else the launcher left us in the idmapped root, a mount already */
     make_proc();
+    make_sys(o);
+    if (o->lxcfs)
+        bind_lxcfs(o);
     make_dev(o->id_base >= 0);
     ensure_dir("tmp", 01777);
     snprintf(opts, sizeof opts, "mode=1777,size=%lld", o->tmp_size);
@@ -290,6 +403,18 @@ static void parse(int argc, char **argv, struct init_opts *o)
             o->id_base = parse_ll(a, v);
         else if (!strcmp(a, "--cgroup-procs") && o->ncgroups < MAX_CGROUPS)
             o->cgroups[o->ncgroups++] = v;
+        else if (!strcmp(a, "--cgroup-view") && o->ncgviews < MAX_CGROUPS) {
+            const char *eq = strchr(v, '=');
+            if (!eq) {
+                fprintf(stderr, "arkervm init: --cgroup-view wants NAME=PATH, not %s\n", v);
+                exit(2);
+            }
+            o->cg_names[o->ncgviews] = strndup(v, (size_t)(eq - v));
+            o->cg_paths[o->ncgviews++] = eq + 1;
+        } else if (!strcmp(a, "--lxcfs"))
+            o->lxcfs = v;
+        else if (!strcmp(a, "--lxcfs-file") && o->nlxcfs < MAX_LXCFS_FILES)
+            o->lxcfs_files[o->nlxcfs++] = v;
         else {
             fprintf(stderr, "arkervm init: unknown option %s\n", a);
             exit(2);
@@ -326,6 +451,9 @@ int init_main(int argc, char **argv)
 {
     struct init_opts o;
     parse(argc, argv, &o);
+    if (o.lxcfs)
+        clone_lxcfs(&o);
+    clone_cgroup_views(&o);
     /* Join first: the VM's PID 1 and all it forks inherit these cgroups, and
      * the new cgroup namespace is rooted at them. */
     for (int i = 0; i < o.ncgroups; i++)

@@ -14,6 +14,9 @@ int main(int argc, char **argv)
         return init_main(argc - 2, argv + 2);
     if (argc >= 2 && strcmp(argv[1], "probe-idmap") == 0)
         return probe_idmap_main(argc - 2, argv + 2);
-    fprintf(stderr, "usage: arkervm init [options] | arkervm probe-idmap PATH\n");
+    if (argc >= 2 && strcmp(argv[1], "lxcfs-attach") == 0)
+        return lxcfs_attach_main(argc - 2, argv + 2);
+    fprintf(stderr, "usage: arkervm init [options] | arkervm probe-idmap PATH | "
+                    "arkervm lxcfs-attach PID DIR FILE...\n");
     return 2;
 }

@@ -68,6 +68,10 @@ class Vm(Base):
     idem_key: Mapped[str | None] = mapped_column(String(255), default=None)
     idem_hash: Mapped[str | None] = mapped_column(String(64), default=None)
     disk_mib: Mapped[int | None] = mapped_column(Integer, default=None)  # None: no quota
+    # The VM's size (server/sizes.py); None: made before sizes, the defaults.
+    cpu: Mapped[float | None] = mapped_column(Float, default=None)
+    memory_mib: Mapped[int | None] = mapped_column(Integer, default=None)
+    pids: Mapped[int | None] = mapped_column(Integer, default=None)
     # {"egress": bool, "allow": [...] | null} as JSON; None: made before
     # networking, loopback only.
     network: Mapped[str | None] = mapped_column(Text, default=None)
