@@ -29,7 +29,7 @@ from arker.cluster.leases import (
     may_act,
     renew,
 )
-from arker.cluster.replica import Drivers, take_orphans
+from arker.cluster.replica import ReplicaLease, take_orphans
 from arker.cluster.takeover import claim
 from arker.server.store import ClusterHost, ClusterReplica, Database, Placement, Run, Vm
 
@@ -207,8 +207,8 @@ async def test_two_replicas_racing_take_each_vm_over_exactly_once(db: Database) 
 
 
 async def test_replicas_racing_adopt_a_dead_replicas_runs_exactly_once(db: Database) -> None:
-    dead = Drivers(db, runs=None, ttl_s=1)  # type: ignore[arg-type]
-    alive = Drivers(db, runs=None, ttl_s=60)  # type: ignore[arg-type]
+    dead = ReplicaLease(db, runs=None, ttl_s=1)  # type: ignore[arg-type]
+    alive = ReplicaLease(db, runs=None, ttl_s=60)  # type: ignore[arg-type]
     await dead.renew()
     await alive.renew()
     rows = [
@@ -250,7 +250,7 @@ async def test_a_takeover_whose_replica_died_before_restoring_is_taken_again(db:
     them: once its lease lapses, another replica takes each restore, once."""
     dead_host = await acquire(db, HostCard("gone", "http://gone", "x" * 64), ttl_s=0.5)
     await acquire(db, HostCard("fine", "http://fine", "x" * 64), ttl_s=60)
-    claimer = Drivers(db, runs=None, ttl_s=3)  # type: ignore[arg-type]
+    claimer = ReplicaLease(db, runs=None, ttl_s=3)  # type: ignore[arg-type]
     await claimer.renew()
     async with db.engine.begin() as conn:
         await conn.execute(

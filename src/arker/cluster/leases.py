@@ -20,11 +20,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, case, func, select, update
+from sqlalchemy import Select, and_, case, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.sql.elements import ColumnElement
 
-from arker.server.store import ClusterHost, Database
+from arker.server.store import ClusterHost, ClusterReplica, Database
 
 __all__ = [
     "DEFAULT_TTL_S",
@@ -34,6 +34,7 @@ __all__ = [
     "LeaseKeeper",
     "acquire",
     "db_now",
+    "lapsed_replicas",
     "may_act",
     "renew",
 ]
@@ -50,6 +51,12 @@ SAFETY_S = 1.0
 def db_now() -> ColumnElement[Any]:
     """Now, in unix seconds, on the database's clock (the one every lease uses)."""
     return func.extract("epoch", func.clock_timestamp())
+
+
+def lapsed_replicas() -> Select[str]:
+    """The ids of the API replicas whose lease has lapsed (cluster/replica.py):
+    what they drove or were restoring is another replica's to take."""
+    return select(ClusterReplica.id).where(ClusterReplica.lease_expires_at < db_now())
 
 
 @dataclass(frozen=True)

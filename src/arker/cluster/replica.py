@@ -25,14 +25,14 @@ from sqlalchemy import and_, delete, exists, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from ulid import ULID
 
-from arker.cluster.leases import DEFAULT_TTL_S, RENEW_EVERY_S, db_now
+from arker.cluster.leases import DEFAULT_TTL_S, RENEW_EVERY_S, db_now, lapsed_replicas
 from arker.cluster.router import ClusterEngine
 from arker.cluster.takeover import Takeover
 from arker.server.runs import IN_FLIGHT, Runs
 from arker.server.service import Service
 from arker.server.store import ClusterReplica, Database, Run
 
-__all__ = ["Drivers", "replica", "take_orphans"]
+__all__ = ["ReplicaLease", "replica", "take_orphans"]
 
 log = logging.getLogger("arker.cluster")
 
@@ -41,7 +41,7 @@ log = logging.getLogger("arker.cluster")
 FORGET_AFTER_S = 600.0
 
 
-class Drivers:
+class ReplicaLease:
     """This replica's lease, and adoption of the runs of replicas that lost theirs."""
 
     def __init__(
@@ -121,7 +121,7 @@ async def take_orphans(db: Database, me: str) -> list[str]:
     driver's lease lapsed (a row another replica took first no longer
     matches: each run is taken once); drop long-dead replicas' rows."""
     now = db_now()
-    lapsed = select(ClusterReplica.id).where(ClusterReplica.lease_expires_at < now)
+    lapsed = lapsed_replicas()
     async with db.engine.begin() as conn:
         taken = list(
             (
@@ -148,16 +148,16 @@ async def replica(service: Service) -> AsyncIterator[Takeover]:
     if not isinstance(router, ClusterEngine):
         raise TypeError("a cluster replica serves over the cluster engine")
     await router.refresh_hosts()
-    drivers = Drivers(service.db, service.runs)
-    await drivers.start()
+    lease = ReplicaLease(service.db, service.runs)
+    await lease.start()
     takeover = Takeover(
-        service.db, router, service.runs, service.threads, service._forget_vm, me=drivers.id
+        service.db, router, service.runs, service.threads, service._forget_vm, me=lease.id
     )
     takeover.start()
     service.takeover = takeover  # type: ignore[attr-defined]
-    service.drivers = drivers  # type: ignore[attr-defined]
+    service.replica_lease = lease  # type: ignore[attr-defined]
     try:
         yield takeover
     finally:
         await takeover.stop()
-        await drivers.stop()
+        await lease.stop()

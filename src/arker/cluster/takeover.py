@@ -25,11 +25,11 @@ from typing import Any
 from sqlalchemy import or_, select, update
 
 from arker.cluster.codec import from_wire
-from arker.cluster.leases import db_now
+from arker.cluster.leases import db_now, lapsed_replicas
 from arker.cluster.router import ClusterEngine
 from arker.engine.base import Limits, NetworkPolicy
 from arker.server.runs import Runs
-from arker.server.store import ClusterHost, ClusterReplica, Database, Placement, Vm
+from arker.server.store import ClusterHost, Database, Placement, Vm
 from arker.server.threads import Threads
 
 __all__ = ["Moved", "Takeover", "claim"]
@@ -60,7 +60,7 @@ class Takeover:
         me: str | None = None,
     ) -> None:
         self.db, self.router, self.runs, self.threads = db, router, runs, threads
-        self.me = me  # this replica's id (replica.Drivers): who is restoring what it claims
+        self.me = me  # this replica's id (replica.ReplicaLease): who is restoring what it claims
         self.forget = forget  # service._forget_vm-like: drop a lost VM's cached row
         self.poll_s = poll_s
         self._task: asyncio.Task[None] | None = None
@@ -198,7 +198,7 @@ async def claim(db: Database, me: str | None = None) -> tuple[list[Moved], list[
 async def _stalled(s: Any, me: str, found_at: float) -> list[Moved]:
     """Moves whose restoring replica's lease lapsed before it had restored:
     each taken, by a conditional UPDATE (so once), to restore again."""
-    lapsed = select(ClusterReplica.id).where(ClusterReplica.lease_expires_at < db_now())
+    lapsed = lapsed_replicas()
     rows = (
         await s.execute(
             select(Placement.vm_id, Placement.host_id, Placement.taking_over, Placement.spec)
