@@ -17,6 +17,7 @@ import json
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Coroutine
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
@@ -250,17 +251,7 @@ class Runs:
             return  # this replica drives it already
         log.info("adopting run %s of vm %s: no replica is known to drive it", row.id, row.vm_id)
         run_spec = runspec.for_engine(row.spec, self.settings.output_cap_bytes)
-        loop = asyncio.get_running_loop()
-        task = loop.create_task(self._drive(row, run_spec, False, False, None, start=False))
-        self._tasks[row.id] = task
-        run_id = row.id
-
-        def done(_task: object) -> None:
-            if self._tasks.get(run_id) is task:
-                del self._tasks[run_id]
-            self.wakeups.wake(run_id)
-
-        task.add_done_callback(done)
+        self._own(row.id, self._drive(row, run_spec, False, False, None, start=False))
 
     async def _launch(
         self, row: Run, run_spec: RunSpec, new: bool, record: bool, wait_started: bool
@@ -272,18 +263,22 @@ class Runs:
         error, or the record's, if it could not)."""
         loop = asyncio.get_running_loop()
         started: asyncio.Future[None] | None = loop.create_future() if wait_started else None
-        task = loop.create_task(self._drive(row, run_spec, new, record, started))
-        self._tasks[row.id] = task
-        run_id = row.id
+        self._own(row.id, self._drive(row, run_spec, new, record, started))
+        if started is not None:
+            await asyncio.shield(started)
+
+    def _own(self, run_id: str, drive: Coroutine[Any, Any, Run | None]) -> None:
+        """Run `drive` as the run's task until it ends; then wake its streams,
+        which go on to its end."""
+        task = asyncio.get_running_loop().create_task(drive)
+        self._tasks[run_id] = task
 
         def done(_task: object) -> None:
             if self._tasks.get(run_id) is task:  # not a later attempt's task
                 del self._tasks[run_id]
-            self.wakeups.wake(run_id)  # streams of the run go on to its end
+            self.wakeups.wake(run_id)
 
         task.add_done_callback(done)
-        if started is not None:
-            await asyncio.shield(started)
 
     # -- in a worker thread
     def _begin(
