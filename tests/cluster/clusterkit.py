@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))  # live
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "server"))  # pg
@@ -36,6 +37,14 @@ __all__ = ["PG_URL", "Cluster", "HostProc", "ReplicaProc", "cluster_live", "make
 
 PORTS = iter(range(18300, 18400))
 START_TIMEOUT_S = 90.0
+
+
+# What a test of a real cluster (host agents as processes, PostgreSQL) needs.
+NEEDS_CLUSTER = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"), reason="needs root"),
+    pytest.mark.skipif(not PG_URL, reason="ARKER_TEST_POSTGRES_URL is not set"),
+]
 
 
 def make_database() -> tuple[str, str]:

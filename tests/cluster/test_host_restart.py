@@ -6,25 +6,21 @@ is surely within it) and one replica."""
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from clusterkit import PG_URL, Cluster
+from clusterkit import NEEDS_CLUSTER, Cluster, HostProc
 
 from arker import Arker
 
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"), reason="needs root"),
-    pytest.mark.skipif(not PG_URL, reason="ARKER_TEST_POSTGRES_URL is not set"),
-]
+pytestmark = NEEDS_CLUSTER
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +56,7 @@ def test_a_host_restarted_within_its_ttl_keeps_its_vms(cluster: Cluster) -> None
         vm.delete()
 
 
-def _fence(host: object) -> int:
-    import httpx
-
-    body = httpx.get(f"{host.url}/health", timeout=10).json()  # type: ignore[attr-defined]
+def _fence(host: HostProc) -> int:
+    body = httpx.get(f"{host.url}/health", timeout=10).json()
     assert body["leased"], body
     return int(body["fence"])

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import socket
 import sys
 import tarfile
@@ -24,17 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import contextlib
 
-from clusterkit import PG_URL, Cluster, HostProc
+from clusterkit import NEEDS_CLUSTER, Cluster, HostProc
 
 from arker.cluster.remote import METHODS, RemoteEngineBase, connect
 from arker.engine.base import Engine, Limits, NetworkPolicy, RunPhase, RunSpec, VmPower
 from arker.errors import ArkerError
 
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"), reason="needs root"),
-    pytest.mark.skipif(not PG_URL, reason="ARKER_TEST_POSTGRES_URL is not set"),
-]
+pytestmark = NEEDS_CLUSTER
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ every replica; restarted, it deletes its copy of them and runs nothing."""
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -16,15 +15,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from clusterkit import PG_URL, Cluster
+from clusterkit import NEEDS_CLUSTER, Cluster
 
 from arker import Arker, ArkerError
 
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"), reason="needs root"),
-    pytest.mark.skipif(not PG_URL, reason="ARKER_TEST_POSTGRES_URL is not set"),
-]
+pytestmark = NEEDS_CLUSTER
 
 
 @pytest.fixture(scope="module")
