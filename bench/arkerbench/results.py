@@ -55,33 +55,23 @@ class Results:
         f["file_read_mb_per_s"] = Transfer.mb_per_s(t.size_bytes, t.read)
         f["idle_vm_mib"] = self.memory.per_vm_bytes / MIB
         f["vms_in_20_gib"] = FIT_IN_BYTES / self.memory.per_vm_bytes
+
+        def put_cost(pair: Any, on: str, off: str, cost: str) -> None:
+            """A feature's cost: the same fork and create with it over without it."""
+            for work in ("fork", "create"):
+                with_it, without = getattr(pair, f"{work}_on"), getattr(pair, f"{work}_off")
+                put(f"{on}_{work}", with_it)
+                put(f"{off}_{work}", without)
+                f[f"{cost}_cost_{work}_ratio"] = with_it.median_ms / without.median_ms
+
         q = self.side
-        put("quota_on_fork", q.fork_on)
-        put("quota_off_fork", q.fork_off)
-        put("quota_on_create", q.create_on)
-        put("quota_off_create", q.create_off)
-        # The cost of a quota: the same work with it over without it.
-        f["quota_cost_fork_ratio"] = q.fork_on.median_ms / q.fork_off.median_ms
-        f["quota_cost_create_ratio"] = q.create_on.median_ms / q.create_off.median_ms
+        put_cost(q, "quota_on", "quota_off", "quota")
         put("net_off_create", q.create_no_egress)
         # The cost of a VM's network: a create with egress over one without.
         f["network_cost_create_ratio"] = q.create_on.median_ms / q.create_no_egress.median_ms
-        u = self.userns
-        put("userns_on_fork", u.fork_on)
-        put("userns_off_fork", u.fork_off)
-        put("userns_on_create", u.create_on)
-        put("userns_off_create", u.create_off)
-        # The cost of user namespaces: the same work with them over without.
-        f["userns_cost_fork_ratio"] = u.fork_on.median_ms / u.fork_off.median_ms
-        f["userns_cost_create_ratio"] = u.create_on.median_ms / u.create_off.median_ms
-        z = self.sizes
-        put("sized_fork", z.fork_on)
-        put("unsized_fork", z.fork_off)
-        put("sized_create", z.create_on)
-        put("unsized_create", z.create_off)
-        # The cost of asking for a size: a sized VM's fork and create over an unsized one's.
-        f["sized_cost_fork_ratio"] = z.fork_on.median_ms / z.fork_off.median_ms
-        f["sized_cost_create_ratio"] = z.create_on.median_ms / z.create_off.median_ms
+        put_cost(self.userns, "userns_on", "userns_off", "userns")
+        # Asking for a size: a sized VM over an unsized one.
+        put_cost(self.sizes, "sized", "unsized", "sized")
         d = self.deletes
         put("probe_quiet", d.quiet)
         put("probe_during_deletes", d.busy)
