@@ -51,8 +51,11 @@ def test_a_vm_with_a_ttl_is_deleted_within_seconds(live: Live, arker: Arker) -> 
         _until("the vm expires", lambda: _gone(arker, vm.vm_id))
         subvolume = live.server.data_dir / "pool" / "vms" / vm.vm_id
         _until("its storage is freed", lambda: not subvolume.exists())
-        assert _counter(live, "arker_vms_expired_total") == expired_before + 1
-        assert f"vm {vm.vm_id} of org acme reached its ttl" in live.server.log()
+        # The server is the session's: another module's VM with a ttl may expire
+        # meanwhile too, so the counter moved by at least this one; the log line
+        # is this VM's own.
+        assert _counter(live, "arker_vms_expired_total") >= expired_before + 1
+        assert live.server.log().count(f"vm {vm.vm_id} of org acme reached its ttl") == 1
         assert not _gone(arker, keep.vm_id)
     finally:
         for c in (vm, keep):
